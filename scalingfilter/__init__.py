@@ -1,0 +1,3 @@
+"""ScalingFilter: quality factors from a small/large language-model pair, and semantic diversity."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,46 @@
+"""The `scalingfilter` console script: one subcommand per stage, each a thin layer over the API.
+
+Each subcommand lives in `scalingfilter/commands/<name>.py` and defines
+`add_arguments(parser)` and `run(args) -> int` (the exit status). Modules are imported only when
+their subcommand runs, so `scalingfilter --help` stays fast and one stage's optional dependency
+never breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "score": "Give every document of a corpus its quality factor (small/large model perplexity ratio).",
+    "train": "Train a small/large meta-model pair (and its tokenizer) on a corpus.",
+    "evaluate": "AUROC and pair win rate of the quality factor and baselines against labels.",
+    "select": "Keep the best fraction of a scored corpus (top-k, perplexity gating, random, temperature).",
+    "report": "An HTML report with figures of a scored (and selected) corpus.",
+    "diversity": "Semantic diversity (Vendi score of sentence embeddings) of a corpus.",
+    "demo": "Score, select and report a demo corpus built from text the installation brings.",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalingfilter", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the chosen command's module is imported
+            importlib.import_module(f"scalingfilter.commands.{name}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"scalingfilter.commands.{args.command}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `scalingfilter` console script: each module defines `add_arguments` and `run`."""

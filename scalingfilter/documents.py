@@ -1,0 +1,285 @@
+"""Reading and writing documents: JSONL (plain, gzip, zstd) and parquet, as streams.
+
+A corpus is a directory of files; every record is identified by (relative path, index), where the
+index is the 0-based line number (JSONL) or row number (parquet). Readers never hold a whole file in
+memory: JSONL is read line by line, parquet one row group at a time.
+
+Bad records never stop a stream: they come out as `Record`s with `error` set, so that the caller can
+write them to a rejects file (or stop, in strict mode) and every input line is accounted for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import orjson
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst")
+PARQUET_SUFFIXES = (".parquet",)
+INPUT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
+# RedPajama-style records keep their text in `raw_content`; read it when the default field is absent.
+TEXT_FIELD_FALLBACKS = {"text": ("raw_content",)}
+
+
+class InputError(Exception):
+    """A problem with the input that the user must fix (missing directory, no files, ...)."""
+
+
+@dataclass
+class Record:
+    """One input record. `data` is the parsed record (None if it could not be parsed);
+    `text` its text (None if absent or not a string); `error` why it is rejected, if it is."""
+
+    source: str
+    index: int
+    data: dict[str, Any] | None
+    text: str | None
+    error: str | None = None
+    raw: bytes | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.index}"
+
+    def reject_entry(self) -> dict[str, Any]:
+        """The line written to a rejects file: where it came from, why, and the original content."""
+        entry: dict[str, Any] = {"source": self.source, "index": self.index, "line": self.index + 1, "reason": self.error}
+        if self.data is not None:
+            entry["record"] = self.data
+        elif self.raw is not None:
+            entry["raw"] = self.raw.decode("utf-8", errors="replace")
+        return entry
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """'jsonl' or 'parquet', from the file name; raises InputError for anything else."""
+    name = str(path)
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    raise InputError(f"{name}: unsupported file type (expected one of {', '.join(INPUT_SUFFIXES)})")
+
+
+def find_input_files(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_SUFFIXES) -> list[str]:
+    """Relative paths (POSIX, sorted) of every input file under `input_dir`, recursively."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputError(f"input directory {str(root)!r} does not exist or is not a directory")
+    found = [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name.endswith(suffixes) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(found)
+
+
+def open_binary(path: str | os.PathLike) -> BinaryIO:
+    """Open a JSONL file for reading as decompressed bytes, whatever its compression."""
+    name = str(path)
+    if name.endswith(".gz"):
+        return gzip.open(name, "rb")
+    if name.endswith(".zst"):
+        import zstandard
+
+        raw = open(name, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return open(name, "rb")
+
+
+def open_binary_writer(path: str | os.PathLike) -> BinaryIO:
+    """Open a JSONL file for writing, compressed as its name says."""
+    name = str(path)
+    if name.endswith(".gz"):
+        # compresslevel 6: most of the size gain of 9 at a fraction of the time
+        return gzip.open(name, "wb", compresslevel=6)
+    if name.endswith(".zst"):
+        import zstandard
+
+        raw = open(name, "wb")
+        return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)
+    return open(name, "wb")
+
+
+def resolve_text(data: Any, text_field: str) -> tuple[str | None, str | None]:
+    """(text, error) for one parsed record."""
+    if not isinstance(data, dict):
+        return None, f"record is a JSON {type(data).__name__}, not an object"
+    field_used = text_field
+    if text_field not in data:
+        for alt in TEXT_FIELD_FALLBACKS.get(text_field, ()):
+            if alt in data:
+                field_used = alt
+                break
+        else:
+            return None, f"record has no {text_field!r} field"
+    text = data[field_used]
+    if not isinstance(text, str):
+        return None, f"field {field_used!r} is a {type(text).__name__}, not a string"
+    return text, None
+
+
+def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    """Records of lines [start, stop) of a JSONL file. Blank lines are not records and are skipped
+    (their line numbers still count). A corrupt or truncated compressed stream ends the file with
+    one rejected record saying where it broke."""
+    index = -1
+    try:
+        with open_binary(path) as fh:
+            for index, line in enumerate(fh):
+                if index < start:
+                    continue
+                if stop is not None and index >= stop:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    data = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "malformed JSON"
+                    yield Record(source, index, None, None, f"{reason}: {exc}", raw=line.rstrip(b"\r\n"))
+                    continue
+                text, error = resolve_text(data, text_field)
+                yield Record(source, index, data if isinstance(data, dict) else {"value": data}, text, error)
+    except (EOFError, OSError, ValueError) as exc:
+        # gzip raises EOFError/BadGzipFile (an OSError), zstandard a ZstdError (a ValueError subclass or OSError)
+        broken_at = index + 1
+        if stop is None or broken_at < stop:
+            yield Record(source, max(broken_at, start), None, None, f"corrupt or truncated file after line {broken_at}: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # zstandard.ZstdError does not derive from the classes above
+        if type(exc).__name__ != "ZstdError":
+            raise
+        broken_at = index + 1
+        if stop is None or broken_at < stop:
+            yield Record(source, max(broken_at, start), None, None, f"corrupt or truncated file after line {broken_at}: {exc}")
+
+
+def read_parquet(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    """Records of rows [start, stop) of a parquet file, read one row group at a time."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(str(path))
+    row0 = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        lo, hi = row0, row0 + n
+        row0 = hi
+        if hi <= start or (stop is not None and lo >= stop):
+            continue
+        rows = pf.read_row_group(g).to_pylist()
+        for i, data in enumerate(rows):
+            index = lo + i
+            if index < start or (stop is not None and index >= stop):
+                continue
+            text, error = resolve_text(data, text_field)
+            yield Record(source, index, data, text, error)
+
+
+def read_records(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    """Records of [start, stop) of one input file, in file order."""
+    if file_format(path) == "parquet":
+        return read_parquet(path, source, text_field, start, stop)
+    return read_jsonl(path, source, text_field, start, stop)
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """Number of lines (JSONL) or rows (parquet): the index space a file's units split.
+    A truncated compressed file counts the lines that could be read, plus one for the break."""
+    if file_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(str(path)).metadata.num_rows
+    n = 0
+    try:
+        with open_binary(path) as fh:
+            for _ in fh:
+                n += 1
+    except Exception:
+        n += 1  # the rejected "corrupt file" record sits at this index
+    return n
+
+
+def iter_corpus(input_dir: str | os.PathLike, text_field: str = "text") -> Iterator[Record]:
+    """Every record of every input file under `input_dir`, files in sorted order."""
+    root = Path(input_dir)
+    for rel in find_input_files(root):
+        yield from read_records(root / rel, rel, text_field)
+
+
+class JsonlWriter:
+    """Writes records as JSONL (compressed as the file name says)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self._fh = open_binary_writer(self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class ParquetWriter:
+    """Writes records to parquet in row groups; the schema is inferred from the first group."""
+
+    def __init__(self, path: str | os.PathLike, rows_per_group: int = 10_000):
+        self.path = str(path)
+        self.rows_per_group = rows_per_group
+        self._rows: list[dict[str, Any]] = []
+        self._writer = None
+        self._schema = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._rows.append(record)
+        if len(self._rows) >= self.rows_per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._rows:
+            return
+        if self._writer is None:
+            table = pa.Table.from_pylist(self._rows)
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        else:
+            table = pa.Table.from_pylist(self._rows, schema=self._schema)
+        self._writer.write_table(table)
+        self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        if self._writer is None:  # no rows: still leave a valid (empty) parquet file
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({}), self.path)
+        else:
+            self._writer.close()
+
+
+def open_writer(path: str | os.PathLike, fmt: str | None = None):
+    """A writer for `path` in the format its name says (or `fmt`)."""
+    fmt = fmt or file_format(path)
+    return ParquetWriter(path) if fmt == "parquet" else JsonlWriter(path)
+
+
+def write_records(path: str | os.PathLike, records, fmt: str | None = None) -> int:
+    """Write an iterable of dicts to `path`; returns how many were written."""
+    writer = open_writer(path, fmt)
+    n = 0
+    try:
+        for r in records:
+            writer.write(r)
+            n += 1
+    finally:
+        writer.close()
+    return n
