@@ -66,17 +66,30 @@ def file_format(path: str | os.PathLike) -> str:
     raise InputError(f"{name}: unsupported file type (expected one of {', '.join(INPUT_SUFFIXES)})")
 
 
-def find_input_files(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_SUFFIXES) -> list[str]:
-    """Relative paths (POSIX, sorted) of every input file under `input_dir`, recursively."""
+# Where `scalingfilter score` puts what is not scored output, under its output directory.
+REJECTS_DIR = "rejects"
+STATE_DIR = ".scalingfilter"
+
+
+def find_input_files(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_SUFFIXES, exclude_dirs: tuple[str, ...] = ()) -> list[str]:
+    """Relative paths (POSIX, sorted) of every input file under `input_dir`, recursively.
+    Hidden files and directories (names starting with '.') and top-level `exclude_dirs` are skipped."""
     root = Path(input_dir)
     if not root.is_dir():
         raise InputError(f"input directory {str(root)!r} does not exist or is not a directory")
-    found = [
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name.endswith(suffixes) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    found = []
+    for p in root.rglob("*"):
+        parts = p.relative_to(root).parts
+        if any(part.startswith(".") for part in parts) or parts[0] in exclude_dirs:
+            continue
+        if p.is_file() and p.name.endswith(suffixes):
+            found.append(p.relative_to(root).as_posix())
     return sorted(found)
+
+
+def find_scored_files(scored_dir: str | os.PathLike) -> list[str]:
+    """The scored data files of a `scalingfilter score` output directory (not its rejects or state)."""
+    return find_input_files(scored_dir, exclude_dirs=(REJECTS_DIR,))
 
 
 def open_binary(path: str | os.PathLike) -> BinaryIO:
@@ -204,10 +217,11 @@ def count_records(path: str | os.PathLike) -> int:
     return n
 
 
-def iter_corpus(input_dir: str | os.PathLike, text_field: str = "text") -> Iterator[Record]:
-    """Every record of every input file under `input_dir`, files in sorted order."""
+def iter_corpus(input_dir: str | os.PathLike, text_field: str = "text", scored: bool = False) -> Iterator[Record]:
+    """Every record of every input file under `input_dir`, files in sorted order
+    (with `scored`, the data files of a `scalingfilter score` output directory)."""
     root = Path(input_dir)
-    for rel in find_input_files(root):
+    for rel in (find_scored_files(root) if scored else find_input_files(root)):
         yield from read_records(root / rel, rel, text_field)
 
 
