@@ -1,0 +1,175 @@
+"""Loading a meta-model pair: which models, on which device, in which dtype, sharing one tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The paper's default pair (GPT-2 124M / 774M).
+PAIRS = {"gpt2": ("gpt2", "gpt2-large")}
+
+
+class ModelLoadError(Exception):
+    """A model or tokenizer could not be loaded, or the pair is unusable; the message says what to do."""
+
+
+@dataclass
+class MetaModelPair:
+    small: Any
+    large: Any
+    tokenizer: Any
+    small_name: str
+    large_name: str
+    device: Any
+    dtype: Any
+
+
+def resolve_pair(pair: str | None, small_model: str | None = None, large_model: str | None = None) -> tuple[str, str]:
+    """(small, large) model ids or directories. `pair` is 'gpt2', 'bundled' or a directory holding
+    `small/` and `large/`; `small_model`/`large_model` override either side."""
+    pair = pair or "gpt2"
+    if pair in PAIRS:
+        small, large = PAIRS[pair]
+    elif pair == "bundled":
+        try:
+            from scalingfilter.bundled import bundled_pair_dir
+        except ImportError:
+            bundled_pair_dir = lambda: None  # noqa: E731
+        root = bundled_pair_dir()
+        if root is None:
+            if not (small_model and large_model):
+                raise ModelLoadError(
+                    "the bundled pair is not shipped in this installation of scalingfilter; "
+                    "use --pair gpt2 (needs the Hugging Face hub or a local copy), --pair DIR with a pair "
+                    "trained by `scalingfilter train`, or --small-model/--large-model"
+                )
+            small, large = small_model, large_model
+        else:
+            small, large = str(Path(root) / "small"), str(Path(root) / "large")
+    else:
+        root = Path(pair)
+        if not root.is_dir():
+            raise ModelLoadError(f"--pair {pair!r} is neither 'gpt2', 'bundled' nor a directory")
+        missing = [s for s in ("small", "large") if not (root / s).is_dir()]
+        if missing:
+            raise ModelLoadError(f"--pair {pair!r}: the directory has no {' or '.join(missing)}/ subdirectory (expected small/ and large/ model directories)")
+        small, large = str(root / "small"), str(root / "large")
+    return small_model or small, large_model or large
+
+
+def resolve_device(device: str = "auto"):
+    """torch.device for 'auto' | 'cpu' | 'cuda' | 'cuda:N'. Under torchrun, 'auto'/'cuda' pick the local rank's GPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError("--device cuda was asked for but CUDA is not available (torch.cuda.is_available() is False)")
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device) -> Any:
+    """torch dtype for 'auto' | 'float32' | 'bfloat16' | 'float16': auto is bf16 on CUDA, float32 on CPU."""
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ModelLoadError(f"unknown --dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return names[dtype]
+
+
+def _is_local(name: str) -> bool:
+    return os.path.isdir(name)
+
+
+def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
+    if _is_local(name):
+        why = f"the directory {name!r} is not a Hugging Face model directory with a tokenizer ({type(exc).__name__}: {exc})"
+        return ModelLoadError(f"cannot load the {role} model: {why}")
+    return ModelLoadError(
+        f"cannot load the {role} model {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        f"If the hub is unreachable from here, download it where it is reachable "
+        f"(`huggingface-cli download {name} --local-dir DIR`), copy DIR here, and pass --{role}-model DIR "
+        f"(or --pair DIR with DIR/small and DIR/large)."
+    )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's model (vocabulary and merges), pre-tokenizer and normalizer, as canonical JSON:
+    two tokenizers with equal fingerprints split every text into the same ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelLoadError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no fast (Rust) implementation; scalingfilter needs one")
+    spec = json.loads(backend.to_str())
+    keep = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer", "post_processor")}
+    keep["added_tokens"] = sorted((t["id"], t["content"]) for t in spec.get("added_tokens", []))
+    return json.dumps(keep, sort_keys=True)
+
+
+def check_same_tokenizer(tok_small, tok_large, small_name: str, large_name: str) -> None:
+    """Refuse a pair whose tokenizers differ: the quality factor compares losses over the same tokens."""
+    if tokenizer_fingerprint(tok_small) != tokenizer_fingerprint(tok_large):
+        vs, vl = len(tok_small), len(tok_large)
+        raise ModelLoadError(
+            f"the small model {small_name!r} and the large model {large_name!r} do not share one tokenizer "
+            f"(vocabulary sizes {vs} and {vl}, or different merges/pre-tokenization): the quality factor needs "
+            f"both models to score the same tokens. Use two models trained with the same tokenizer."
+        )
+
+
+def load_tokenizer(name: str, role: str = "small"):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+    except Exception as exc:  # hub/network/format errors all become one clear message
+        raise _load_error(role, name, exc) from exc
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"the {role} model {name!r} has no fast tokenizer (tokenizer.json); scalingfilter needs one")
+    return tok
+
+
+def load_causal_lm(name: str, role: str, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
+    except Exception as exc:
+        raise _load_error(role, name, exc) from exc
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert model.dtype == dtype or dtype == torch.float32, (model.dtype, dtype)
+    return model
+
+
+def load_pair(pair: str | None = "gpt2", small_model: str | None = None, large_model: str | None = None,
+              device: str = "auto", dtype: str = "auto") -> MetaModelPair:
+    """Load both models and their (shared) tokenizer, ready for scoring."""
+    small_name, large_name = resolve_pair(pair, small_model, large_model)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tok_small = load_tokenizer(small_name, "small")
+    tok_large = load_tokenizer(large_name, "large")
+    check_same_tokenizer(tok_small, tok_large, small_name, large_name)
+    small = load_causal_lm(small_name, "small", dev, dt)
+    large = load_causal_lm(large_name, "large", dev, dt)
+    return MetaModelPair(small, large, tok_small, small_name, large_name, dev, dt)
+
+
+def max_positions(model) -> int | None:
+    cfg = model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None

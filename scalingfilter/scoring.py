@@ -1,0 +1,288 @@
+"""Scoring: per-document mean token negative log-likelihood under both models, and the quality factor.
+
+Data flow for a stream of records:
+  tokenize a window of documents once (fast tokenizer, in a background thread, overlapped with the
+  forward passes) -> sort the window by length -> batches filled up to a token budget, each padded
+  only to its longest row -> both models -> per-document losses -> records back in input order.
+
+The loss of a document is averaged over exactly the predicted positions (t predicts t+1, both real
+tokens by the attention mask): never masked by a token id, so EOS tokens inside a text count.
+Logits are computed only at those positions, in chunks, so the float32 vocabulary-sized matrix
+never dominates memory and no work is spent on padding in the output layer.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# exp() of anything above this overflows float64; losses that large are nonsense anyway.
+_MAX_EXP_ARG = 700.0
+SCORE_FIELDS = ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor", "n_tokens", "truncated", "score_error")
+
+
+@dataclass
+class TokenizedDoc:
+    ids: list[int]
+    truncated: bool
+
+
+@dataclass
+class DocScore:
+    small_loss: float | None
+    large_loss: float | None
+    n_tokens: int
+    truncated: bool
+    error: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields `score` adds to a record."""
+        ok = self.error is None
+        return {
+            "small_loss": self.small_loss if ok else None,
+            "large_loss": self.large_loss if ok else None,
+            "small_ppl": safe_exp(self.small_loss) if ok else None,
+            "large_ppl": safe_exp(self.large_loss) if ok else None,
+            "quality_factor": quality_factor(self.small_loss, self.large_loss) if ok else None,
+            "n_tokens": self.n_tokens,
+            "truncated": self.truncated,
+            "score_error": self.error,
+        }
+
+
+def safe_exp(x: float) -> float:
+    """exp(x) in float64, capped so it never overflows to inf."""
+    return math.exp(min(x, _MAX_EXP_ARG))
+
+
+def quality_factor(small_loss: float, large_loss: float) -> float:
+    """d = PPL_small / PPL_large = exp(L_small - L_large), computed as one exp of the difference
+    (never a ratio of two possibly-overflowing perplexities)."""
+    return safe_exp(small_loss - large_loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+class Tokenization:
+    """Encodes texts with a fast tokenizer's Rust backend, head-truncated to `max_len` tokens
+    (including the BOS token when `prepend_bos`).
+
+    Long texts are encoded from a character prefix only, so a 10 MB document costs no more than a
+    long page; the prefix result is used only when it provably equals the head of the full
+    encoding (enough tokens come from pre-tokens that end before the cut), otherwise the full text
+    is encoded.
+    """
+
+    def __init__(self, tokenizer, max_len: int, prepend_bos: bool = False, chars_per_token_cap: int = 32):
+        if max_len < 2:
+            raise ValueError(f"max_len must be at least 2 (got {max_len})")
+        self.backend = tokenizer.backend_tokenizer
+        self.max_len = max_len
+        self.bos_id = None
+        if prepend_bos:
+            bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            if bos is None:
+                raise ValueError("--prepend-bos: the tokenizer has neither a BOS nor an EOS token")
+            self.bos_id = int(bos)
+        self.content_len = max_len - (1 if self.bos_id is not None else 0)
+        self.char_cap = max(4096, self.content_len * chars_per_token_cap)
+        self._prefix_ok = self.backend.normalizer is None and self.backend.pre_tokenizer is not None
+
+    def _exact_head(self, prefix: str, enc) -> list[int] | None:
+        """The first content_len ids if they cannot depend on the text after the cut, else None."""
+        if len(enc.ids) <= self.content_len:
+            return None
+        pretokens = self.backend.pre_tokenizer.pre_tokenize_str(prefix)
+        if not pretokens:
+            return None
+        last_start = pretokens[-1][1][0]
+        # tokens of the last (possibly cut) pre-token start at or after its start
+        exact = sum(1 for start, _ in enc.offsets if start < last_start)
+        return enc.ids[: self.content_len] if exact >= self.content_len else None
+
+    def encode(self, texts: Sequence[str]) -> list[TokenizedDoc]:
+        use_prefix = [self._prefix_ok and len(t) > self.char_cap for t in texts]
+        inputs = [t[: self.char_cap] if p else t for t, p in zip(texts, use_prefix)]
+        encodings = self.backend.encode_batch(inputs, add_special_tokens=False)
+        out: list[TokenizedDoc] = []
+        for text, prefix, used_prefix, enc in zip(texts, inputs, use_prefix, encodings):
+            head = self._exact_head(prefix, enc) if used_prefix else None
+            if head is not None:
+                ids, truncated = head, True
+            else:
+                if used_prefix:  # the prefix could not decide: encode the whole text
+                    enc = self.backend.encode(text, add_special_tokens=False)
+                ids, truncated = list(enc.ids[: self.content_len]), len(enc.ids) > self.content_len
+            if self.bos_id is not None:
+                ids.insert(0, self.bos_id)
+            out.append(TokenizedDoc(ids, truncated))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def plan_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list[int]]:
+    """Indices grouped into batches: longest first, each batch's rows x longest row within the
+    token budget (a row longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * longest > max_tokens_per_batch:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask, padded only to the longest row."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+def _needs_full_logits(model) -> bool:
+    # models that transform logits after the output layer cannot use the hidden-state shortcut
+    cfg = model.config
+    return bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0))
+
+
+@torch.inference_mode()
+def document_nll(model, ids: torch.Tensor, mask: torch.Tensor, chunk_tokens: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (sum of token NLL in float64, number of predicted tokens) for right-padded `ids`.
+
+    Position t predicts token t+1 where both are real tokens (mask[:, t+1] == 1). Only those
+    positions go through the output layer, `chunk_tokens` rows at a time, in float32.
+    """
+    rows, width = ids.shape
+    valid = mask[:, 1:].bool()
+    targets = ids[:, 1:][valid]
+    row_of = torch.arange(rows, device=ids.device).unsqueeze(1).expand(rows, width - 1)[valid]
+    if _needs_full_logits(model):
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][valid]
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    else:
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][valid]
+        head = model.get_output_embeddings()
+        nll = torch.empty(targets.shape[0], dtype=torch.float32, device=ids.device)
+        for s in range(0, targets.shape[0], chunk_tokens):
+            e = min(s + chunk_tokens, targets.shape[0])
+            nll[s:e] = F.cross_entropy(head(hidden[s:e]).float(), targets[s:e], reduction="none")
+    sums = torch.zeros(rows, dtype=torch.float64, device=ids.device).index_add_(0, row_of, nll.double())
+    counts = valid.sum(dim=1)
+    return sums.cpu(), counts.cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# The scorer
+
+
+class PairScorer:
+    """Scores texts with a meta-model pair: `score_texts` for a list, `score_records` for a stream."""
+
+    def __init__(self, pair, max_len: int = 1024, max_tokens_per_batch: int | None = None,
+                 prepend_bos: bool = False, window_docs: int = 2048):
+        from scalingfilter.models import max_positions
+
+        self.pair = pair
+        limit = min(p for p in (max_positions(pair.small), max_positions(pair.large)) if p) if (max_positions(pair.small) or max_positions(pair.large)) else None
+        if limit is not None and max_len > limit:
+            raise ValueError(f"--max-len {max_len} exceeds the models' context of {limit} tokens")
+        self.tokenization = Tokenization(pair.tokenizer, max_len, prepend_bos)
+        self.max_tokens_per_batch = max_tokens_per_batch or (32768 if pair.device.type == "cuda" else 8192)
+        self.window_docs = window_docs
+        tok = pair.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def score_tokenized(self, docs: Sequence[TokenizedDoc]) -> list[DocScore]:
+        """Scores of already tokenized documents, in the given order."""
+        results: list[DocScore | None] = [None] * len(docs)
+        scorable = []
+        for i, d in enumerate(docs):
+            if len(d.ids) < 2:
+                results[i] = DocScore(None, None, 0, d.truncated, f"too short to score: {len(d.ids)} token(s)")
+            else:
+                scorable.append(i)
+        lengths = [len(docs[i].ids) for i in scorable]
+        device = self.pair.device
+        for batch in plan_batches(lengths, self.max_tokens_per_batch):
+            idx = [scorable[b] for b in batch]
+            ids, mask = pad_batch([docs[i].ids for i in idx], self.pad_id)
+            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            s_sum, counts = document_nll(self.pair.small, ids, mask)
+            l_sum, _ = document_nll(self.pair.large, ids, mask)
+            for r, i in enumerate(idx):
+                n = int(counts[r])
+                results[i] = DocScore(float(s_sum[r]) / n, float(l_sum[r]) / n, n, docs[i].truncated)
+        return results  # type: ignore[return-value]
+
+    def score_texts(self, texts: Sequence[str]) -> list[DocScore]:
+        return self.score_tokenized(self.tokenization.encode(texts))
+
+    def score_records(self, records: Iterable[Any], text_of=lambda r: r.text) -> Iterator[tuple[Any, DocScore | None]]:
+        """(record, score) for each record, in input order; records whose `text_of` is None
+        (rejected upstream) come back with score None. Reading and tokenisation of the next window
+        run in a background thread while this one is scored."""
+        windows: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                window: list[Any] = []
+                for rec in records:
+                    if stop.is_set():
+                        return
+                    window.append(rec)
+                    if len(window) >= self.window_docs:
+                        windows.put(self._tokenize_window(window, text_of))
+                        window = []
+                if window:
+                    windows.put(self._tokenize_window(window, text_of))
+                windows.put(None)
+            except BaseException as exc:  # surfaced in the consuming thread
+                windows.put(exc)
+
+        worker = threading.Thread(target=produce, daemon=True, name="scalingfilter-tokenize")
+        worker.start()
+        try:
+            while True:
+                item = windows.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                window, positions, tokenized = item
+                scores = self.score_tokenized(tokenized)
+                by_pos = dict(zip(positions, scores))
+                for k, rec in enumerate(window):
+                    yield rec, by_pos.get(k)
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    windows.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
+
+    def _tokenize_window(self, window, text_of):
+        positions = [k for k, r in enumerate(window) if text_of(r) is not None]
+        tokenized = self.tokenization.encode([text_of(window[k]) for k in positions])
+        return window, positions, tokenized
