@@ -101,7 +101,8 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
         import zstandard
 
         raw = open(name, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        # read_across_frames: concatenated frames (as our own part files make) are one stream
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True))
     return open(name, "rb")
 
 
@@ -240,14 +241,17 @@ class JsonlWriter:
 
 
 class ParquetWriter:
-    """Writes records to parquet in row groups; the schema is inferred from the first group."""
+    """Writes records to parquet in row groups. With `schema` every group is cast to it (and an
+    empty file still has it); without, the schema is inferred from the first group."""
 
-    def __init__(self, path: str | os.PathLike, rows_per_group: int = 10_000):
+    def __init__(self, path: str | os.PathLike, rows_per_group: int = 10_000, schema=None):
+        import pyarrow.parquet as pq
+
         self.path = str(path)
         self.rows_per_group = rows_per_group
         self._rows: list[dict[str, Any]] = []
-        self._writer = None
-        self._schema = None
+        self._schema = schema
+        self._writer = pq.ParquetWriter(self.path, schema) if schema is not None else None
 
     def write(self, record: dict[str, Any]) -> None:
         self._rows.append(record)
@@ -260,18 +264,16 @@ class ParquetWriter:
 
         if not self._rows:
             return
+        table = pa.Table.from_pylist(self._rows, schema=self._schema)
         if self._writer is None:
-            table = pa.Table.from_pylist(self._rows)
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self.path, self._schema)
-        else:
-            table = pa.Table.from_pylist(self._rows, schema=self._schema)
         self._writer.write_table(table)
         self._rows = []
 
     def close(self) -> None:
         self._flush()
-        if self._writer is None:  # no rows: still leave a valid (empty) parquet file
+        if self._writer is None:  # no rows and no schema: still leave a valid (empty) parquet file
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -280,10 +282,10 @@ class ParquetWriter:
             self._writer.close()
 
 
-def open_writer(path: str | os.PathLike, fmt: str | None = None):
-    """A writer for `path` in the format its name says (or `fmt`)."""
+def open_writer(path: str | os.PathLike, fmt: str | None = None, schema=None):
+    """A writer for `path` in the format its name says (or `fmt`); `schema` for parquet only."""
     fmt = fmt or file_format(path)
-    return ParquetWriter(path) if fmt == "parquet" else JsonlWriter(path)
+    return ParquetWriter(path, schema=schema) if fmt == "parquet" else JsonlWriter(path)
 
 
 def write_records(path: str | os.PathLike, records, fmt: str | None = None) -> int:
