@@ -368,6 +368,7 @@ class ScoreJob:
                     bar.set_postfix_str(f"{(total.tokens + stats.tokens) / dt:,.0f} tok/s", refresh=False)
             if not seen_any and unit.part == 0 and unit.stop is None:
                 empty = documents.Record(unit.source, 0, None, None, "empty file: no records")
+                stats.records += 1  # so that documents = output lines + rejects lines
                 self.reject(empty, rejects, stats)
         finally:
             writer.close()

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "rank-part-start", type=int, default=0, help="first part this node takes")
     _flag(parser, "rank-nparts", type=int, default=1, help="number of parts this node takes (stronger nodes can take more)")
     _flag(parser, "unit-docs", type=int, default=100_000, help="records per work unit when a big file is split")
+    _flag(parser, "split-bytes", type=int, default=64 << 20, help="JSONL files bigger than this (bytes on disk) are split into units of UNIT_DOCS records")
     _flag(parser, "file-ext", action="append", default=None, help="only read files ending so (repeatable); default: all supported formats")
     _flag(parser, "force-overwrite", action="store_true", help="discard earlier output and state in OUTPUT_DIR and rescore")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of rejecting it")
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar (ours), not one per weight file
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     budget = args.max_tokens_per_batch
     if budget is None and args.batch_size:
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             args.input_dir, args.output_dir, pair=args.pair, small_model=args.small_model, large_model=args.large_model,
             text_field=args.text_field, max_len=args.max_len, max_tokens_per_batch=budget, prepend_bos=args.prepend_bos,
             device=args.device, dtype=args.dtype, nparts=args.nparts, rank_part_start=args.rank_part_start,
-            rank_nparts=args.rank_nparts, unit_docs=args.unit_docs, file_ext=tuple(args.file_ext) if args.file_ext else None,
+            rank_nparts=args.rank_nparts, unit_docs=args.unit_docs, split_bytes=args.split_bytes, file_ext=tuple(args.file_ext) if args.file_ext else None,
             force_overwrite=args.force_overwrite, strict=args.strict, show_progress=not args.no_progress,
         )
     except (InputError, ModelLoadError, ShardingError, ConfigMismatchError, RejectedRecordError, ValueError) as exc:

@@ -1,0 +1,230 @@
+"""The score job end to end: formats, bad input, sharding, restart after SIGKILL, torchrun."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from scalingfilter import documents
+from scalingfilter.pipeline import RejectedRecordError, score_corpus
+from scalingfilter.scoring import SCORE_FIELDS
+from scalingfilter.sharding import ShardingError, file_units, node_files, rank_share
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def write_jsonl(path: Path, records, compress=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    if compress == "gz":
+        data = gzip.compress(data)
+    elif compress == "zst":
+        data = zstandard.ZstdCompressor().compress(data)
+    path.write_bytes(data)
+
+
+def make_corpus(root: Path, texts, n=60):
+    write_jsonl(root / "a.jsonl", [{"id": i, "text": texts[i % len(texts)] * (1 + i % 4), "meta": {"k": i}} for i in range(n)])
+    write_jsonl(root / "sub" / "b.jsonl.gz", [{"id": i, "raw_content": texts[(i * 3) % len(texts)]} for i in range(n // 2)], "gz")
+    write_jsonl(root / "sub" / "c.jsonl.zst", [{"id": i, "text": texts[(i * 5) % len(texts)] * 2} for i in range(n // 3)], "zst")
+    table = pa.Table.from_pylist([{"id": i, "text": texts[(i * 7) % len(texts)], "lang": "en"} for i in range(n // 2)])
+    pq.write_table(table, root / "d.parquet", row_group_size=7)
+
+
+def read_output(out: Path) -> dict[str, list[dict]]:
+    result = {}
+    for rel in documents.find_scored_files(out):
+        result[rel] = [r.data for r in documents.read_records(out / rel, rel)]
+    return result
+
+
+def run_cli(args, env=None, **kw):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=e, capture_output=True, text=True, **kw)
+
+
+def assert_same_outputs(a: dict, b: dict, rel=1e-6):
+    assert a.keys() == b.keys()
+    for f in a:
+        assert len(a[f]) == len(b[f]), f
+        for ra, rb in zip(a[f], b[f]):
+            assert ra.keys() == rb.keys()
+            for k in ra:
+                if isinstance(ra[k], float):
+                    assert ra[k] == pytest.approx(rb[k], rel=rel), (f, k)
+                else:
+                    assert ra[k] == rb[k], (f, k)
+
+
+def test_all_formats_mirrored_with_fields_kept(tmp_path, tiny_pair_dir, sample_texts):
+    make_corpus(tmp_path / "in", sample_texts)
+    summary = score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=64, show_progress=False)
+    assert summary["documents"] == 60 + 30 + 20 + 30 and summary["rejected"] == 0
+    out = read_output(tmp_path / "out")
+    assert sorted(out) == ["a.jsonl", "d.parquet", "sub/b.jsonl.gz", "sub/c.jsonl.zst"]
+    src = {rel: [r.data for r in documents.read_records(tmp_path / "in" / rel, rel)] for rel in out}
+    for rel, rows in out.items():
+        assert len(rows) == len(src[rel])
+        for orig, scored in zip(src[rel], rows):  # input order, original fields first and unchanged
+            assert list(scored)[: len(orig)] == list(orig)
+            assert all(scored[k] == v for k, v in orig.items())
+            assert set(SCORE_FIELDS) <= set(scored)
+            assert scored["quality_factor"] > 0
+    assert pq.ParquetFile(tmp_path / "out" / "d.parquet").schema_arrow.field("quality_factor").type == pa.float64()
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["documents"] == summary["documents"] and saved["tokens"] > 0
+
+
+def test_bad_inputs_are_rejected_with_file_and_line(tmp_path, tiny_pair_dir):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    good = {"text": "a perfectly ordinary sentence about the weather today"}
+    (inp / "bad.jsonl").write_bytes(
+        orjson.dumps(good) + b"\n"
+        + b'{"text": "unterminated\n'  # malformed JSON (line 2)
+        + orjson.dumps({"id": 3}) + b"\n"  # no text field (line 3)
+        + orjson.dumps({"text": 42}) + b"\n"  # text not a string (line 4)
+        + b'{"text": "caf\xe9"}\n'  # invalid UTF-8 (line 5)
+        + b"[1, 2]\n"  # not an object (line 6)
+        + orjson.dumps(good) + b"\n"
+    )
+    full = gzip.compress(b"".join(orjson.dumps({"text": f"document number {i} " * 5}) + b"\n" for i in range(200)))
+    (inp / "trunc.jsonl.gz").write_bytes(full[: len(full) // 2])
+    (inp / "empty.jsonl").write_bytes(b"")
+    big = "lorem ipsum dolor sit amet " * 400_000  # ~10 MB in one document
+    write_jsonl(inp / "big.jsonl", [{"text": big}, good])
+    summary = score_corpus(inp, tmp_path / "out", pair=str(tiny_pair_dir), max_len=64, show_progress=False)
+    rej = [orjson.loads(l) for l in (tmp_path / "out/rejects/bad.jsonl.rejects.jsonl").read_bytes().splitlines()]
+    assert [(r["line"], r["reason"].split(":")[0]) for r in rej] == [
+        (2, "malformed JSON"), (3, "record has no 'text' field"), (4, "field 'text' is a int, not a string"),
+        (5, "invalid UTF-8"), (6, "record is a JSON list, not an object"),
+    ]
+    trunc = [orjson.loads(l) for l in (tmp_path / "out/rejects/trunc.jsonl.gz.rejects.jsonl").read_bytes().splitlines()]
+    assert len(trunc) == 1 and "truncated" in trunc[0]["reason"] and trunc[0]["source"] == "trunc.jsonl.gz"
+    empty = [orjson.loads(l) for l in (tmp_path / "out/rejects/empty.jsonl.rejects.jsonl").read_bytes().splitlines()]
+    assert empty[0]["reason"] == "empty file: no records"
+    out = read_output(tmp_path / "out")
+    assert len(out["bad.jsonl"]) == 2
+    n_trunc_good = len(out["trunc.jsonl.gz"])
+    assert 0 < n_trunc_good < 200
+    assert out["big.jsonl"][0]["truncated"] is True and out["big.jsonl"][0]["n_tokens"] == 63
+    # every input line is in the output or the rejects file, exactly once
+    n_rejects = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "out/rejects").rglob("*.rejects.jsonl"))
+    assert n_rejects == summary["rejected"] == 5 + 1 + 1
+    assert summary["documents"] == sum(len(v) for v in out.values()) + n_rejects
+    # the CLI says so in its exit status
+    r = run_cli(["score", "--input-dir", str(inp), "--output-dir", str(tmp_path / "out2"), "--pair", str(tiny_pair_dir), "--max-len", "64", "--no-progress"])
+    assert r.returncode == 3, r.stderr
+    assert "bad.jsonl line 2" in r.stderr and "rejected" in r.stderr
+
+
+def test_strict_stops_at_first_bad_record(tmp_path, tiny_pair_dir):
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": "fine text here"}, {"nope": 1}, {"text": "more"}])
+    with pytest.raises(RejectedRecordError, match="x.jsonl line 2"):
+        score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=32, strict=True, show_progress=False)
+    r = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "o2"), "--pair", str(tiny_pair_dir), "--max-len", "32", "--strict", "--no-progress"])
+    assert r.returncode == 2 and "x.jsonl line 2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_node_parts_cover_every_file_once():
+    files = [f"f{i:02d}.jsonl" for i in range(23)]
+    for nparts in (1, 2, 5, 23, 30):
+        taken = [f for s in range(nparts) for f in node_files(files, nparts, s, 1)]
+        assert taken == sorted(files)
+    # uneven shares for stronger nodes: [0, 3) and [3, 4)
+    assert node_files(files, 4, 0, 3) + node_files(files, 4, 3, 1) == files
+    for bad in [(0, 0, 1), (4, 4, 1), (4, 2, 3), (4, 0, 0), (4, -1, 1)]:
+        with pytest.raises(ShardingError):
+            node_files(files, *bad)
+
+
+def test_units_and_ranks_partition_records():
+    units = file_units("x", 1001, 100)
+    assert len(units) == 11 and units[0].start == 0 and units[-1].stop is None and units[-2].stop == 1000
+    assert [u.start for u in units] == list(range(0, 1001, 100))
+    items = list(range(17))
+    assert sorted(i for r in range(3) for i in rank_share(items, r, 3)) == items
+    assert file_units("y", 50, 100) == [file_units("y", None, 100)[0]]
+
+
+def test_invalid_node_parts_cli_error(tmp_path, tiny_pair_dir):
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": "hello there"}])
+    r = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "o"), "--pair", str(tiny_pair_dir),
+                 "--nparts", "2", "--rank_part_start", "1", "--rank_nparts", "2"])
+    assert r.returncode == 2 and "exceeds --nparts 2" in r.stderr
+
+
+def test_missing_input_and_bundled_messages(tmp_path, tiny_pair_dir):
+    r = run_cli(["score", "--input-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o"), "--pair", str(tiny_pair_dir)])
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_restart_after_sigkill_gives_identical_output(tmp_path, tiny_pair_dir, sample_texts):
+    inp = tmp_path / "in"
+    make_corpus(inp, sample_texts, n=240)
+    # split every file into units of 25 records, so a kill can land between and inside units
+    common = ["--pair", str(tiny_pair_dir), "--max-len", "64", "--unit-docs", "25", "--split-bytes", "0", "--no-progress", "--input_dir", str(inp)]
+    env: dict = {}
+    ref = run_cli(["score", *common, "--output_dir", str(tmp_path / "ref")], env=env)
+    assert ref.returncode == 0, ref.stderr
+    expected = read_output(tmp_path / "ref")
+    out = tmp_path / "killed"
+    for delay in (1.5, 2.5, 4.0):
+        e = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **env)
+        proc = subprocess.Popen([PY, "-m", "scalingfilter.cli", "score", *common, "--output_dir", str(out)], cwd=REPO, env=e,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = run_cli(["score", *common, "--output_dir", str(out)], env=env)
+    assert final.returncode == 0, final.stderr
+    got = read_output(out)
+    assert_same_outputs(got, expected, rel=0)  # same units, same batches: bit-identical
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["documents"] == sum(len(v) for v in expected.values())
+
+
+def test_force_overwrite_replaces_old_output(tmp_path, tiny_pair_dir, sample_texts):
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": t} for t in sample_texts])
+    score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=64, show_progress=False)
+    first = read_output(tmp_path / "out")["x.jsonl"]
+    # other settings on the same output directory are refused ...
+    from scalingfilter.pipeline import ConfigMismatchError
+
+    with pytest.raises(ConfigMismatchError, match="force_overwrite"):
+        score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=32, show_progress=False)
+    # ... and replaced cleanly with --force_overwrite
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": t} for t in sample_texts[:3]])
+    score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=32, force_overwrite=True, show_progress=False)
+    second = read_output(tmp_path / "out")["x.jsonl"]
+    assert len(second) == 3 and len(first) == len(sample_texts)
+    assert max(r["n_tokens"] for r in second) <= 31
+
+
+def test_torchrun_two_processes_match_one(tmp_path, tiny_pair_dir, sample_texts):
+    inp = tmp_path / "in"
+    make_corpus(inp, sample_texts, n=90)
+    args = ["--input_dir", str(inp), "--pair", str(tiny_pair_dir), "--max_len", "64", "--unit-docs", "20", "--split_bytes", "0", "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    one = subprocess.run([PY, "-m", "scalingfilter.quality_factor", *args, "--output_dir", str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "scalingfilter/quality_factor.py", *args,
+                          "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = read_output(tmp_path / "one"), read_output(tmp_path / "two")
+    assert_same_outputs(a, b, rel=1e-6)
+    s = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s["processes"] == 2 and s["documents"] == sum(len(v) for v in a.values())
