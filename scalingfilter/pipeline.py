@@ -94,6 +94,14 @@ class Processes:
 
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group only when every process is done with it."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
             return values
@@ -305,6 +313,7 @@ class ScoreJob:
         if procs.rank == 0:
             name = "summary.json" if cfg.nparts == 1 else f"summary.parts-{cfg.rank_part_start}-{cfg.rank_part_start + cfg.rank_nparts - 1}.json"
             _write_json_atomic(self.out / name, summary)
+        procs.close()
         return summary
 
     def score_units(self, units: list[Unit]) -> UnitStats:

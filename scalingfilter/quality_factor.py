@@ -82,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, ModelLoadError, ShardingError, ConfigMismatchError, RejectedRecordError, ValueError) as exc:
         print(f"scalingfilter score: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=1))
-        if summary["rejected"]:
-            print(f"scalingfilter score: {summary['rejected']} record(s) rejected; see {summary['rejects_dir']}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK  # rank 0 speaks for the job; a launcher would kill the others at a nonzero status
+    print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=1))
+    if summary["rejected"]:
+        print(f"scalingfilter score: {summary['rejected']} record(s) rejected; see {summary['rejects_dir']}", file=sys.stderr)
     return EXIT_REJECTED if summary["rejected"] else EXIT_OK
 
 

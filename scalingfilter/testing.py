@@ -33,14 +33,18 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     )
 
 
-def build_random_pair(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size: int = 1024, n_positions: int = 1024, seed: int = 0) -> Path:
-    """Save a random small (2 layers, d 32) and large (2 layers, d 64) GPT-2 pair sharing one tokenizer."""
+TEST_SIZES = {"small": (2, 32, 2), "large": (2, 64, 4)}  # (layers, width, heads)
+
+
+def build_random_pair(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size: int = 1024, n_positions: int = 1024,
+                      seed: int = 0, sizes: dict | None = None) -> Path:
+    """Save a random GPT-2 pair sharing one tokenizer; `sizes` maps small/large to (layers, width, heads)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     out = Path(out_dir)
     tokenizer = train_bpe_tokenizer(texts, vocab_size)
-    for name, (layers, width, heads) in {"small": (2, 32, 2), "large": (2, 64, 4)}.items():
+    for name, (layers, width, heads) in (sizes or TEST_SIZES).items():
         torch.manual_seed(seed)
         config = GPT2Config(
             vocab_size=len(tokenizer), n_positions=n_positions, n_embd=width, n_layer=layers, n_head=heads,
