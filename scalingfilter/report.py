@@ -159,7 +159,7 @@ def make_figures(cols: dict[str, np.ndarray], out: Path, kept: np.ndarray | None
 
     def finish(fig, name, title, caption):
         data = _fig_to_png(fig, out / name)
-        figures.append({"file": name, "title": title, "caption": caption, "png": data})
+        figures.append({"file": name, "title": title, "caption": caption, "png": data, "wide": name.endswith("by_group.png")})
 
     # 1. log quality factor histogram
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -185,14 +185,20 @@ def make_figures(cols: dict[str, np.ndarray], out: Path, kept: np.ndarray | None
     both = both[np.isfinite(both) & (both > 0)]
     if len(both):
         lo, hi = both.min(), both.max()
-        pbins = np.geomspace(lo, hi if hi > lo else lo * 1.01, 60)
+        wide = hi / lo > 20  # log axis only when the range spans decades
+        pbins = np.geomspace(lo, hi, 60) if wide else np.linspace(lo, hi if hi > lo else lo * 1.01, 60)
         ax.hist(sp, bins=pbins, histtype="step", lw=1.8, color=SMALL_COLOUR, label="small model")
         ax.hist(lp, bins=pbins, histtype="step", lw=1.8, color=LARGE_COLOUR, label="large model")
-        ax.set_xscale("log")
+        if wide:
+            from matplotlib.ticker import LogFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     for key in ("ppl_low", "ppl_high"):
         if lines.get(key) is not None:
             ax.axvline(lines[key], color="black", ls="--", lw=1.2, label=lines.get("ppl_label") if key == "ppl_low" else None)
-    ax.set_xlabel("perplexity (log scale)")
+    ax.set_xlabel("perplexity" + (" (log scale)" if len(both) and wide else ""))
     ax.set_ylabel("documents")
     ax.legend(frameon=False)
     ax.set_title("Perplexity of the small and the large model")
@@ -260,10 +266,13 @@ def make_figures(cols: dict[str, np.ndarray], out: Path, kept: np.ndarray | None
     if group_names:
         groups = cols["group"]
         names = sorted({g for g in groups[scored]})
-        fig, axes = plt.subplots(1, 2 if has_sel else 1, figsize=(10 if has_sel else 7.5, 0.45 * len(names) + 1.8), squeeze=False)
+        fig, axes = plt.subplots(1, 2 if has_sel else 1, figsize=(11 if has_sel else 7.5, 0.5 * len(names) + 1.9), squeeze=False)
         ax = axes[0, 0]
         data = [log_qf[scored & (groups == g)] for g in names]
-        ax.boxplot(data, vert=False, showfliers=False)
+        try:  # matplotlib >= 3.10 says orientation=, older ones vert=
+            ax.boxplot(data, orientation="horizontal", showfliers=False)
+        except TypeError:
+            ax.boxplot(data, vert=False, showfliers=False)
         ax.set_yticks(range(1, len(names) + 1), names)
         if lines.get("log_qf") is not None:
             ax.axvline(lines["log_qf"], color="black", ls="--", lw=1.2)
@@ -335,6 +344,7 @@ th{background:#eef1f5}td.l,th.l{text-align:left}
 .figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:18px}
 figure{background:#fff;border:1px solid #dde1e8;border-radius:8px;margin:0;padding:10px}
 figure img{width:100%;height:auto;display:block}
+figure.wide{grid-column:1/-1}figure.wide img{max-width:1000px;margin:0 auto}
 figcaption{color:#4a5263;font-size:.85em;margin-top:6px}
 .doc{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:8px 12px;margin:8px 0}
 .doc .meta{font-size:.8em;color:#5a6273;margin-bottom:4px}
@@ -392,7 +402,8 @@ def _render_html(stats: dict[str, Any], figures: list[dict[str, Any]], examples:
     parts.append("<h2>Figures</h2><div class=\"figs\">")
     for f in figures:
         b64 = base64.b64encode(f["png"]).decode("ascii")
-        parts.append(f'<figure><a href="{e(f["file"])}"><img src="data:image/png;base64,{b64}" alt="{e(f["title"])}"></a>'
+        cls = ' class="wide"' if f.get("wide") else ""
+        parts.append(f'<figure{cls}><a href="{e(f["file"])}"><img src="data:image/png;base64,{b64}" alt="{e(f["title"])}"></a>'
                      f'<figcaption><b>{e(f["title"])}.</b> {e(f["caption"])} <a href="{e(f["file"])}">{e(f["file"])}</a></figcaption></figure>')
     parts.append("</div>")
 
@@ -525,7 +536,7 @@ def build_report(
         "examples": {k: [{kk: vv for kk, vv in d.items() if kk != "text"} for d in v] for k, v in examples.items()},
     }
     ok = scored & np.isfinite(log_qf) & np.isfinite(tok)
-    if ok.sum() >= 3:
+    if ok.sum() >= 3 and np.ptp(log_qf[ok]) > 0 and np.ptp(tok[ok]) > 0:
         from scipy.stats import spearmanr
 
         rho = spearmanr(log_qf[ok], tok[ok]).statistic
