@@ -72,21 +72,34 @@ def kernel_matrix(X: np.ndarray, kernel: str = "reference") -> np.ndarray:
 def gram_eigenvalues(X: np.ndarray, kernel: str = "reference") -> np.ndarray:
     """Eigenvalues of K / n via the m x m Gram matrix: eig(Z Z^T / n) \\ {0} = eig(Z^T Z / n).
 
-    Z^T Z = sum over rows z_i z_i^T, accumulated in float64 in chunks of CHUNK_ROWS rows, so memory is
-    O(m^2) plus one chunk whatever n is. Rounding can make zero eigenvalues slightly negative: they are
-    clipped to 0. Returns the m eigenvalues, ascending (m - rank of them are 0); they sum to 1.
+    With U the unit rows (n x d) and s = U^T 1 their sum:
+      cosine:    Z^T Z = U^T U
+      reference: Z^T Z = 1/2 [[n, s^T], [s, U^T U]]   (Z = [1, U] / sqrt(2))
+    U^T U and s are accumulated in float64 over chunks of CHUNK_ROWS rows, so memory is O(d^2) plus one
+    chunk whatever n is. Rounding can make zero eigenvalues slightly negative: they are clipped to 0.
+    Returns the m eigenvalues, ascending (m - rank of them are 0); they sum to 1.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r} (expected one of {', '.join(KERNELS)})")
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"need a non-empty n x d embedding matrix, got shape {X.shape}")
-    n = X.shape[0]
-    m = X.shape[1] + (1 if kernel == "reference" else 0)
-    G = np.zeros((m, m), dtype=np.float64)
+    n, d = X.shape
+    UtU = np.zeros((d, d), dtype=np.float64)
+    s = np.zeros(d, dtype=np.float64)
     for lo in range(0, n, CHUNK_ROWS):
-        Z = feature_matrix(X[lo : lo + CHUNK_ROWS], kernel)
-        G += Z.T @ Z
-    G /= n
-    w = np.linalg.eigvalsh(G)
+        U = normalize_rows(X[lo : lo + CHUNK_ROWS])
+        UtU += U.T @ U
+        s += U.sum(axis=0)
+    if kernel == "cosine":
+        G = UtU
+    else:
+        G = np.empty((d + 1, d + 1), dtype=np.float64)
+        G[0, 0] = n
+        G[0, 1:] = G[1:, 0] = s
+        G[1:, 1:] = UtU
+        G *= 0.5
+    w = np.linalg.eigvalsh(G / n)
     return np.clip(w, 0.0, None)
 
 
