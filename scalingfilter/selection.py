@@ -13,8 +13,10 @@ Methods (all keep a fraction `keep` of the *scored pool*, by documents or by tok
 
 How it scales, and why it is exact
 ----------------------------------
-Pass 1 streams every scored file and keeps one float64 per document (the sort key: the quality factor,
-the large-model perplexity or a random key), plus the token count when selecting by tokens. The kept set
+Pass 1 streams every scored file and keeps 12 bytes per document: the quality factor (float64) and the
+token count (int32), plus the large-model perplexity (float64) for perplexity gating. The selection adds
+the sort key (float64: the negated quality factor, the perplexity or a random key) and, by documents,
+one np.partition copy of it; by tokens, an argsort (int64) and a cumulative token sum instead. The kept set
 is an interval of ranks in the total order (key, corpus position): ties are broken by the document's
 position in the corpus (files in sorted path order, records in file order), so the result is exact and
 deterministic. The interval's two end points are found with ``np.partition`` (by documents) or one
@@ -142,7 +144,7 @@ def read_scores(scored_dir: str | os.PathLike, need_ppl: bool = True, need_token
     files = find_scored_files(root)
     if not files:
         raise InputError(f"no scored data files under {str(root)!r} (expected the output directory of `scalingfilter score`)")
-    qf, ppl, tok = _Grow(np.float64), _Grow(np.float64), _Grow(np.int64)
+    qf, ppl, tok = _Grow(np.float64), _Grow(np.float64), _Grow(np.int32)
     counts = [0] * len(files)
     reasons: Counter = Counter()
     for fi, _rel, rec in iter_scored(root, files):
@@ -208,13 +210,14 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def _kth(keys: np.ndarray, positions: np.ndarray, k: int) -> tuple[float, int]:
+def _kth(keys: np.ndarray, positions: np.ndarray | None, k: int) -> tuple[float, int]:
     """The k-th (0-based) element of `keys` in the order (key, position): its key and position.
-    O(n) with np.partition; ties at the key are resolved by position."""
+    O(n) with np.partition; ties at the key are resolved by position (`positions[i]`, or i if None)."""
     v = np.partition(keys, k)[k]
     less = int(np.count_nonzero(keys < v))
-    tied = positions[keys == v]
-    return float(v), int(tied[k - less])
+    tied = np.flatnonzero(keys == v)
+    i = int(tied[k - less])
+    return float(v), i if positions is None else int(positions[i])
 
 
 @dataclass
@@ -249,8 +252,13 @@ def rank_interval(keys: np.ndarray, keep: float, by: str = "documents", tokens: 
     if not 0.0 <= keep <= 1.0:
         raise SelectionError(f"keep must be a fraction in [0, 1] (got {keep})")
     keys = np.asarray(keys, dtype=np.float64)
-    positions = np.flatnonzero(~np.isnan(keys))
-    pk = keys[positions]
+    nan = np.isnan(keys)
+    if nan.any():
+        positions = np.flatnonzero(~nan)
+        pk = keys[positions]
+    else:  # the common case: no copy, positions are the indices themselves
+        positions, pk = None, keys
+    del nan
     n = len(pk)
     if n == 0:
         return Bounds(None, None, 0)
@@ -268,7 +276,8 @@ def rank_interval(keys: np.ndarray, keep: float, by: str = "documents", tokens: 
     if tokens is None:
         raise SelectionError("selection by tokens needs the token counts")
     order = np.argsort(pk, kind="stable")  # stable: ties stay in position order
-    cum = np.cumsum(np.asarray(tokens, dtype=np.int64)[positions][order])
+    tok = np.asarray(tokens)
+    cum = np.cumsum((tok if positions is None else tok[positions])[order], dtype=np.int64)
     total = int(cum[-1])
     target = keep * total
     if centred:
@@ -282,8 +291,9 @@ def rank_interval(keys: np.ndarray, keep: float, by: str = "documents", tokens: 
     b = min(n, int(np.searchsorted(cum, base + target, side="left")) + 1)
     if b <= a:
         return Bounds(None, None, 0)
-    lo, hi = order[a], order[b - 1]
-    return Bounds((float(pk[lo]), int(positions[lo])), (float(pk[hi]), int(positions[hi])), b - a)
+    lo, hi = int(order[a]), int(order[b - 1])
+    at = (lambda i: i) if positions is None else (lambda i: int(positions[i]))
+    return Bounds((float(pk[lo]), at(lo)), (float(pk[hi]), at(hi)), b - a)
 
 
 def select_mask(method: str, keep: float, quality_factor: np.ndarray, large_ppl: np.ndarray | None = None, n_tokens: np.ndarray | None = None, by: str = "documents", seed: int = 0, temperature: float = 1.0) -> tuple[np.ndarray, Bounds, np.ndarray]:
@@ -377,11 +387,12 @@ def select_corpus(
         raise SelectionError(f"--temperature must be > 0 (got {temperature}); T -> 0 is top-k")
     t0 = time.time()
     inp, out = Path(input_dir), Path(output_dir)
-    table = read_scores(inp, need_ppl=True, need_tokens=True)
+    table = read_scores(inp, need_ppl=(method == "perplexity-gating"), need_tokens=True)
     t1 = time.time()
     _prepare_output(out, inp, force_overwrite)
 
-    mask, bounds, keys = select_mask(method, keep, table.quality_factor, table.large_ppl, table.n_tokens, by, seed, temperature)
+    large_ppl = table.large_ppl if method == "perplexity-gating" else None
+    mask, bounds, keys = select_mask(method, keep, table.quality_factor, large_ppl, table.n_tokens if by == "tokens" else None, by, seed, temperature)
     del keys  # the mask is all pass 2 needs
     scored = table.scored
     thresholds = _threshold_summary(method, bounds, table, mask, temperature)
@@ -444,8 +455,8 @@ def select_corpus(
     np.savez_compressed(state / MASK_NAME, kept=mask, scored=scored, files=np.array(table.files, dtype=object).astype(str),
                         file_counts=np.array(table.file_counts, dtype=np.int64))
 
-    pool_tokens = int(table.n_tokens[scored].sum())
-    kept_tokens = int(table.n_tokens[mask].sum())
+    pool_tokens = int(table.n_tokens[scored].sum(dtype=np.int64))
+    kept_tokens = int(table.n_tokens[mask].sum(dtype=np.int64))
     n_pool = int(scored.sum())
     n_kept = int(mask.sum())
     manifest: dict[str, Any] = {
@@ -468,7 +479,7 @@ def select_corpus(
         "documents_selected": n_kept,
         "documents_out": sum(f["documents_out"] for f in files_info),
         "kept_fraction_documents": n_kept / n_pool if n_pool else None,
-        "tokens_in": int(table.n_tokens.sum()),
+        "tokens_in": int(table.n_tokens.sum(dtype=np.int64)),
         "tokens_scored": pool_tokens,
         "tokens_selected": kept_tokens,
         "tokens_out": sum(f["tokens_out"] for f in files_info),
