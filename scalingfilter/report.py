@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from .documents import REJECTS_DIR, InputError, find_input_files, find_scored_files, read_records
-from .selection import load_selection_mask, rank_interval, score_problem
+from .selection import _Grow, load_selection_mask, rank_interval, score_problem
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 KEPT_COLOUR = "#1b7837"
@@ -71,22 +71,28 @@ def _count_rejected(scored_dir: Path) -> int | None:
 
 
 class _Columns:
-    def __init__(self):
-        self.cols: dict[str, list] = {k: [] for k in ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor", "n_tokens", "truncated", "n_chars", "group", "scored")}
+    """Growable numpy columns (a few bytes a document; groups as small integer codes)."""
 
-    def add(self, **kw):
+    NUMERIC = ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor", "n_tokens", "n_chars")
+
+    def __init__(self):
+        self.cols = {k: _Grow(np.float64) for k in self.NUMERIC}
+        self.cols["truncated"] = _Grow(np.bool_)
+        self.cols["scored"] = _Grow(np.bool_)
+        self.cols["group"] = _Grow(np.int32)
+        self.group_codes: dict[str, int] = {}
+
+    def add(self, group=None, **kw):
         for k, v in kw.items():
             self.cols[k].append(v)
+        self.cols["group"].append(self.group_codes.setdefault(group, len(self.group_codes)) if group is not None else -1)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for k, v in self.cols.items():
-            if k == "group":
-                out[k] = np.array(v, dtype=object)
-            elif k in ("truncated", "scored"):
-                out[k] = np.array(v, dtype=bool)
-            else:
-                out[k] = np.array(v, dtype=np.float64)
+        out = {k: g.get() for k, g in self.cols.items()}
+        names = np.array([None] * (len(self.group_codes) + 1), dtype=object)
+        for name, code in self.group_codes.items():
+            names[code] = name
+        out["group"] = names[out["group"]]  # -1 -> the trailing None
         return out
 
 
