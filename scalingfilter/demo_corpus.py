@@ -68,7 +68,7 @@ def _chunks(text: str, max_chars: int, min_chars: int) -> Iterator[str]:
     size = 0
     for block in text.split(sep):
         if size + len(block) > max_chars and size >= min_chars:
-            yield sep.join(piece).strip()
+            yield _clip(sep.join(piece).strip(), max_chars)  # one long paragraph can still overshoot
             piece, size = [], 0
         piece.append(block)
         size += len(block) + len(sep)
@@ -198,6 +198,8 @@ def collect_demo_documents(n_docs: int = 400, seed: int = 0, mix: dict[str, floa
         "licence": _dedup(licences(min_chars, max_chars)) if want.get("licence") else [],
         "listing": _dedup(listings(min_chars, max_chars)) if want.get("listing") else [],
     }
+    pools = {k: [d for d in v if len(d["text"]) >= min_chars] for k, v in pools.items()}
+    from_topics = min(from_topics, sum(1 for d in pools["prose"] if d["origin"].startswith("python-pydoc-topics:")))
     docs = []
     for kind in KINDS:
         n = want.get(kind, 0)
