@@ -442,7 +442,8 @@ def _render_html(stats: dict[str, Any], figures: list[dict[str, Any]], examples:
             continue
         parts.append(f"<h2>{titles[key]}</h2>")
         if key == "threshold":
-            parts.append(f'<p class="sub">{e(stats["threshold"]["label"])}: log quality factor {_fmt(stats["threshold"]["log_qf"], 5)}</p>')
+            th = stats["threshold"]
+            parts.append(f'<p class="sub">{e(th["label"])}' + (f': log quality factor {_fmt(th["log_qf"], 5)}' if th["log_qf"] is not None else "") + "</p>")
         for d in docs:
             tag = ""
             if d.get("kept") is not None:
@@ -500,7 +501,8 @@ def build_report(
             lines["ppl_low"], lines["ppl_high"] = th.get("large_ppl_low"), th.get("large_ppl_high")
             lines["ppl_label"] = f"gate: {100 * (1 - m['keep']) / 2:g}th-{100 * (1 + m['keep']) / 2:g}th percentile"
     threshold_label = lines.get("log_qf_label")
-    if lines.get("log_qf") is None and scored.any():  # show where top-k at the paper's 70 % would cut
+    gated = lines.get("ppl_low") is not None
+    if lines.get("log_qf") is None and scored.any() and not gated:  # show where top-k at the paper's 70 % would cut
         b = rank_interval(-log_qf, DEFAULT_KEEP)
         if b.kept:
             lines["log_qf"] = -b.upper[0]
@@ -510,6 +512,17 @@ def build_report(
     figures = make_figures(cols, out, kept, lines, group_names, max_points)
 
     picks = _pick_examples(log_qf, scored, lines.get("log_qf"), n_examples)
+    if gated:  # around each perplexity gate instead
+        ppl = cols["large_ppl"]
+        pos = np.flatnonzero(scored & np.isfinite(ppl))
+        order = pos[np.lexsort((pos, ppl[pos]))]
+        half = max(1, n_examples // 2)
+        around = []
+        for bound in (lines["ppl_low"], lines["ppl_high"]):
+            i = int(np.searchsorted(ppl[order], bound, side="left"))
+            around += order[max(0, i - half // 2 - half % 2) : i + half // 2 + 1].tolist()
+        picks["threshold"] = list(dict.fromkeys(around))
+        threshold_label = f"around the perplexity gates: large-model perplexity {lines['ppl_low']:.5g} and {lines['ppl_high']:.5g}"
     wanted = {p for v in picks.values() for p in v}
     texts = _fetch_texts(scored_dir, files, counts, wanted, text_field, snippet_chars)
     examples = {}

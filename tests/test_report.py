@@ -142,7 +142,12 @@ def test_report_with_selection_and_groups(scored, tmp_path):
             assert all(kept_flags) and not any(d["kept"] for d in stats["examples"]["bottom"])
             assert sel["mean_log_qf_kept"] > sel["mean_log_qf_dropped"]
         else:
-            assert "large_ppl_low" in sel["thresholds"]
+            assert "large_ppl_low" in sel["thresholds"] and stats["threshold"]["log_qf"] is None
+            assert stats["threshold"]["label"].startswith("around the perplexity gates")
+            ppls = sorted(d["large_ppl"] for d in stats["examples"]["threshold"])
+            lo, hi = sel["thresholds"]["large_ppl_low"], sel["thresholds"]["large_ppl_high"]
+            assert ppls[0] < lo < ppls[len(ppls) // 2] < hi < ppls[-1]  # documents at both gates, on both sides
+            assert any(d["kept"] for d in stats["examples"]["threshold"]) and not all(d["kept"] for d in stats["examples"]["threshold"])
 
 
 def test_selection_from_another_corpus_is_refused(scored, tmp_path):
