@@ -137,7 +137,6 @@ def load_tokenizer(name: str, role: str = "small"):
 
 
 def load_causal_lm(name: str, role: str, device, dtype):
-    import torch
     from transformers import AutoModelForCausalLM
 
     try:
@@ -148,7 +147,6 @@ def load_causal_lm(name: str, role: str, device, dtype):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    assert model.dtype == dtype or dtype == torch.float32, (model.dtype, dtype)
     return model
 
 

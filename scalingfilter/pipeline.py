@@ -84,6 +84,8 @@ class Processes:
 
             if not dist.is_initialized():
                 use_nccl = device != "cpu" and torch.cuda.is_available()
+                if use_nccl:  # NCCL collectives run on the current device: one GPU per process
+                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
                 dist.init_process_group(backend="nccl" if use_nccl else "gloo")
             return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
         return cls()

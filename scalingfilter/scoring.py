@@ -203,7 +203,8 @@ class PairScorer:
         from scalingfilter.models import max_positions
 
         self.pair = pair
-        limit = min(p for p in (max_positions(pair.small), max_positions(pair.large)) if p) if (max_positions(pair.small) or max_positions(pair.large)) else None
+        limits = [n for n in (max_positions(pair.small), max_positions(pair.large)) if n]
+        limit = min(limits) if limits else None
         if limit is not None and max_len > limit:
             raise ValueError(f"--max-len {max_len} exceeds the models' context of {limit} tokens")
         self.tokenization = Tokenization(pair.tokenizer, max_len, prepend_bos)
