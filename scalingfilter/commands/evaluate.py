@@ -1,0 +1,37 @@
+"""`scalingfilter evaluate`: AUROC and pair win rate of the quality factor and the baselines against labels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-dir", required=True, help="a scored corpus (the output directory of `scalingfilter score`)")
+    parser.add_argument("--label-field", default="label", help="binary label; the higher value is the positive class (default %(default)s)")
+    parser.add_argument("--pair-field", default="pair",
+                        help="documents sharing this field's value are compared with each other (pair win rate); "
+                             "ignored if absent (default %(default)s)")
+    parser.add_argument("--text-field", default="text", help="for the length baseline (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..documents import InputError
+    from ..evaluation import evaluate_dir, format_table
+
+    try:
+        result = evaluate_dir(args.input_dir, args.label_field, args.pair_field or None, args.text_field)
+    except InputError as e:
+        print(f"scalingfilter evaluate: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"{result['input_dir']}: {result['labelled']:,} labelled documents of {result['documents']:,}; "
+          f"positive class {args.label_field} = {result['positive_label']!r}"
+          + (f"; groups by {result['pair_field']!r}" if result["pair_field"] else ""))
+    print(format_table(result))
+    return 0

@@ -1,0 +1,116 @@
+"""AUROC and pair win rate (scalingfilter.evaluation) and `scalingfilter evaluate`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from scalingfilter.cli import main
+from scalingfilter.documents import InputError, write_records
+from scalingfilter.evaluation import auroc, evaluate_dir, evaluate_records, format_table, pair_win_rate
+
+
+def brute_auroc(scores, labels):
+    pos = [s for s, y in zip(scores, labels) if y == max(labels)]
+    neg = [s for s, y in zip(scores, labels) if y != max(labels)]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_pair_counting_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 80))
+    labels = rng.integers(0, 2, n)
+    labels[0], labels[1] = 0, 1
+    scores = rng.integers(0, 6, n).astype(float)  # many ties
+    assert auroc(scores, labels) == pytest.approx(brute_auroc(list(scores), list(labels)), abs=1e-12)
+
+
+def test_auroc_edge_cases():
+    assert auroc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert auroc([4, 3, 2, 1], [0, 0, 1, 1]) == 0.0
+    assert auroc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5
+    assert auroc([0.1, 0.9, 0.5], ["bad", "good", "bad"]) == 1.0  # positive = the larger label value
+    assert math.isnan(auroc([1, 2], [1, 1]))
+    with pytest.raises(ValueError):
+        auroc([1, 2, 3], [0, 1, 2])
+
+
+def test_pair_win_rate():
+    scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.5, 0.3, 0.7]
+    labels = [1, 0, 1, 0, 1, 0, 1, 1]
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]  # d: same labels, not compared
+    rate, n = pair_win_rate(scores, labels, groups)
+    assert n == 3 and rate == pytest.approx((1 + 0 + 0.5) / 3)
+    # a group of three: 2 comparable pairs (the two negatives are not compared with each other)
+    rate, n = pair_win_rate([3, 1, 4], [1, 0, 0], ["g", "g", "g"])
+    assert n == 2 and rate == 0.5
+    assert math.isnan(pair_win_rate([1], [1], [None])[0])
+
+
+def _scored_docs(n_pairs=30, seed=0):
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n_pairs):
+        for label in (1, 0):
+            qf = float(rng.normal(1.2 if label else 1.0, 0.1))
+            lp = float(rng.normal(3.0 if label else 3.5, 0.3))
+            docs.append({"id": f"{i}/{label}", "text": "x" * (50 if label else 200), "label": label, "pair": str(i),
+                         "quality_factor": qf, "large_ppl": math.exp(lp), "small_ppl": math.exp(lp) * qf,
+                         "large_loss": lp, "small_loss": lp + math.log(qf), "n_tokens": 10, "truncated": False})
+    return docs
+
+
+def test_evaluate_dir_orientation_and_missing(tmp_path):
+    docs = _scored_docs()
+    docs[0].update(quality_factor=None, large_ppl=None, small_ppl=None)  # unscorable
+    docs.append({"id": "nolabel", "text": "y", "quality_factor": 1.0})
+    (tmp_path / "rejects").mkdir()
+    write_records(tmp_path / "part-0.jsonl", docs[:30])
+    write_records(tmp_path / "part-1.jsonl.gz", docs[30:])
+    write_records(tmp_path / "rejects" / "part-0.jsonl", [{"label": 5, "quality_factor": 1}])  # must be ignored
+    res = evaluate_dir(tmp_path)
+    m = {r["name"]: r for r in res["metrics"]}
+    assert res["labelled"] == 60 and res["documents"] == 61
+    assert m["quality_factor"]["missing"] == 1 and m["quality_factor"]["n"] == 59
+    assert m["length"]["missing"] == 0
+    labelled = [d for d in docs if "label" in d]
+    for name, sign in (("quality_factor", 1), ("large_ppl", -1), ("small_ppl", -1)):
+        kept = [d for d in labelled if d[name] is not None]
+        expect = brute_auroc([sign * d[name] for d in kept], [d["label"] for d in kept])
+        assert m[name]["auroc"] == pytest.approx(expect, abs=1e-12)
+    assert m["large_ppl"]["auroc"] > 0.8  # lower perplexity for the positives: oriented as "lower is better"
+    assert m["length"]["auroc"] == 0.0 and m["length"]["pair_win"] == 0.0  # positives are shorter
+    assert m["quality_factor"]["pairs"] == 29  # the pair with the unscored document drops out
+    table = format_table(res)
+    assert "pair win rate" in table and table.count("\n") == 1 + len(res["metrics"])
+
+
+def test_evaluate_without_pairs_and_bad_labels():
+    docs = [({"label": y, "quality_factor": q}, "t") for y, q in [(0, 1.0), (1, 2.0), (1, 3.0)]]
+    res = evaluate_records(docs)
+    qf = res["metrics"][0]
+    assert res["pair_field"] is None and qf["pair_win"] is None and qf["auroc"] == 1.0
+    with pytest.raises(InputError, match="exactly two values"):
+        evaluate_records([({"label": v, "quality_factor": 1.0}, "t") for v in (0, 1, 2)])
+    with pytest.raises(InputError, match="no document has"):
+        evaluate_records([({"quality_factor": 1.0}, "t")])
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    write_records(tmp_path / "s.jsonl", _scored_docs(10))
+    assert main(["evaluate", "--input-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in out["metrics"]] == ["quality_factor", "large_ppl", "small_ppl", "length"]
+    assert out["metrics"][0]["pairs"] == 10
+    assert main(["evaluate", "--input-dir", str(tmp_path)]) == 0
+    assert "| quality factor" in capsys.readouterr().out
+    assert main(["evaluate", "--input-dir", str(tmp_path), "--label-field", "nope"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", "--input-dir", str(empty)]) == 2

@@ -1,0 +1,209 @@
+"""Meta-model training (scalingfilter.training, `scalingfilter train`) and the bundled pair."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scalingfilter import training
+from scalingfilter.cli import main
+from scalingfilter.documents import InputError, write_records
+from scalingfilter.training import TokenWindows, TrainConfig, lr_at, parse_sizes, train_pair
+
+SIZES = "2x16x2,2x32x4"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sample_texts):
+    d = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    docs = [{"id": i, "text": " ".join(rng.choice(sample_texts, 3))} for i in range(120)]
+    write_records(d / "a.jsonl", docs[:60])
+    write_records(d / "b.jsonl.gz", docs[60:] + [{"id": "bad", "text": 7}])
+    return d
+
+
+def cfg(corpus, out, **kw):
+    base = dict(input_dir=str(corpus), output_dir=str(out), sizes=SIZES, vocab_size=300, seq_len=32, batch_size=2,
+                tokens=2 * 32 * 8, lr=3e-3, checkpoint_every=3, log_every=1, progress=False, threads=1,
+                precision="fp32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(_msg):
+    pass
+
+
+def load_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_parse_sizes():
+    small, large = parse_sizes("tiny")
+    assert small.n_layer == large.n_layer and small.n_embd < large.n_embd
+    assert parse_sizes("gpt2")[1].n_embd == 1280
+    s, l = parse_sizes("3x48x4,5x96x8")
+    assert (s.n_layer, s.n_embd, s.n_head, l.n_layer) == (3, 48, 4, 5)
+    for bad in ("huge", "3x48x5,5x96x8", "3x48,5x96x8", "3x48x4"):
+        with pytest.raises(InputError):
+            parse_sizes(bad)
+
+
+def test_lr_schedule():
+    c = TrainConfig(input_dir="", output_dir="", lr=1.0, warmup_frac=0.1, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 100, c) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_windows_visit_every_window_once_per_epoch():
+    tokens = np.arange(10 * 4 + 1, dtype=np.int32)
+    w = TokenWindows(tokens, seq_len=4, batch_size=2, seed=1)
+    assert w.n_windows == 10
+    firsts = [int(x[0]) for step in range(5) for x in w.batch(step)[0][:, 0:1]]
+    assert sorted(firsts) == list(range(0, 40, 4))
+    x, y = w.batch(7)
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+    x2, _ = TokenWindows(tokens, 4, 2, seed=1).batch(7)  # a fresh object gives the same batch
+    assert torch.equal(x, x2)
+    assert not torch.equal(TokenWindows(tokens, 4, 2, seed=2).batch(0)[0], w.batch(0)[0])
+
+
+def test_train_writes_loadable_pair(corpus, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    res = train_pair(cfg(corpus, out, save_dtype="float16"), log=quiet)
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["tokens_seen"] == 8 * 64 and log["steps"] == 8
+    assert log["data"]["skipped"] == 1 and log["data"]["heldout_documents"] >= 1
+    assert res["parameters"]["small"] < res["parameters"]["large"]
+    assert all(math.isfinite(v) for v in log["heldout_loss"].values())
+    hist = log["history"]
+    assert len(hist) == 8 and hist[-1]["large_loss"] < hist[0]["large_loss"]
+    for name in ("small", "large"):
+        weights = load_weights(out / name)
+        assert {v.dtype for v in weights.values()} == {torch.float16}
+        assert "lm_head.weight" not in weights  # tied to the embedding, stored once
+        model = AutoModelForCausalLM.from_pretrained(out / name)
+        tok = AutoTokenizer.from_pretrained(out / name)
+        assert model.dtype == torch.float32 and model.config.n_positions == 32
+        assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+        assert tok.eos_token_id is not None and len(tok) == model.config.vocab_size
+        ids = torch.tensor([[tok.eos_token_id] + tok("The quick brown fox")["input_ids"]])
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=ids).loss
+        assert math.isfinite(float(loss)) and float(loss) < math.log(len(tok))  # trained: better than uniform
+    # the two models share the tokenizer
+    assert (out / "small" / "tokenizer.json").read_text() == (out / "large" / "tokenizer.json").read_text()
+    with pytest.raises(InputError, match="already holds"):
+        train_pair(cfg(corpus, out), log=quiet)
+
+
+def test_resume_reaches_the_same_model(corpus, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train_pair(cfg(corpus, full), log=quiet)
+
+    crashed = tmp_path / "crashed"
+    real_lr_at = training.lr_at
+
+    def crash_at_step_5(step, steps, c):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real_lr_at(step, steps, c)
+
+    monkeypatch.setattr(training, "lr_at", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_pair(cfg(corpus, crashed), log=quiet)
+    monkeypatch.setattr(training, "lr_at", real_lr_at)
+    assert (crashed / "checkpoint.pt").exists() and not (crashed / "small").exists()
+    assert torch.load(crashed / "checkpoint.pt", weights_only=False)["step"] == 3  # last checkpoint before the crash
+
+    with pytest.raises(InputError, match="settings differ"):
+        train_pair(cfg(corpus, crashed, seed=1, resume=True), log=quiet)
+    res = train_pair(cfg(corpus, crashed, resume=True), log=quiet)
+    full_log = json.loads((full / "train_log.json").read_text())
+    for name in ("small", "large"):
+        a, b = load_weights(full / name), load_weights(crashed / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name}.{k}")
+        assert res["heldout_loss"][name] == pytest.approx(full_log["heldout_loss"][name], abs=1e-5)
+    assert [h["step"] for h in res["history"]] == list(range(1, 9))
+
+
+def test_a_different_seed_gives_a_different_model(corpus, tmp_path):
+    a = train_pair(cfg(corpus, tmp_path / "a", tokens=64 * 2), log=quiet)
+    b = train_pair(cfg(corpus, tmp_path / "b", tokens=64 * 2, seed=5), log=quiet)
+    assert a["heldout_loss"]["large"] != b["heldout_loss"]["large"]
+
+
+def test_bad_corpora_fail_before_training(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError):
+        train_pair(cfg(empty, tmp_path / "o1"), log=quiet)
+    notext = tmp_path / "notext"
+    notext.mkdir()
+    write_records(notext / "x.jsonl", [{"text": 3}, {"content": "abc"}, {"text": "   "}])
+    with pytest.raises(InputError, match="no documents with text"):
+        train_pair(cfg(notext, tmp_path / "o2"), log=quiet)
+    small = tmp_path / "small"
+    small.mkdir()
+    write_records(small / "x.jsonl", [{"text": "a few words only"}, {"text": "and a second short one"}])
+    with pytest.raises(InputError, match="fewer than one batch"):
+        train_pair(cfg(small, tmp_path / "o3", seq_len=512, vocab_size=260), log=quiet)
+    assert not (tmp_path / "o3" / "checkpoint.pt").exists()
+    # the command line reports it as an error, exit status 2
+    assert main(["train", "--input-dir", str(notext), "--output-dir", str(tmp_path / "o4")]) == 2
+    assert "no documents with text" in capsys.readouterr().err
+    assert main(["train", "--input-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o5")]) == 2
+
+
+def test_train_cli(corpus, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--input-dir", str(corpus), "--output-dir", str(out), "--sizes", SIZES, "--vocab-size", "300",
+               "--seq-len", "32", "--batch-size", "2", "--tokens", "128", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    assert "held-out loss" in capsys.readouterr().out
+    assert (out / "small" / "model.safetensors").exists() and (out / "large" / "config.json").exists()
+
+
+def test_bundled_pair():
+    from scalingfilter.bundled import PAIR_DIR, bundled_pair_dir
+
+    d = bundled_pair_dir()
+    if d is None:
+        assert not (PAIR_DIR / "small" / "config.json").exists()
+        pytest.skip("no bundled pair in this checkout")
+    from transformers import AutoConfig
+
+    size = sum(f.stat().st_size for f in d.parent.rglob("*") if f.is_file())
+    assert size <= 25 * 1024 * 1024
+    cs, cl = AutoConfig.from_pretrained(d / "small"), AutoConfig.from_pretrained(d / "large")
+    assert cs.vocab_size == cl.vocab_size and cs.n_embd < cl.n_embd
+    assert (d / "small" / "tokenizer.json").read_bytes() == (d / "large" / "tokenizer.json").read_bytes()
+    assert (d.parent / "MODEL_CARD.md").exists()
+
+
+def test_export_checkpoint_of_a_partial_run(corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from scalingfilter.training import export_checkpoint
+
+    out = tmp_path / "run"
+    train_pair(cfg(corpus, out), log=quiet)  # the final checkpoint holds the final weights
+    info = export_checkpoint(out, tmp_path / "exp")
+    assert info == {"step": 8, "tokens_seen": 8 * 64}
+    for name in ("small", "large"):
+        a, b = load_file(str(out / name / "model.safetensors")), load_file(str(tmp_path / "exp" / name / "model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
