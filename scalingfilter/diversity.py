@@ -32,7 +32,7 @@ import numpy as np
 
 from . import vendi
 from .documents import InputError, JsonlWriter, count_records, find_input_files, read_records
-from .embedding import Cache, CacheMismatch, InputFingerprint, ModelLoadError, dist_info, encode_stream, load_model, model_fingerprint
+from .embedding import CHUNK_TEXTS, Cache, CacheMismatch, InputFingerprint, ModelLoadError, dist_info, encode_stream, load_model, model_fingerprint
 
 PAPER_GROUPS = 10
 PAPER_GROUP_SIZE = 10_000
@@ -59,6 +59,8 @@ class DiversityConfig:
     device: str | None = None
     dtype: str = "auto"
     max_seq_length: int | None = None
+    # documents read and encoded at a time (and the unit torchrun ranks share out)
+    chunk_texts: int = int(os.environ.get("SCALINGFILTER_DIVERSITY_CHUNK", CHUNK_TEXTS))
     progress: bool = True
 
 
@@ -237,11 +239,12 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
             on_doc=fp.update,
             shard=(rank, world),
             records_read=lambda: rejects.read,
+            chunk_texts=cfg.chunk_texts,
         )
         rejects.close()
         enc_seconds, enc_devices = stats.seconds, stats.devices
         if world > 1:
-            embeddings, ids = _gather_ranks(out_dir, embeddings, ids, rank, world)
+            embeddings, ids = _gather_ranks(out_dir, embeddings, ids, rank, world, cfg.chunk_texts)
             if rank != 0:
                 return None
         cache.save(embeddings, ids, {"model_fingerprint": mfp, "input_fingerprint": fp.hexdigest(), "n": len(ids), "text_field": cfg.text_field})
@@ -307,8 +310,10 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
     return result
 
 
-def _gather_ranks(out_dir: Path, embeddings: np.ndarray, ids: list[str], rank: int, world: int) -> tuple[np.ndarray, list[str]]:
-    """torchrun: each rank saves its part; after a barrier rank 0 concatenates them (rank order, then input order)."""
+def _gather_ranks(out_dir: Path, embeddings: np.ndarray, ids: list[str], rank: int, world: int, chunk_texts: int = CHUNK_TEXTS) -> tuple[np.ndarray, list[str]]:
+    """torchrun: each rank saves its part; after a barrier rank 0 puts the chunks back in input order
+    (chunk c was encoded by rank c % world; every chunk but the last holds chunk_texts documents), so the
+    rows, the seeded groups and the cache are those of a single-process run."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -319,16 +324,33 @@ def _gather_ranks(out_dir: Path, embeddings: np.ndarray, ids: list[str], rank: i
     (parts / f"ids.rank{rank}.json").write_text(json.dumps(ids))
     dist.barrier()
     if rank != 0:
-        dist.barrier()
+        dist.barrier()  # rank 0 has read the parts
+        dist.destroy_process_group()
         return embeddings, ids
-    all_emb, all_ids = [], []
-    for r in range(world):
-        all_emb.append(np.load(parts / f"embeddings.rank{r}.npy"))
-        all_ids.extend(json.loads((parts / f"ids.rank{r}.json").read_text()))
+    embs = [np.load(parts / f"embeddings.rank{r}.npy") for r in range(world)]
+    idss = [json.loads((parts / f"ids.rank{r}.json").read_text()) for r in range(world)]
+    emb, all_ids = interleave_chunks(embs, idss, chunk_texts)
     dist.barrier()
+    dist.destroy_process_group()
     for p in parts.glob("*.rank*.*"):
         p.unlink()
-    return np.concatenate(all_emb, axis=0), all_ids
+    parts.rmdir()
+    return emb, all_ids
+
+
+def interleave_chunks(embs: list[np.ndarray], idss: list[list[str]], chunk_texts: int) -> tuple[np.ndarray, list[str]]:
+    """Undo the round-robin: chunk c (chunk_texts rows, the last one shorter) is the next block of part c % world."""
+    world = len(embs)
+    blocks, all_ids, pos = [], [], [0] * world
+    total = sum(len(i) for i in idss)
+    for c in range(-(-total // chunk_texts)):
+        r = c % world
+        lo, hi = pos[r], min(pos[r] + chunk_texts, len(idss[r]))
+        blocks.append(embs[r][lo:hi])
+        all_ids.extend(idss[r][lo:hi])
+        pos[r] = hi
+    dim = embs[0].shape[1] if embs else 0
+    return (np.concatenate(blocks, axis=0) if blocks else np.zeros((0, dim), np.float32)), all_ids
 
 
 def add_arguments(parser: argparse.ArgumentParser, reference_spelling: bool = False) -> None:
