@@ -198,10 +198,14 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
     files = find_input_files(input_dir)  # InputError if missing
     if not files:
         raise InputError(f"no input files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .parquet) in {str(input_dir)!r}")
-    if cfg.q is not None:
+    try:
         cfg.q = vendi.parse_order(cfg.q)
+    except ValueError as exc:
+        raise InputError(f"--q: {exc}") from exc
     if cfg.kernel not in vendi.KERNELS:
-        raise ValueError(f"unknown kernel {cfg.kernel!r}")
+        raise InputError(f"unknown kernel {cfg.kernel!r} (expected one of {', '.join(vendi.KERNELS)})")
+    if cfg.groups < 1 or cfg.group_size < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
+        raise InputError("--groups, --group-size and --batch-size must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = dist_info()
     device, devices = _devices(cfg, world)
@@ -404,7 +408,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     """Run and turn the errors a user can fix into a message and exit status 2 (no traceback)."""
     try:
         run_diversity(config_from_args(args))
-    except (InputError, ModelLoadError, CacheMismatch, ValueError) as exc:
+    except (InputError, ModelLoadError, CacheMismatch) as exc:
         hint = ""
         if isinstance(exc, CacheMismatch):
             hint = "\nRun without --load-from-cache to recompute the embeddings (the cache is then replaced), or use another --output-dir."

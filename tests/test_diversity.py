@@ -170,3 +170,11 @@ def test_mixing_more_sources_raises_diversity():
         take = per_source // k
         means.append(np.mean([vendi_score(np.concatenate([emb[i][:take] for i in subset])) for subset in itertools.combinations(range(len(files)), k)]))
     assert all(b > a for a, b in zip(means, means[1:])), means
+
+
+def test_bad_options_are_clear_errors(corpus, tmp_path, capsys):
+    base = ["diversity", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "o"), *FAST]
+    assert cli.main(base + ["--q", "-1"]) == 2
+    assert "--q" in capsys.readouterr().err
+    assert cli.main(base + ["--group-size", "0"]) == 2
+    assert ">= 1" in capsys.readouterr().err
