@@ -172,7 +172,7 @@ def memory(args) -> None:
         root = Path(tmp)
         pair_dir = str(build_random_pair_small(root, pages))
         lines = [orjson.dumps({"id": i, "text": t}) + b"\n" for i, t in enumerate(pages)]
-        for size_mb in (10, args.big_mb):
+        for size_mb in (10, *args.big_mb):
             d = root / f"in{size_mb}"
             d.mkdir()
             written = 0
@@ -203,7 +203,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=8192, help="our token budget per batch")
     p.add_argument("--bf16", action="store_true", help="also run ours in bfloat16")
     p.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
-    p.add_argument("--big-mb", type=int, default=1024)
+    p.add_argument("--big-mb", type=int, nargs="+", default=[1024])
     p.add_argument("--tmp", default=None)
     args = p.parse_args()
     if not SHARED.is_dir():

@@ -199,7 +199,7 @@ class PairScorer:
     """Scores texts with a meta-model pair: `score_texts` for a list, `score_records` for a stream."""
 
     def __init__(self, pair, max_len: int = 1024, max_tokens_per_batch: int | None = None,
-                 prepend_bos: bool = False, window_docs: int = 2048):
+                 prepend_bos: bool = False, window_docs: int = 2048, window_chars: int = 4_000_000):
         from scalingfilter.models import max_positions
 
         self.pair = pair
@@ -210,6 +210,7 @@ class PairScorer:
         self.tokenization = Tokenization(pair.tokenizer, max_len, prepend_bos)
         self.max_tokens_per_batch = max_tokens_per_batch or (32768 if pair.device.type == "cuda" else 8192)
         self.window_docs = window_docs
+        self.window_chars = window_chars  # bounds a window's text (long pages) as well as its count
         tok = pair.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
@@ -242,19 +243,23 @@ class PairScorer:
         """(record, score) for each record, in input order; records whose `text_of` is None
         (rejected upstream) come back with score None. Reading and tokenisation of the next window
         run in a background thread while this one is scored."""
-        windows: queue.Queue = queue.Queue(maxsize=2)
+        # one window waiting while one is scored: memory is bounded by two windows, whatever the file size
+        windows: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
 
         def produce():
             try:
                 window: list[Any] = []
+                chars = 0
                 for rec in records:
                     if stop.is_set():
                         return
                     window.append(rec)
-                    if len(window) >= self.window_docs:
+                    text = text_of(rec)
+                    chars += len(text) if text is not None else 0
+                    if len(window) >= self.window_docs or chars >= self.window_chars:
                         windows.put(self._tokenize_window(window, text_of))
-                        window = []
+                        window, chars = [], 0
                 if window:
                     windows.put(self._tokenize_window(window, text_of))
                 windows.put(None)
