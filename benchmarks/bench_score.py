@@ -200,7 +200,7 @@ def main() -> None:
     p.add_argument("--pages", type=int, default=48)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--budget", type=int, default=8192, help="our token budget per batch")
+    p.add_argument("--budget", type=int, default=16384, help="our token budget per batch")
     p.add_argument("--bf16", action="store_true", help="also run ours in bfloat16")
     p.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
     p.add_argument("--big-mb", type=int, nargs="+", default=[1024])

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "large-model", default=None, help="any Hugging Face causal LM id or local directory (overrides the pair's large model)")
     _flag(parser, "text-field", default="text", help="field holding the text (RedPajama's raw_content is read when 'text' is absent)")
     _flag(parser, "max-len", type=int, default=1024, help="score the first MAX_LEN tokens of each document (head truncation)")
-    _flag(parser, "max-tokens-per-batch", type=int, default=None, help="token budget of one batch (rows x padded length); default 32768 on CUDA, 8192 on CPU")
+    _flag(parser, "max-tokens-per-batch", type=int, default=None, help="token budget of one batch (rows x padded length); default 32768 on CUDA, 16384 on CPU")
     _flag(parser, "batch-size", type=int, default=None, help="reference flag: sets the token budget to BATCH_SIZE x MAX_LEN")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bfloat16 on CUDA, float32 on CPU")
