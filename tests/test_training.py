@@ -207,3 +207,26 @@ def test_export_checkpoint_of_a_partial_run(corpus, tmp_path):
     for name in ("small", "large"):
         a, b = load_file(str(out / name / "model.safetensors")), load_file(str(tmp_path / "exp" / name / "model.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bundled_pair_loads_in_float32_and_prefers_prose_to_menus():
+    from scalingfilter.bundled import bundled_pair_dir
+
+    d = bundled_pair_dir()
+    if d is None:
+        pytest.skip("no bundled pair in this checkout")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert {v.dtype for v in load_file(str(d / "large" / "model.safetensors")).values()} <= {torch.float16, torch.bfloat16}
+    tok = AutoTokenizer.from_pretrained(d / "small")
+    prose = ("The old man walked slowly down to the harbour, where the fishing boats were coming in with the tide. "
+             "He had lived in the village all his life, and he knew every family by name.")
+    losses = {}
+    for name in ("small", "large"):
+        model = AutoModelForCausalLM.from_pretrained(d / name)
+        assert model.dtype == torch.float32
+        ids = torch.tensor([[tok.eos_token_id] + tok(prose)["input_ids"]])
+        with torch.no_grad():
+            losses[name] = float(model(input_ids=ids, labels=ids).loss)
+    assert losses["large"] < losses["small"] < 6.0  # trained models; the large one fits prose better
