@@ -238,10 +238,13 @@ class TrainConfig:
     save_dtype: str = "float32"  # dtype of the final safetensors weights (float16 for compact shipping)
     resume: bool = False
     progress: bool = True
+    init_from: str | None = None  # a pair directory (small/, large/): start from its weights (a new training cycle)
+    skip_tokens: int = 0  # start this far into the window order, e.g. past the tokens an --init-from pair has seen
 
     # What must match for --resume to continue the same run.
     RESUME_KEYS = ("sizes", "tokenizer", "vocab_size", "seq_len", "batch_size", "tokens", "lr", "min_lr_ratio",
-                   "warmup_frac", "weight_decay", "grad_clip", "seed", "text_field", "heldout_fraction")
+                   "warmup_frac", "weight_decay", "grad_clip", "seed", "text_field", "heldout_fraction",
+                   "init_from", "skip_tokens")
 
 
 def resolve_device(spec: str) -> str:
@@ -428,6 +431,14 @@ def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str
         start, history, elapsed_before = resume_state["step"], resume_state["history"], resume_state["elapsed_s"]
         torch.set_rng_state(resume_state["torch_rng"])
         log(f"resumed at step {start:,} of {steps:,}")
+    elif cfg.init_from:
+        from transformers import AutoModelForCausalLM
+
+        for name in models:
+            earlier = AutoModelForCausalLM.from_pretrained(Path(cfg.init_from) / name, dtype=torch.float32)
+            models[name].load_state_dict(earlier.state_dict())  # strict: same shapes and vocabulary
+        log(f"initialised both models from {cfg.init_from}")
+    skip_steps = cfg.skip_tokens // tokens_per_step
     # torch.compile wraps the same parameters; state dicts and evaluation use the plain modules.
     forward = {n: (torch.compile(m) if cfg.compile else m) for n, m in models.items()}
     log(f"pair {shapes[0]} ({params['small']:,} params) / {shapes[1]} ({params['large']:,} params); "
@@ -452,7 +463,7 @@ def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str
     run_n = 0
     step = start
     for step in range(start, steps):
-        x, y = windows.batch(step)
+        x, y = windows.batch(skip_steps + step)
         x, y = x.to(device), y.to(device)
         lr = lr_at(step, steps, cfg)
         for name, model in models.items():

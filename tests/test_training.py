@@ -230,3 +230,19 @@ def test_bundled_pair_loads_in_float32_and_prefers_prose_to_menus():
         with torch.no_grad():
             losses[name] = float(model(input_ids=ids, labels=ids).loss)
     assert losses["large"] < losses["small"] < 6.0  # trained models; the large one fits prose better
+
+
+def test_second_cycle_starts_from_the_earlier_pair(corpus, tmp_path):
+    """--init-from: a new cycle starts from the earlier pair's weights (its first loss is the earlier
+    pair's level, far below a fresh start's) and --skip-tokens moves the data order forward."""
+    first = train_pair(cfg(corpus, tmp_path / "one"), log=quiet)
+    fresh = train_pair(cfg(corpus, tmp_path / "fresh", tokens=2 * 32), log=quiet)
+    second = train_pair(cfg(corpus, tmp_path / "two", init_from=str(tmp_path / "one"), tokens=2 * 32,
+                            skip_tokens=2 * 32 * 8), log=quiet)
+    for name in ("small", "large"):
+        start_fresh = fresh["history"][0][f"{name}_loss"]
+        start_second = second["history"][0][f"{name}_loss"]
+        assert start_second < start_fresh
+        assert start_second < first["history"][0][f"{name}_loss"]
+    with pytest.raises(Exception):  # shapes must match: another size pair cannot start from it
+        train_pair(cfg(corpus, tmp_path / "three", sizes="2x16x2,2x48x4", init_from=str(tmp_path / "one")), log=quiet)

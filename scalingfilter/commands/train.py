@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-dtype", default=C.save_dtype, choices=["float32", "float16", "bfloat16"],
                         help="storage type of the saved weights (they load as float32)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    parser.add_argument("--init-from", default=None, help="start both models from an earlier pair's weights (DIR with small/ and large/): a new warm-up + cosine cycle")
+    parser.add_argument("--skip-tokens", type=float, default=0, help="start this many tokens into the data order (e.g. past what --init-from's pair saw)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
         tokens=None if args.tokens is None else int(args.tokens), lr=args.lr, device=args.device,
         precision=args.precision, threads=args.threads, seed=args.seed, compile=args.compile, text_field=args.text_field,
-        checkpoint_every=args.checkpoint_every, save_dtype=args.save_dtype, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, save_dtype=args.save_dtype, resume=args.resume, init_from=args.init_from, skip_tokens=int(args.skip_tokens),
         progress=not args.no_progress,
     )
     try:
