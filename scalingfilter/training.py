@@ -30,7 +30,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -409,6 +409,8 @@ def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str
         raise InputError(f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)
 
+    if cfg.init_from and cfg.tokenizer == "new":  # a new cycle keeps the earlier pair's tokenizer
+        cfg = replace(cfg, tokenizer=str(Path(cfg.init_from) / "small"))
     tokenizer, train_tokens, heldout_tokens, data_meta = prepare_data(cfg, out, log)
     windows = TokenWindows(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
     tokens_per_step = cfg.batch_size * cfg.seq_len

@@ -246,3 +246,13 @@ def test_second_cycle_starts_from_the_earlier_pair(corpus, tmp_path):
         assert start_second < first["history"][0][f"{name}_loss"]
     with pytest.raises(Exception):  # shapes must match: another size pair cannot start from it
         train_pair(cfg(corpus, tmp_path / "three", sizes="2x16x2,2x48x4", init_from=str(tmp_path / "one")), log=quiet)
+
+
+def test_second_cycle_keeps_the_earlier_tokenizer(corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    train_pair(cfg(corpus, tmp_path / "one", vocab_size=280), log=quiet)
+    train_pair(cfg(corpus, tmp_path / "two", init_from=str(tmp_path / "one"), tokens=2 * 32), log=quiet)
+    a = AutoTokenizer.from_pretrained(tmp_path / "one" / "small")
+    b = AutoTokenizer.from_pretrained(tmp_path / "two" / "large")
+    assert len(a) == len(b) == 280 and a.get_vocab() == b.get_vocab()
