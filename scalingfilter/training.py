@@ -248,15 +248,14 @@ class TrainConfig:
 
 
 def resolve_device(spec: str) -> str:
-    import torch
+    """'auto' | 'cpu' | 'cuda[:N]' as a device string (the scorer's rules: auto prefers CUDA)."""
+    from scalingfilter.models import ModelLoadError
+    from scalingfilter.models import resolve_device as resolve_torch_device
 
-    if spec != "auto":
-        if spec.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {spec}: CUDA is not available")
-        return spec
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    try:
+        return str(resolve_torch_device(spec))
+    except ModelLoadError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def cpu_supports_bf16() -> bool:
