@@ -160,17 +160,13 @@ def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", s
                     continue
                 text, error = resolve_text(data, text_field)
                 yield Record(source, index, data if isinstance(data, dict) else {"value": data}, text, error)
-    except (EOFError, OSError, ValueError) as exc:
-        # gzip raises EOFError/BadGzipFile (an OSError), zstandard a ZstdError (a ValueError subclass or OSError)
-        broken_at = index + 1
-        if stop is None or broken_at < stop:
-            yield Record(source, max(broken_at, start), None, None, f"corrupt or truncated file after line {broken_at}: {type(exc).__name__}: {exc}")
-    except Exception as exc:  # zstandard.ZstdError does not derive from the classes above
-        if type(exc).__name__ != "ZstdError":
+    except Exception as exc:
+        # gzip raises EOFError or BadGzipFile (an OSError); zstandard a ZstdError, which derives from none of these
+        if not isinstance(exc, (EOFError, OSError, ValueError)) and type(exc).__name__ != "ZstdError":
             raise
         broken_at = index + 1
         if stop is None or broken_at < stop:
-            yield Record(source, max(broken_at, start), None, None, f"corrupt or truncated file after line {broken_at}: {exc}")
+            yield Record(source, max(broken_at, start), None, None, f"corrupt or truncated file after line {broken_at}: {type(exc).__name__}: {exc}")
 
 
 def read_parquet(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
@@ -280,6 +276,14 @@ class ParquetWriter:
             pq.write_table(pa.table({}), self.path)
         else:
             self._writer.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to a temporary name, then rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    os.replace(tmp, path)
 
 
 def open_writer(path: str | os.PathLike, fmt: str | None = None, schema=None):

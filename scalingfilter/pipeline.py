@@ -16,9 +16,8 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +123,6 @@ def _key(source: str) -> str:
     return f"{base}.{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(json.dumps(obj, indent=1, sort_keys=True).encode())
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_bytes())
 
@@ -183,6 +176,10 @@ class UnitStats:
     rejected: int = 0
     tokens: int = 0
     truncated: int = 0
+
+    @classmethod
+    def from_marker(cls, marker: dict[str, Any]) -> "UnitStats":
+        return cls(**{k: marker[k] for k in cls.__dataclass_fields__})
 
     def add(self, other: "UnitStats") -> None:
         for k, v in asdict(other).items():
@@ -261,7 +258,7 @@ class ScoreJob:
                     f"rerun with --force_overwrite to replace them, or choose another output directory"
                 )
         else:
-            _write_json_atomic(path, settings)
+            documents.write_json_atomic(path, settings)
 
     def plan(self, source: str) -> list[Unit]:
         """Units of one file, cached so that a restart splits the file exactly as before."""
@@ -275,7 +272,7 @@ class ScoreJob:
             raise ConfigMismatchError(f"input file {source} changed since this output directory was started; rerun with --force_overwrite")
         fmt = documents.file_format(path)
         n = documents.count_records(path) if (fmt == "parquet" or st.st_size > self.cfg.split_bytes) else None
-        _write_json_atomic(cached, {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_records": n, "unit_docs": self.cfg.unit_docs})
+        documents.write_json_atomic(cached, {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_records": n, "unit_docs": self.cfg.unit_docs})
         return file_units(source, n, self.cfg.unit_docs)
 
     def run(self) -> dict[str, Any]:
@@ -314,7 +311,7 @@ class ScoreJob:
         summary = self.summarise(mine, elapsed, run_totals)
         if procs.rank == 0:
             name = "summary.json" if cfg.nparts == 1 else f"summary.parts-{cfg.rank_part_start}-{cfg.rank_part_start + cfg.rank_nparts - 1}.json"
-            _write_json_atomic(self.out / name, summary)
+            documents.write_json_atomic(self.out / name, summary)
         procs.close()
         return summary
 
@@ -386,7 +383,7 @@ class ScoreJob:
             rejects.close()
         os.replace(data_tmp, parts / f"data-{unit.part:05d}.{ext}")
         os.replace(rej_tmp, parts / f"rejects-{unit.part:05d}.jsonl")
-        _write_json_atomic(self.done_path(unit), {"unit": unit.name, **asdict(stats)})
+        documents.write_json_atomic(self.done_path(unit), {"unit": unit.name, **asdict(stats)})
         return stats
 
     def reject(self, rec: documents.Record, rejects, stats: UnitStats) -> None:
@@ -423,15 +420,14 @@ class ScoreJob:
         os.replace(tmp, dest)
         stats = UnitStats()
         for u in units:
-            m = _read_json(self.done_path(u))
-            stats.add(UnitStats(**{k: m[k] for k in asdict(stats)}))
+            stats.add(UnitStats.from_marker(_read_json(self.done_path(u))))
         if stats.rejected:
             rdest = self.rejects_path(source)
             rdest.parent.mkdir(parents=True, exist_ok=True)
             rtmp = rdest.with_name(".tmp-" + rdest.name)
             _concat_bytes(rej_parts, rtmp)
             os.replace(rtmp, rdest)
-        _write_json_atomic(self.final_path(source), {"source": source, **asdict(stats)})
+        documents.write_json_atomic(self.final_path(source), {"source": source, **asdict(stats)})
         shutil.rmtree(parts, ignore_errors=True)
         for u in units:
             self.done_path(u).unlink(missing_ok=True)
@@ -442,8 +438,7 @@ class ScoreJob:
         for s in sources:
             f = self.final_path(s)
             if f.exists():
-                m = _read_json(f)
-                totals.add(UnitStats(**{k: m[k] for k in asdict(totals)}))
+                totals.add(UnitStats.from_marker(_read_json(f)))
                 done += 1
         run_docs, run_tokens = run_totals
         return {

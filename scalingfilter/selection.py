@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import numpy as np
 import orjson
 
-from .documents import InputError, find_scored_files, open_writer, read_records
+from .documents import InputError, find_scored_files, open_writer, read_records, write_json_atomic
 
 METHODS = ("top-k", "perplexity-gating", "random", "temperature")
 BY = ("documents", "tokens")
@@ -488,9 +488,7 @@ def select_corpus(
         "files": files_info,
         "seconds": {"pass1": round(t1 - t0, 3), "total": round(time.time() - t0, 3)},
     }
-    tmp = out / f".{MANIFEST_NAME}.tmp"
-    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    os.replace(tmp, out / MANIFEST_NAME)
+    write_json_atomic(out / MANIFEST_NAME, manifest)
     return manifest
 
 

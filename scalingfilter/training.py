@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .documents import InputError, iter_corpus
+from .documents import InputError, iter_corpus, write_json_atomic
 
 EOS = "<|endoftext|>"
 
@@ -329,12 +329,6 @@ def heldout_loss(model, tokens: np.ndarray, seq_len: int, bf16: bool, device: st
     return total / count
 
 
-def _save_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def prepare_data(cfg: TrainConfig, out: Path, log: Callable[[str], None]):
     """Tokenizer and token streams; cached under `out/.cache` so that --resume does not redo them."""
     from transformers import AutoTokenizer
@@ -375,7 +369,7 @@ def prepare_data(cfg: TrainConfig, out: Path, log: Callable[[str], None]):
     np.save(cache / "heldout.npy", heldout)
     meta = {"documents": stats.documents, "heldout_documents": stats.heldout_documents, "skipped": stats.skipped,
             "skip_reasons": stats.skip_reasons, "train_tokens": int(len(train)), "heldout_tokens": int(len(heldout))}
-    _save_json(meta_path, meta)
+    write_json_atomic(meta_path, meta)
     return tokenizer, train, heldout, meta
 
 
@@ -515,7 +509,7 @@ def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str
         "train_seconds": train_time, "heldout_tokens_evaluated": len(held) - 1,
         "heldout_loss": held_losses, "history": history,
     }
-    _save_json(out / "train_log.json", result)
+    write_json_atomic(out / "train_log.json", result)
     return result
 
 
