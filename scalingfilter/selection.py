@@ -154,17 +154,14 @@ def read_scores(scored_dir: str | os.PathLike, need_ppl: bool = True, need_token
             qf.append(float(rec.data["quality_factor"]))
             if need_ppl:
                 ppl.append(float(rec.data["large_ppl"]))
-            if need_tokens:
-                t = rec.data.get("n_tokens")
-                tok.append(int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0)
         else:
             reasons[_reason_class(problem)] += 1
             qf.append(math.nan)
             if need_ppl:
                 ppl.append(math.nan)
-            if need_tokens:
-                t = rec.data.get("n_tokens") if rec.data else None
-                tok.append(int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0)
+        if need_tokens:
+            t = rec.data.get("n_tokens") if rec.data else None
+            tok.append(int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0)
     return ScoreTable(str(root), files, counts, qf.get(), ppl.get(), tok.get(), reasons)
 
 
