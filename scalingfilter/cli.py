@@ -33,13 +33,36 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(prog: str, run, args: argparse.Namespace) -> int:
+    """Run one command: a `ScalingFilterError` (a problem the user can fix) is one line on stderr and its
+    exit status; Ctrl-C is one line and 130; a full disk or an unwritable path is one line and 2.
+    Anything else is a bug and keeps its traceback."""
+    from .errors import EXIT_INTERRUPTED, ScalingFilterError
+    from .storage import storage_error
+
+    try:
+        return int(run(args) or 0)
+    except ScalingFilterError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; rerun the same command to continue (finished work is kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        err = storage_error(exc)
+        if err is None:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     module = importlib.import_module(f"scalingfilter.commands.{args.command}")
-    return int(module.run(args) or 0)
+    return run_command(f"scalingfilter {args.command}", module.run, args)
 
 
 if __name__ == "__main__":

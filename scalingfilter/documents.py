@@ -26,8 +26,7 @@ INPUT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 TEXT_FIELD_FALLBACKS = {"text": ("raw_content",)}
 
 
-class InputError(Exception):
-    """A problem with the input that the user must fix (missing directory, no files, ...)."""
+from .errors import InputError  # noqa: E402  (re-exported: the error family lives in errors.py)
 
 
 @dataclass
@@ -66,25 +65,113 @@ def file_format(path: str | os.PathLike) -> str:
     raise InputError(f"{name}: unsupported file type (expected one of {', '.join(INPUT_SUFFIXES)})")
 
 
-# Where `scalingfilter score` puts what is not scored output, under its output directory.
-REJECTS_DIR = "rejects"
-STATE_DIR = ".scalingfilter"
+from .schema import REJECTS_DIR, STATE_DIR  # noqa: E402
 
 
-def find_input_files(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_SUFFIXES, exclude_dirs: tuple[str, ...] = ()) -> list[str]:
-    """Relative paths (POSIX, sorted) of every input file under `input_dir`, recursively.
-    Hidden files and directories (names starting with '.') and top-level `exclude_dirs` are skipped."""
+@dataclass
+class CorpusFiles:
+    """The input files found under a directory (relative POSIX paths, sorted) and every path passed
+    over, with why (hidden, unsupported format, dangling link, symlink loop, unreadable directory)."""
+
+    root: Path
+    files: list[str]
+    skipped: list[tuple[str, str]]
+
+    def skipped_summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, why in self.skipped:
+            counts[why] = counts.get(why, 0) + 1
+        return counts
+
+
+SKIP_HIDDEN = "hidden (name starts with '.')"
+SKIP_FORMAT = "not a supported format"
+SKIP_DANGLING = "dangling symbolic link"
+SKIP_LOOP = "directory already read (a symbolic link loop, or a second link to it)"
+SKIP_UNREADABLE = "unreadable directory"
+SKIP_EXCLUDED = "the tool's own directory"
+
+
+def walk_corpus(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_SUFFIXES, exclude_dirs: tuple[str, ...] = ()) -> CorpusFiles:
+    """The corpus walker every command uses: input files under `input_dir`, recursively, in sorted
+    order. Directory symlinks are followed (a directory reached twice, e.g. through a loop, is read
+    once); hidden names, other formats, dangling links, unreadable directories and top-level
+    `exclude_dirs` are passed over and listed in `skipped`, never silently."""
     root = Path(input_dir)
     if not root.is_dir():
         raise InputError(f"input directory {str(root)!r} does not exist or is not a directory")
-    found = []
-    for p in root.rglob("*"):
-        parts = p.relative_to(root).parts
-        if any(part.startswith(".") for part in parts) or parts[0] in exclude_dirs:
-            continue
-        if p.is_file() and p.name.endswith(suffixes):
-            found.append(p.relative_to(root).as_posix())
-    return sorted(found)
+    found: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def visit(directory: Path, rel: str) -> None:
+        try:
+            st = directory.stat()
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                skipped.append((rel, SKIP_LOOP))
+                return
+            seen_dirs.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            skipped.append((rel or ".", SKIP_UNREADABLE))
+            return
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.name.startswith("."):
+                skipped.append((child, SKIP_HIDDEN))
+                continue
+            if not rel and entry.name in exclude_dirs:
+                continue  # the tool's own output (rejects/ of a scored directory): not data, not worth a warning
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+                is_file = entry.is_file(follow_symlinks=True)
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                visit(Path(entry.path), child)
+            elif is_file:
+                if entry.name.endswith(suffixes):
+                    found.append(child)
+                else:
+                    skipped.append((child, SKIP_FORMAT))
+            elif entry.is_symlink():
+                skipped.append((child, SKIP_LOOP if _is_link_loop(Path(entry.path)) else SKIP_DANGLING))
+            # sockets, fifos, devices: not files a corpus holds; passed over without a word
+
+    visit(root, "")
+    return CorpusFiles(root, sorted(found), skipped)
+
+
+def _is_link_loop(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return True
+    except OSError as exc:
+        return exc.errno == 40  # ELOOP
+    return False
+
+
+def warn_skipped(walk: CorpusFiles, logger=None, quiet_formats: bool = True) -> None:
+    """One warning line per kind of skipped path (with the first few), so that nothing is passed over silently.
+    Files of other formats are named only at debug level when `quiet_formats` (a README beside the data is normal)."""
+    import logging
+
+    logger = logger or logging.getLogger("scalingfilter")
+    by_why: dict[str, list[str]] = {}
+    for path, why in walk.skipped:
+        by_why.setdefault(why, []).append(path)
+    for why, paths in by_why.items():
+        level = logging.DEBUG if (quiet_formats and why == SKIP_FORMAT) else logging.WARNING
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        logger.log(level, "skipped %d path(s) under %s: %s: %s", len(paths), walk.root, why, shown)
+
+
+def find_input_files(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_SUFFIXES, exclude_dirs: tuple[str, ...] = ()) -> list[str]:
+    """Relative paths (POSIX, sorted) of every input file under `input_dir` (see `walk_corpus`)."""
+    walk = walk_corpus(input_dir, suffixes, exclude_dirs)
+    warn_skipped(walk)
+    return walk.files
 
 
 def find_scored_files(scored_dir: str | os.PathLike) -> list[str]:

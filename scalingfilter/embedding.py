@@ -36,8 +36,7 @@ CACHE_VERSION = 1
 CHUNK_TEXTS = 8192
 
 
-class ModelLoadError(Exception):
-    """The embedding model could not be loaded; the message says what to do."""
+from .errors import ModelLoadError  # noqa: E402
 
 
 class CacheMismatch(Exception):

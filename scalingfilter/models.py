@@ -12,8 +12,7 @@ from typing import Any
 PAIRS = {"gpt2": ("gpt2", "gpt2-large")}
 
 
-class ModelLoadError(Exception):
-    """A model or tokenizer could not be loaded, or the pair is unusable; the message says what to do."""
+from .errors import ModelLoadError  # noqa: E402
 
 
 @dataclass

@@ -31,12 +31,7 @@ MAX_REJECT_MESSAGES = 50  # per process; the rejects files have them all
 BIG_DOC_CHARS = 1_000_000
 
 
-class RejectedRecordError(Exception):
-    """Raised in strict mode at the first bad record."""
-
-
-class ConfigMismatchError(Exception):
-    """The output directory holds work done with other settings."""
+from scalingfilter.errors import ConfigMismatchError, RejectedRecordError  # noqa: E402
 
 
 @dataclass

@@ -22,9 +22,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .schema import SCORE_FIELDS  # noqa: F401  (the fields, with their types, live in schema.py)
+
 # exp() of anything above this overflows float64; losses that large are nonsense anyway.
 _MAX_EXP_ARG = 700.0
-SCORE_FIELDS = ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor", "n_tokens", "truncated", "score_error")
 
 
 @dataclass

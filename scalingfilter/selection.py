@@ -47,20 +47,15 @@ import numpy as np
 import orjson
 
 from .documents import InputError, find_scored_files, open_writer, read_records, write_json_atomic
+from .errors import SelectionError
+from .schema import SCORE_FIELDS, STATE_DIR
 
 METHODS = ("top-k", "perplexity-gating", "random", "temperature")
 BY = ("documents", "tokens")
 UNSCORED_POLICIES = ("exclude", "keep")
-# Fields that `scalingfilter score` adds to every record (removed by drop_score_fields=True).
-SCORE_FIELDS = ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor", "n_tokens", "truncated", "score_error")
 MANIFEST_NAME = "selection.json"
 UNSCORED_NAME = ".scalingfilter/unscored.jsonl"  # hidden: never read back as corpus data
-STATE_DIR = ".scalingfilter"
 MASK_NAME = "selection.npz"
-
-
-class SelectionError(Exception):
-    """A selection request that cannot be carried out (bad arguments, output in the way, ...)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
-class ShardingError(ValueError):
-    """An invalid combination of --nparts / --rank-part-start / --rank-nparts."""
+from .errors import ShardingError  # noqa: E402
 
 
 @dataclass(frozen=True)

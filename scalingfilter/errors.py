@@ -1,0 +1,81 @@
+"""The error family: every failure a user can fix is a `ScalingFilterError`, printed as one line.
+
+`scalingfilter.cli.main` catches the base class once, prints `scalingfilter COMMAND: error: MESSAGE`
+and exits with the subclass's `exit_status`; anything else that escapes is a bug and keeps its
+traceback. No module here imports torch, so every stage (and the CLI) can raise and catch these.
+
+Exit statuses (shared by every command):
+  0  done
+  1  a bug (an uncaught exception, with its traceback)
+  2  a usage or input error, or a refused run: nothing was done, or what was done is kept for a rerun
+  3  done, but some records were rejected (see the rejects files) or some files could not be read
+  130 interrupted (Ctrl-C); rerun the same command to continue
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_REJECTED = 3
+EXIT_INTERRUPTED = 130
+
+
+class ScalingFilterError(Exception):
+    """A problem the user can fix; the message says what to do."""
+
+    exit_status = EXIT_ERROR
+
+
+class UsageError(ScalingFilterError):
+    """An invalid flag value or combination."""
+
+
+class InputError(ScalingFilterError):
+    """A problem with the input that the user must fix (missing directory, no files, ...)."""
+
+
+class ConfigMismatchError(ScalingFilterError):
+    """The output directory holds work done with other settings or on other inputs."""
+
+
+class RejectedRecordError(ScalingFilterError):
+    """Raised in strict mode at the first bad record."""
+
+
+class ShardingError(ScalingFilterError, ValueError):
+    """An invalid combination of --nparts / --rank-part-start / --rank-nparts."""
+
+
+class ModelLoadError(ScalingFilterError):
+    """A model or tokenizer could not be loaded, or the pair is unusable; the message says what to do."""
+
+
+class SelectionError(ScalingFilterError):
+    """A selection that cannot be made as asked."""
+
+
+class LockedError(ScalingFilterError):
+    """Another run holds the output directory."""
+
+
+class MissingExtraError(ScalingFilterError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+    def __init__(self, what: str, extra: str, module: str):
+        super().__init__(f"{what} needs the optional dependency {module!r}: pip install 'scalingfilter[{extra}]'")
+        self.extra = extra
+        self.module = module
+
+
+class StorageError(ScalingFilterError):
+    """The output could not be written (disk full, read-only, a path that is a file, ...)."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency, or fail with the one-line pip command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(what, extra, module) from exc

@@ -1,0 +1,198 @@
+"""Writing files so that a crash, a full disk or a second run never leaves a half-written one, and
+holding an output directory against concurrent runs.
+
+Every writer of the package goes through `atomic_write`: the content goes to a temporary name in the
+same directory (`.NAME.tmp-PID-RANDOM`), is flushed and fsync'ed, renamed over NAME, and the directory
+is fsync'ed so the rename survives a power cut. Readers see the old file or the new one, never half;
+a crash leaves at most a temporary file that the next writer of that name does not read.
+
+`JobLock` is an advisory lock on a directory (an `flock` on DIR/.scalingfilter/lock): the kernel drops
+it when its holder dies, so a lock left by a killed run is never stale. The file also records who holds
+it (pid, host, command, start time), so that a refused run can name the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import orjson
+
+from .errors import LockedError, StorageError
+from .schema import STATE_DIR
+
+TMP_PREFIX = ".tmp-"
+
+
+def tmp_name(path: str | os.PathLike) -> Path:
+    """A unique temporary name beside `path`, hidden, keeping its extension last (writers compress
+    as the final name says)."""
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename or a new file in `directory` durable."""
+    try:
+        fd = os.open(str(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a finished, fsync'ed temporary file over `path` and make the rename durable."""
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, make_parents: bool = True) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; the caller writes (and closes) it; on a clean exit it
+    is fsync'ed and renamed over `path`, on an exception it is removed."""
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        commit(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, make_parents: bool = True) -> Iterator[BinaryIO]:
+    """Yields a binary file handle; the content appears at `path` only when the block ends cleanly."""
+    with atomic_path(path, make_parents) as tmp:
+        with open(tmp, "wb") as fh:
+            yield fh
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path) as fh:
+        fh.write(data)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON (indented, numpy values as numbers) atomically."""
+    write_bytes_atomic(path, json_bytes(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return orjson.loads(Path(path).read_bytes())
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> None:
+    """Remove temporary files a killed writer left in `directory` (not recursive)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for p in Path(directory).iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors of the disk, as one line
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EIO}
+
+
+def storage_error(exc: OSError) -> StorageError | None:
+    """A one-line StorageError for an OSError of the disk (full, read-only, permission, a file where a
+    directory should be), or None for anything else (a bug keeps its traceback)."""
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (quota)"}.get(exc.errno, "fix the path or its permissions")
+    return StorageError(f"cannot write{where}: {exc.strerror}; {hint} and rerun the same command: finished work is kept")
+
+
+# ---------------------------------------------------------------------------------------------
+# One run at a time per output directory
+
+
+LOCK_NAME = "lock"
+
+
+class JobLock:
+    """An exclusive advisory lock on an output directory, held for the life of a run.
+
+    Only one process of a job takes it (rank 0 of a node under torchrun, the driver under Ray); the
+    other processes of the same job work under it. `name` separates independent jobs that may share a
+    directory on purpose (e.g. node parts of a multi-node score job)."""
+
+    def __init__(self, directory: str | os.PathLike, command: str, name: str = LOCK_NAME):
+        self.path = Path(directory) / STATE_DIR / name
+        self.command = command
+        self._fd: int | None = None
+
+    def acquire(self) -> "JobLock":
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc) or exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = self._holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"{self.path.parent.parent} is in use by another run ({holder}); wait for it to finish, "
+                f"or stop it (a killed run's lock is released at once)"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                "argv": " ".join(sys.argv[:1] + sys.argv[1:])[:300], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, orjson.dumps(info), 0)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = orjson.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"{info.get('command', '?')} pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+        except (OSError, orjson.JSONDecodeError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "JobLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
