@@ -33,10 +33,8 @@ def resolve_pair(pair: str | None, small_model: str | None = None, large_model: 
     if pair in PAIRS:
         small, large = PAIRS[pair]
     elif pair == "bundled":
-        try:
-            from scalingfilter.bundled import bundled_pair_dir
-        except ImportError:
-            bundled_pair_dir = lambda: None  # noqa: E731
+        from scalingfilter.bundled import bundled_pair_dir
+
         root = bundled_pair_dir()
         if root is None:
             if not (small_model and large_model):
@@ -72,16 +70,46 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device) -> Any:
-    """torch dtype for 'auto' | 'float32' | 'bfloat16' | 'float16': auto is bf16 on CUDA, float32 on CPU."""
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(dtype: str, device, cuda_default: str = "bfloat16") -> Any:
+    """torch dtype for 'auto' | 'float32' | 'bfloat16' | 'float16' (or fp32/bf16/fp16).
+
+    'auto' is float32 on CPU and `cuda_default` on CUDA: bfloat16 for scoring (the losses of a
+    language model keep their ranking in bf16 and it cannot overflow), float16 for embedding (as the
+    reference's diversity script does; sentence encoders are trained and exported in fp16)."""
     import torch
 
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in names:
-        raise ModelLoadError(f"unknown --dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
-    return names[dtype]
+        return getattr(torch, cuda_default) if str(getattr(device, "type", device)).startswith("cuda") else torch.float32
+    if dtype not in DTYPE_NAMES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return getattr(torch, DTYPE_NAMES[dtype])
+
+
+# A pair directory may carry the scoring settings it was made for (written by `scalingfilter train`,
+# shipped with the bundled pair): flags given on the command line override them.
+PAIR_SCORING_FILE = "scoring.json"
+PAIR_SCORING_KEYS = ("max_len", "prepend_bos")
+
+
+def pair_scoring_defaults(pair: str | None) -> dict[str, Any]:
+    """{max_len, prepend_bos} that a pair directory (or the bundled pair) asks for; {} for hub pairs."""
+    root: Path | None = None
+    if pair == "bundled":
+        from scalingfilter.bundled import bundled_pair_dir
+
+        root = bundled_pair_dir()
+    elif pair and pair not in PAIRS and os.path.isdir(pair):
+        root = Path(pair)
+    if root is None or not (root / PAIR_SCORING_FILE).is_file():
+        return {}
+    try:
+        data = json.loads((root / PAIR_SCORING_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{root / PAIR_SCORING_FILE}: unreadable ({exc}); fix or remove it") from exc
+    return {k: data[k] for k in PAIR_SCORING_KEYS if k in data}
 
 
 def _is_local(name: str) -> bool:
