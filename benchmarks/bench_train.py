@@ -30,7 +30,7 @@ def load_tokens(input_dir: str, max_docs: int, vocab_size: int):
     import numpy as np
 
     from scalingfilter.documents import iter_corpus
-    from scalingfilter.testing import train_bpe_tokenizer
+    from scalingfilter.tokenizer import train_bpe_tokenizer
     from scalingfilter.training import tokenize_stream
 
     texts = []
@@ -44,25 +44,16 @@ def load_tokens(input_dir: str, max_docs: int, vocab_size: int):
 
 
 def ours(model, windows, cfg, steps: int, warmup: int, bf16: bool) -> float:
-    """tokens/s of the `scalingfilter.training` step (the loop body of train_pair, one model)."""
-    import torch
+    """tokens/s of `scalingfilter.training.train_step`, the loop body of `train_pair` (here with one model)."""
+    from scalingfilter.training import lr_at, make_optimizer, train_step
 
-    from scalingfilter.training import lm_loss, lr_at, make_optimizer
-
-    opt = make_optimizer(model, cfg, "cpu")
+    models, optimizers = {"model": model}, {"model": make_optimizer(model, cfg, "cpu")}
     t0 = None
     for step in range(steps):
         if step == warmup:
             t0 = time.perf_counter()
         x, y = windows.batch(step)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, cfg)
-        loss = lm_loss(model, x, y, bf16, "cpu")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
+        train_step(models, optimizers, x, y, lr_at(step, steps, cfg), cfg.grad_clip, bf16, "cpu")
     return (steps - warmup) * windows.batch_size * windows.seq_len / (time.perf_counter() - t0)
 
 

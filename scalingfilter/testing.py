@@ -1,4 +1,4 @@
-"""Small, locally built model pairs for tests, demos and benchmarks (no network).
+"""Test helpers: small, locally built model pairs for tests, demos and benchmarks (no network).
 
 `build_random_pair` trains a byte-level BPE tokenizer on the given texts and saves two randomly
 initialised GPT-2 models of different size that share it, as `DIR/small` and `DIR/large`:
@@ -12,26 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
-    """A GPT-2-style byte-level BPE tokenizer (as a transformers fast tokenizer) trained on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-
+from .tokenizer import train_bpe_tokenizer  # build_random_pair's tokenizer (the one `train` builds)
 
 TEST_SIZES = {"small": (2, 32, 2), "large": (2, 64, 4)}  # (layers, width, heads)
 

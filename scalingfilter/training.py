@@ -5,14 +5,17 @@ that differ only in size. They share one byte-level BPE tokenizer and see the sa
 batch for batch, in the same order, under the same learning-rate schedule (linear warm-up, then
 cosine decay to 10 %), each with its own AdamW optimiser and gradient clipping at 1.0.
 
-The loop is written to be read (nanoGPT-style):
+The loop is written to be read (nanoGPT-style); `train_step` is its body:
 
     for step in range(start, steps):
         x, y = batch(step)                      # a pure function of (seed, step): resumable exactly
         lr = lr_at(step)
-        for model, opt in pair:
+        for model, opt in pair:                 # train_step(...)
             loss = cross_entropy(model(x).logits, y); loss.backward()
             clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
+
+A run is `set_up_run` (device, data, models), `resume_run` or `init_from_pair`, `train_loop`, then
+`finish_run` (held-out loss, the saved pair, scoring.json, train_log.json).
 
 Data: every document is tokenized as `<|endoftext|> text`, documents concatenated in corpus order.
 A seeded hash of each document's key (file, line) puts about 1 % of the documents into a held-out
@@ -20,15 +23,27 @@ split that is never trained on. The training stream is cut into non-overlapping 
 `seq_len + 1` tokens; each epoch visits all windows in a seeded permutation. Because the batch of a
 step depends only on the seed and the step, a run resumed from a checkpoint reaches the same final
 weights as an uninterrupted run (checked by tests/test_training.py).
+
+The output directory:
+  - one `train` at a time holds it (storage.JobLock); a second is refused at once, naming the holder;
+  - every file is written atomically (storage.atomic_path / write_json_atomic; the model and tokenizer
+    directories are written under a temporary name and renamed), so a crash never leaves half a file;
+  - `checkpoint.pt` holds tensors and plain values only and is read with torch.load(weights_only=True):
+    a file holding anything else is refused, never unpickled (nothing from disk is executed);
+  - `--resume` continues only the same run: the same settings (TrainConfig.RESUME_KEYS) on the same
+    corpus (`corpus_fingerprint`: the input files' relative paths, sizes and modification times);
+    anything else is a one-line ConfigMismatchError;
+  - `scoring.json` says how to score with the pair so that scoring matches training (`pair_scoring`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,9 +51,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .documents import InputError, iter_corpus, write_json_atomic
-
-EOS = "<|endoftext|>"
+from .documents import iter_corpus, walk_corpus
+from .errors import ConfigMismatchError, InputError, UsageError
+from .models import PAIR_SCORING_FILE
+from .storage import TMP_PREFIX, JobLock, atomic_path, fsync_dir, read_json, remove_stale_tmp, tmp_name, write_json_atomic
+from .tokenizer import train_bpe_tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,8 +134,6 @@ def count_params(model) -> int:
 def load_or_train_tokenizer(spec: str, texts: Callable[[], Any], vocab_size: int):
     """`new`: train a byte-level BPE tokenizer on `texts()`; otherwise load `spec` (a hub id or a directory)."""
     if spec == "new":
-        from .testing import train_bpe_tokenizer
-
         return train_bpe_tokenizer(texts(), vocab_size)
     from transformers import AutoTokenizer
 
@@ -206,7 +221,7 @@ class TokenWindows:
 
 
 # --------------------------------------------------------------------------------------------
-# Training
+# Settings and the identity of a run
 # --------------------------------------------------------------------------------------------
 
 
@@ -241,21 +256,73 @@ class TrainConfig:
     init_from: str | None = None  # a pair directory (small/, large/): start from its weights (a new training cycle)
     skip_tokens: int = 0  # start this far into the window order, e.g. past the tokens an --init-from pair has seen
 
-    # What must match for --resume to continue the same run.
+    # What must match for --resume to continue the same run (the corpus must match too: corpus_fingerprint).
     RESUME_KEYS = ("sizes", "tokenizer", "vocab_size", "seq_len", "batch_size", "tokens", "lr", "min_lr_ratio",
                    "warmup_frac", "weight_decay", "grad_clip", "seed", "text_field", "heldout_fraction",
                    "init_from", "skip_tokens")
 
+    def validate(self) -> None:
+        """The ranges the command line checks while parsing, for callers of the API (UsageError)."""
+        checks = [
+            ("seq_len", self.seq_len >= 2, "at least 2"), ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("vocab_size", self.vocab_size >= 1, "at least 1"), ("lr", self.lr > 0, "greater than 0"),
+            ("tokens", self.tokens is None or self.tokens >= 1, "at least 1"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"), ("log_every", self.log_every >= 1, "at least 1"),
+            ("threads", self.threads is None or self.threads >= 1, "at least 1"),
+            ("skip_tokens", self.skip_tokens >= 0, "at least 0"), ("seed", self.seed >= 0, "at least 0"),
+            ("heldout_fraction", 0 < self.heldout_fraction < 1, "in (0, 1)"),
+            ("heldout_max_tokens", self.heldout_max_tokens >= 1, "at least 1"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise UsageError(f"--{name.replace('_', '-')} must be {what} (got {getattr(self, name)!r})")
+
+    def effective(self) -> "TrainConfig":
+        """The settings the run uses: a new cycle (--init-from) keeps the earlier pair's tokenizer."""
+        if self.init_from and self.tokenizer == "new":
+            return replace(self, tokenizer=str(Path(self.init_from) / "small"))
+        return self
+
+
+def corpus_fingerprint(input_dir: str | os.PathLike) -> str:
+    """A hash of the input files' relative paths, sizes and modification times: it changes when a file is
+    added, removed, renamed, resized or rewritten. A corpus moved or copied with its times kept keeps it."""
+    walk = walk_corpus(input_dir)
+    h = hashlib.blake2b(digest_size=16)
+    for rel in walk.files:
+        st = (walk.root / rel).stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def run_identity(cfg: TrainConfig, corpus: str) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: the RESUME_KEYS settings and the corpus fingerprint."""
+    return {"settings": {k: getattr(cfg, k) for k in TrainConfig.RESUME_KEYS}, "corpus": corpus}
+
+
+def check_same_run(saved: dict[str, Any], now: dict[str, Any], what: str, input_dir: str) -> None:
+    """ConfigMismatchError (one line) unless `saved` (from `what`, e.g. the checkpoint) is `now`'s run."""
+    saved_settings = saved.get("settings") or {}
+    diff = {k: (saved_settings.get(k), v) for k, v in now["settings"].items() if saved_settings.get(k) != v}
+    if diff:
+        raise ConfigMismatchError(f"--resume: settings differ from {what}'s (saved, now): {diff}; "
+                                  f"rerun with the saved settings, or train into a new --output-dir")
+    if saved.get("corpus") != now["corpus"]:
+        raise ConfigMismatchError(f"--resume: the corpus under {input_dir} is not the one {what} was made from "
+                                  f"(its files' names, sizes or modification times differ); rerun with the original "
+                                  f"--input-dir, or train into a new --output-dir")
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, schedule, loss
+# --------------------------------------------------------------------------------------------
+
 
 def resolve_device(spec: str) -> str:
-    """'auto' | 'cpu' | 'cuda[:N]' as a device string (the scorer's rules: auto prefers CUDA)."""
-    from scalingfilter.models import ModelLoadError
-    from scalingfilter.models import resolve_device as resolve_torch_device
+    """'auto' | 'cpu' | 'cuda[:N]' as a device string (the scorer's rules: auto prefers CUDA; ModelLoadError if unusable)."""
+    from .models import resolve_device as resolve_torch_device
 
-    try:
-        return str(resolve_torch_device(spec))
-    except ModelLoadError as exc:
-        raise InputError(str(exc)) from exc
+    return str(resolve_torch_device(spec))
 
 
 def cpu_supports_bf16() -> bool:
@@ -306,6 +373,26 @@ def lm_loss(model, x, y, bf16: bool, device: str):
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
+def train_step(models: dict[str, Any], optimizers: dict[str, Any], x, y, lr: float, grad_clip: float,
+               bf16: bool, device: str) -> dict[str, float]:
+    """One optimizer step of every model on the same batch (x -> y) at learning rate `lr`; each model's loss.
+    `models` may hold torch.compile'd wrappers (they share the plain modules' parameters)."""
+    import torch
+
+    losses = {}
+    for name, model in models.items():
+        opt = optimizers[name]
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = lm_loss(model, x, y, bf16, device)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses[name] = loss.item()
+    return losses
+
+
 def heldout_loss(model, tokens: np.ndarray, seq_len: int, bf16: bool, device: str, batch_size: int = 8) -> float:
     """Mean next-token loss (nats) over the held-out stream, in windows of `seq_len` predictions."""
     import torch
@@ -329,20 +416,121 @@ def heldout_loss(model, tokens: np.ndarray, seq_len: int, bf16: bool, device: st
     return total / count
 
 
-def prepare_data(cfg: TrainConfig, out: Path, log: Callable[[str], None]):
-    """Tokenizer and token streams; cached under `out/.cache` so that --resume does not redo them."""
+# --------------------------------------------------------------------------------------------
+# Files of the output directory (all written atomically)
+# --------------------------------------------------------------------------------------------
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = ("step", "config", "corpus", "history", "elapsed_s", "models", "optimizers", "torch_rng")
+CACHE_DIR = ".cache"
+TRAIN_LOG_NAME = "train_log.json"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """Yields a temporary directory beside `path` to fill; on a clean exit its files are fsync'ed and it is
+    renamed to `path` (an older `path` is moved aside first, then removed). On an exception it is removed."""
+    tmp = tmp_name(path)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        old = tmp_name(path) if path.exists() else None
+        if old is not None:
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Temporary files and directories a killed run left in `directory` (we hold its lock: none is live)."""
+    remove_stale_tmp(directory)
+    with contextlib.suppress(OSError):
+        for p in directory.iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at `path`, read with torch.load(weights_only=True): tensors and plain values only, so a
+    crafted file cannot run code. A file that does not load that way, or lacks a key, is refused (one line)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: refused: it holds objects other than tensors and plain values, and loading them "
+                         f"could run code; remove it (or train into a new --output-dir)") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways; all mean "not ours"
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); remove it "
+                         f"(or train into a new --output-dir)") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(f"{path}: not a checkpoint of this version of `scalingfilter train` (missing {missing}); "
+                         f"remove it (or train into a new --output-dir)")
+    return state
+
+
+def pair_scoring(tokenizer, seq_len: int) -> dict[str, Any]:
+    """How to score with a trained pair so that scoring matches training (written as scoring.json, read by
+    models.pair_scoring_defaults). Training put the EOS token before every document, so a document's first
+    token was predicted after EOS: prepending the scorer's BOS (the BOS token, or EOS if there is none)
+    matches that when BOS is EOS (the `new` tokenizer's <|endoftext|>, GPT-2's). A tokenizer with another BOS
+    never showed it to the models, so it is not prepended. Windows of `seq_len` tokens: the models' positions."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return {"max_len": seq_len, "prepend_bos": bos is None or bos == eos}
+
+
+def save_model(model, tokenizer, path: Path, dtype: str = "float32") -> None:
+    """An HF model directory (config, safetensors, tokenizer), written under a temporary name and renamed.
+    With `dtype` float16/bfloat16 the weights are stored in that type but the config still says float32,
+    so that `from_pretrained` loads float32."""
+    import torch
+
+    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    model = model.to("cpu")
+    state = {k: v.detach().to(tdtype).contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to the input embedding: stored once
+    model.config.dtype = "float32"
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# Data preparation (cached for --resume)
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: TrainConfig, out: Path, identity: dict[str, Any], log: Callable[[str], None]):
+    """Tokenizer and token streams; cached under `out/.cache` so that --resume does not redo them.
+    The cache is reused only for the same run (`identity`); data.json, written last, marks it complete."""
     from transformers import AutoTokenizer
 
-    cache = out / ".cache"
-    tok_dir = cache / "tokenizer"
-    meta_path = cache / "data.json"
+    cache = out / CACHE_DIR
+    tok_dir, meta_path = cache / "tokenizer", cache / "data.json"
     if cfg.resume and meta_path.exists():
+        meta = read_json(meta_path)
+        check_same_run(meta.get("run", {}), identity, "the cached token stream", cfg.input_dir)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        train = np.load(cache / "train.npy")
-        heldout = np.load(cache / "heldout.npy")
-        meta = json.loads(meta_path.read_text())
+        train, heldout = np.load(cache / "train.npy"), np.load(cache / "heldout.npy")
         log(f"resume: reusing the tokenizer and {len(train):,} cached training tokens")
-        return tokenizer, train, heldout, meta
+        return tokenizer, train, heldout, meta["data"]
     t0 = time.time()
     train_texts, heldout_texts, stats = read_texts(cfg.input_dir, cfg.text_field, cfg.seed, cfg.heldout_fraction)
     log(f"read {stats.documents:,} documents ({stats.heldout_documents:,} held out, {stats.skipped:,} skipped) "
@@ -363,188 +551,237 @@ def prepare_data(cfg: TrainConfig, out: Path, log: Callable[[str], None]):
                          f"({cfg.batch_size} x {cfg.seq_len} + 1 = {need:,}); use more text or a smaller --seq-len")
     if len(heldout) < 2:
         raise InputError(f"{cfg.input_dir}: the held-out split has {len(heldout)} token(s); use more documents")
-    cache.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(tok_dir)
-    np.save(cache / "train.npy", train)
-    np.save(cache / "heldout.npy", heldout)
-    meta = {"documents": stats.documents, "heldout_documents": stats.heldout_documents, "skipped": stats.skipped,
+    meta_path.unlink(missing_ok=True)  # the old cache is incomplete from here until data.json is rewritten
+    with atomic_dir(tok_dir) as tmp:
+        tokenizer.save_pretrained(tmp)
+    for name, arr in (("train.npy", train), ("heldout.npy", heldout)):
+        with atomic_path(cache / name) as tmp:
+            np.save(tmp, arr)
+    data = {"documents": stats.documents, "heldout_documents": stats.heldout_documents, "skipped": stats.skipped,
             "skip_reasons": stats.skip_reasons, "train_tokens": int(len(train)), "heldout_tokens": int(len(heldout))}
-    write_json_atomic(meta_path, meta)
-    return tokenizer, train, heldout, meta
+    write_json_atomic(meta_path, {"run": identity, "data": data})
+    return tokenizer, train, heldout, data
 
 
-def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the pair described by `cfg`; write `output_dir/{small,large}` and `train_log.json`. Returns the log."""
+# --------------------------------------------------------------------------------------------
+# Training: set-up, resume, the loop, finish
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairRun:
+    """Everything one training run works with (built by `set_up_run`)."""
+
+    cfg: TrainConfig
+    out: Path
+    identity: dict[str, Any]
+    device: str
+    bf16: bool
+    shapes: tuple[ModelShape, ModelShape]
+    tokenizer: Any
+    train_tokens: np.ndarray
+    heldout_tokens: np.ndarray
+    data_meta: dict[str, Any]
+    windows: TokenWindows
+    steps: int
+    models: dict[str, Any]  # the plain modules: state dicts, evaluation, saving
+    optimizers: dict[str, Any]
+    forward: dict[str, Any]  # what the loop calls (torch.compile'd with --compile; same parameters)
+    params: dict[str, int]
+    start: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_before: float = 0.0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.seq_len
+
+
+def open_output_dir(cfg: TrainConfig, out: Path, identity: dict[str, Any], log: Callable[[str], None]) -> dict | None:
+    """The checkpoint to resume from (checked to be the same run), or None to start afresh. Refuses to
+    start afresh over an earlier run without --resume."""
+    ckpt_path = out / CHECKPOINT_NAME
+    if not cfg.resume:
+        if ckpt_path.exists() or (out / "small").exists():
+            raise InputError(f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir")
+        return None
+    if not ckpt_path.exists():
+        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
+        return None
+    state = load_checkpoint(ckpt_path)
+    saved = {"settings": {k: state["config"].get(k) for k in TrainConfig.RESUME_KEYS}, "corpus": state["corpus"]}
+    check_same_run(saved, identity, "the checkpoint", cfg.input_dir)
+    return state
+
+
+def set_up_run(cfg: TrainConfig, out: Path, identity: dict[str, Any], log: Callable[[str], None]) -> PairRun:
+    """Device, data (tokenizer and token streams) and freshly initialised models with their optimisers."""
     import torch
 
-    out = Path(cfg.output_dir)
     shapes = parse_sizes(cfg.sizes)
-    if cfg.seq_len < 2:
-        raise InputError("--seq-len must be at least 2")
-    if cfg.tokens is not None and cfg.tokens < 1:
-        raise InputError("--tokens must be positive")
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ckpt_path = out / "checkpoint.pt"
-    resume_state = None
-    if cfg.resume:
-        if not ckpt_path.exists():
-            log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
-        else:
-            resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            saved = resume_state["config"]
-            diff = {k: (saved.get(k), getattr(cfg, k)) for k in TrainConfig.RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
-            if diff:
-                raise InputError(f"--resume: settings differ from the checkpoint's (saved, now): {diff}")
-    elif ckpt_path.exists() or (out / "small").exists():
-        raise InputError(f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir")
-    out.mkdir(parents=True, exist_ok=True)
-
-    if cfg.init_from and cfg.tokenizer == "new":  # a new cycle keeps the earlier pair's tokenizer
-        cfg = replace(cfg, tokenizer=str(Path(cfg.init_from) / "small"))
-    tokenizer, train_tokens, heldout_tokens, data_meta = prepare_data(cfg, out, log)
+    tokenizer, train_tokens, heldout_tokens, data_meta = prepare_data(cfg, out, identity, log)
     windows = TokenWindows(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
-    tokens_per_step = cfg.batch_size * cfg.seq_len
     total_tokens = cfg.tokens if cfg.tokens is not None else windows.n_windows * cfg.seq_len
-    steps = max(1, math.ceil(total_tokens / tokens_per_step))
-
-    vocab = len(tokenizer)
-    models, opts, params = {}, {}, {}
+    steps = max(1, math.ceil(total_tokens / (cfg.batch_size * cfg.seq_len)))
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    models, optimizers, params = {}, {}, {}
     for name, shape in zip(("small", "large"), shapes):
-        conf = make_config(shape, vocab, cfg.seq_len, tokenizer.bos_token_id if tokenizer.bos_token_id is not None
-                           else tokenizer.eos_token_id, tokenizer.eos_token_id)
-        models[name] = make_model(conf, cfg.seed).to(device).train()
-        opts[name] = make_optimizer(models[name], cfg, device)
+        models[name] = make_model(make_config(shape, len(tokenizer), cfg.seq_len, bos, tokenizer.eos_token_id),
+                                  cfg.seed).to(device).train()
+        optimizers[name] = make_optimizer(models[name], cfg, device)
         params[name] = count_params(models[name])
-    start, history, elapsed_before = 0, [], 0.0
-    if resume_state is not None:
-        for name in models:
-            models[name].load_state_dict(resume_state["models"][name])
-            opts[name].load_state_dict(resume_state["optimizers"][name])
-        start, history, elapsed_before = resume_state["step"], resume_state["history"], resume_state["elapsed_s"]
-        torch.set_rng_state(resume_state["torch_rng"])
-        log(f"resumed at step {start:,} of {steps:,}")
-    elif cfg.init_from:
-        from transformers import AutoModelForCausalLM
-
-        for name in models:
-            earlier = AutoModelForCausalLM.from_pretrained(Path(cfg.init_from) / name, dtype=torch.float32)
-            models[name].load_state_dict(earlier.state_dict())  # strict: same shapes and vocabulary
-        log(f"initialised both models from {cfg.init_from}")
-    skip_steps = cfg.skip_tokens // tokens_per_step
-    # torch.compile wraps the same parameters; state dicts and evaluation use the plain modules.
     forward = {n: (torch.compile(m) if cfg.compile else m) for n, m in models.items()}
-    log(f"pair {shapes[0]} ({params['small']:,} params) / {shapes[1]} ({params['large']:,} params); "
-        f"{steps:,} steps of {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens "
-        f"({steps * tokens_per_step / max(1, len(train_tokens)):.2f} epochs); device {device}, "
-        f"{'bf16 autocast' if bf16 else 'fp32'}, {torch.get_num_threads()} threads{', compiled' if cfg.compile else ''}")
+    return PairRun(cfg, out, identity, device, bf16, shapes, tokenizer, train_tokens, heldout_tokens, data_meta,
+                   windows, steps, models, optimizers, forward, params)
 
-    def checkpoint(step: int, elapsed: float) -> None:
-        state = {"step": step, "config": asdict(cfg), "history": history, "elapsed_s": elapsed,
-                 "models": {n: m.state_dict() for n, m in models.items()},
-                 "optimizers": {n: o.state_dict() for n, o in opts.items()},
-                 "torch_rng": torch.get_rng_state()}
-        tmp = ckpt_path.with_suffix(".pt.tmp")
+
+def resume_run(run: PairRun, state: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Continue from a checkpoint: weights, optimiser states, step, loss history, time so far, RNG."""
+    import torch
+
+    for name in run.models:
+        run.models[name].load_state_dict(state["models"][name])
+        run.optimizers[name].load_state_dict(state["optimizers"][name])
+    run.start, run.history, run.elapsed_before = int(state["step"]), list(state["history"]), float(state["elapsed_s"])
+    torch.set_rng_state(state["torch_rng"])
+    log(f"resumed at step {run.start:,} of {run.steps:,}")
+
+
+def init_from_pair(run: PairRun, log: Callable[[str], None]) -> None:
+    """A new training cycle: both models start from an earlier pair's weights (same shapes and vocabulary)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    for name in run.models:
+        earlier = AutoModelForCausalLM.from_pretrained(Path(run.cfg.init_from) / name, dtype=torch.float32)
+        run.models[name].load_state_dict(earlier.state_dict())  # strict: same shapes and vocabulary
+    log(f"initialised both models from {run.cfg.init_from}")
+
+
+def write_checkpoint(run: PairRun, step: int, elapsed: float) -> None:
+    """checkpoint.pt: tensors and plain values only (see load_checkpoint), written atomically."""
+    import torch
+
+    state = {"step": step, "config": asdict(run.cfg), "corpus": run.identity["corpus"], "history": run.history,
+             "elapsed_s": elapsed, "models": {n: m.state_dict() for n, m in run.models.items()},
+             "optimizers": {n: o.state_dict() for n, o in run.optimizers.items()}, "torch_rng": torch.get_rng_state()}
+    with atomic_path(run.out / CHECKPOINT_NAME) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, ckpt_path)
 
+
+def train_loop(run: PairRun, log: Callable[[str], None]) -> float:
+    """Steps `run.start` .. `run.steps`, logging every `log_every` steps and checkpointing every
+    `checkpoint_every` and at the end. Returns the training time of the whole run (resumed parts included)."""
+    import torch
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, initial=start, unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    cfg, tps = run.cfg, run.tokens_per_step
+    log(f"pair {run.shapes[0]} ({run.params['small']:,} params) / {run.shapes[1]} ({run.params['large']:,} params); "
+        f"{run.steps:,} steps of {tps:,} tokens = {run.steps * tps:,} tokens "
+        f"({run.steps * tps / max(1, len(run.train_tokens)):.2f} epochs); device {run.device}, "
+        f"{'bf16 autocast' if run.bf16 else 'fp32'}, {torch.get_num_threads()} threads{', compiled' if cfg.compile else ''}")
+    skip_steps = cfg.skip_tokens // tps
+    bar = tqdm(total=run.steps, initial=run.start, unit="step", disable=not cfg.progress, dynamic_ncols=True)
     t_start = time.time()
-    run_losses = {n: 0.0 for n in models}
-    run_n = 0
-    step = start
-    for step in range(start, steps):
-        x, y = windows.batch(skip_steps + step)
-        x, y = x.to(device), y.to(device)
-        lr = lr_at(step, steps, cfg)
-        for name, model in models.items():
-            opt = opts[name]
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = lm_loss(forward[name], x, y, bf16, device)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            run_losses[name] += loss.item()
+    run_losses, run_n = {n: 0.0 for n in run.models}, 0
+    for step in range(run.start, run.steps):
+        x, y = run.windows.batch(skip_steps + step)
+        lr = lr_at(step, run.steps, cfg)
+        losses = train_step(run.forward, run.optimizers, x.to(run.device), y.to(run.device), lr, cfg.grad_clip,
+                            run.bf16, run.device)
+        for name, loss in losses.items():
+            run_losses[name] += loss
         run_n += 1
         done = step + 1
-        if done % cfg.log_every == 0 or done == steps:
+        if done % cfg.log_every == 0 or done == run.steps:
             el = time.time() - t_start
-            tok_s = (done - start) * tokens_per_step / max(el, 1e-9)
-            entry = {"step": done, "tokens": done * tokens_per_step, "lr": lr,
-                     **{f"{n}_loss": run_losses[n] / run_n for n in models}, "tok_s": tok_s,
-                     "elapsed_s": elapsed_before + el}
-            history.append(entry)
-            bar.set_postfix(small=f"{entry['small_loss']:.3f}", large=f"{entry['large_loss']:.3f}",
-                            tok_s=f"{tok_s:,.0f}")
-            run_losses = {n: 0.0 for n in models}
-            run_n = 0
+            tok_s = (done - run.start) * tps / max(el, 1e-9)
+            entry = {"step": done, "tokens": done * tps, "lr": lr, **{f"{n}_loss": run_losses[n] / run_n for n in run.models},
+                     "tok_s": tok_s, "elapsed_s": run.elapsed_before + el}
+            run.history.append(entry)
+            bar.set_postfix(small=f"{entry['small_loss']:.3f}", large=f"{entry['large_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+            run_losses, run_n = {n: 0.0 for n in run.models}, 0
         bar.update(1)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
-            checkpoint(done, elapsed_before + time.time() - t_start)
+        if done % cfg.checkpoint_every == 0 and done < run.steps:
+            write_checkpoint(run, done, run.elapsed_before + time.time() - t_start)
     bar.close()
-    train_time = elapsed_before + time.time() - t_start
-    checkpoint(steps, train_time)
+    train_time = run.elapsed_before + time.time() - t_start
+    write_checkpoint(run, run.steps, train_time)
+    return train_time
 
+
+def finish_run(run: PairRun, train_time: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Held-out losses, then `small/`, `large/`, `scoring.json` and `train_log.json` (the log last). Returns the log."""
+    import torch
+
+    cfg = run.cfg
     t0 = time.time()
-    held = heldout_tokens[: cfg.heldout_max_tokens + 1]
-    held_losses = {n: heldout_loss(m, held, cfg.seq_len, bf16, device) for n, m in models.items()}
+    held = run.heldout_tokens[: cfg.heldout_max_tokens + 1]
+    held_losses = {n: heldout_loss(m, held, cfg.seq_len, run.bf16, run.device) for n, m in run.models.items()}
     log(f"held-out loss ({len(held) - 1:,} tokens): small {held_losses['small']:.4f}, large {held_losses['large']:.4f} "
         f"({time.time() - t0:.1f}s)")
-    for name, model in models.items():
-        save_model(model, tokenizer, out / name, cfg.save_dtype)
+    for name, model in run.models.items():
+        save_model(model, run.tokenizer, run.out / name, cfg.save_dtype)
+    scoring = pair_scoring(run.tokenizer, cfg.seq_len)
+    write_json_atomic(run.out / PAIR_SCORING_FILE, scoring)
+    tokens_seen = run.steps * run.tokens_per_step
     result = {
         "command_config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-        "device": device, "bf16_autocast": bf16, "threads": torch.get_num_threads(),
+        "device": run.device, "bf16_autocast": run.bf16, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "sizes": {n: str(s) for n, s in zip(("small", "large"), shapes)},
-        "parameters": params, "vocab_size": vocab, "data": data_meta,
-        "steps": steps, "tokens_per_step": tokens_per_step, "tokens_seen": steps * tokens_per_step,
-        "epochs": steps * tokens_per_step / len(train_tokens),
+        "sizes": {n: str(s) for n, s in zip(("small", "large"), run.shapes)},
+        "parameters": run.params, "vocab_size": len(run.tokenizer), "data": run.data_meta,
+        "corpus_fingerprint": run.identity["corpus"], "scoring": scoring,
+        "steps": run.steps, "tokens_per_step": run.tokens_per_step, "tokens_seen": tokens_seen,
+        "epochs": tokens_seen / len(run.train_tokens),
         "train_seconds": train_time, "heldout_tokens_evaluated": len(held) - 1,
-        "heldout_loss": held_losses, "history": history,
+        "heldout_loss": held_losses, "history": run.history,
     }
-    write_json_atomic(out / "train_log.json", result)
+    write_json_atomic(run.out / TRAIN_LOG_NAME, result)
     return result
 
 
-def save_model(model, tokenizer, path: Path, dtype: str = "float32") -> None:
-    """An HF model directory (config, safetensors, tokenizer). With `dtype` float16/bfloat16 the weights are
-    stored in that type but the config still says float32, so that `from_pretrained` loads float32."""
-    import torch
-
-    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    path.mkdir(parents=True, exist_ok=True)
-    model = model.to("cpu")
-    state = {k: v.detach().to(tdtype).contiguous() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # tied to the input embedding: stored once
-    model.config.dtype = "float32"
-    model.save_pretrained(path, state_dict=state)
-    tokenizer.save_pretrained(path)
+def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the pair described by `cfg`; write `output_dir/{small,large}`, `scoring.json` and
+    `train_log.json`. Returns the log. Holds the output directory's JobLock for the whole run."""
+    cfg.validate()
+    cfg = cfg.effective()
+    out = Path(cfg.output_dir)
+    identity = run_identity(cfg, corpus_fingerprint(cfg.input_dir))
+    parse_sizes(cfg.sizes)  # a bad --sizes is refused before anything is written
+    with JobLock(out, "train"):
+        remove_stale_temporaries(out)
+        remove_stale_temporaries(out / CACHE_DIR)
+        state = open_output_dir(cfg, out, identity, log)
+        run = set_up_run(cfg, out, identity, log)
+        if state is not None:
+            resume_run(run, state, log)
+        elif cfg.init_from:
+            init_from_pair(run, log)
+        train_time = train_loop(run, log)
+        return finish_run(run, train_time, log)
 
 
 def export_checkpoint(run_dir: str | os.PathLike, dest: str | os.PathLike, save_dtype: str = "float32") -> dict[str, Any]:
-    """Write `dest/{small,large}` from the last checkpoint of a (possibly unfinished) run in `run_dir`,
-    so that a partial run can be scored. Returns {"step", "tokens_seen"}."""
-    import torch
+    """Write `dest/{small,large}` (and scoring.json) from the last checkpoint of a (possibly unfinished) run
+    in `run_dir`, so that a partial run can be scored. Returns {"step", "tokens_seen"}."""
     from transformers import AutoTokenizer
 
     run, out = Path(run_dir), Path(dest)
-    ckpt_path = run / "checkpoint.pt"
+    ckpt_path = run / CHECKPOINT_NAME
     if not ckpt_path.exists():
-        raise InputError(f"{run}: no checkpoint.pt")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        raise InputError(f"{run}: no {CHECKPOINT_NAME}")
+    state = load_checkpoint(ckpt_path)
     cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
-    tokenizer = AutoTokenizer.from_pretrained(run / ".cache" / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(run / CACHE_DIR / "tokenizer")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     for name, shape in zip(("small", "large"), parse_sizes(cfg.sizes)):
         model = make_model(make_config(shape, len(tokenizer), cfg.seq_len, bos, tokenizer.eos_token_id), cfg.seed)
         model.load_state_dict(state["models"][name])
         save_model(model, tokenizer, out / name, save_dtype)
+    write_json_atomic(out / PAIR_SCORING_FILE, pair_scoring(tokenizer, cfg.seq_len))
     return {"step": state["step"], "tokens_seen": state["step"] * cfg.batch_size * cfg.seq_len}

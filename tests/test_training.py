@@ -12,6 +12,7 @@ import torch
 from scalingfilter import training
 from scalingfilter.cli import main
 from scalingfilter.documents import InputError, write_records
+from scalingfilter.errors import ConfigMismatchError
 from scalingfilter.training import TokenWindows, TrainConfig, lr_at, parse_sizes, train_pair
 
 SIZES = "2x16x2,2x32x4"
@@ -126,9 +127,9 @@ def test_resume_reaches_the_same_model(corpus, tmp_path, monkeypatch):
         train_pair(cfg(corpus, crashed), log=quiet)
     monkeypatch.setattr(training, "lr_at", real_lr_at)
     assert (crashed / "checkpoint.pt").exists() and not (crashed / "small").exists()
-    assert torch.load(crashed / "checkpoint.pt", weights_only=False)["step"] == 3  # last checkpoint before the crash
+    assert torch.load(crashed / "checkpoint.pt", weights_only=True)["step"] == 3  # last checkpoint before the crash
 
-    with pytest.raises(InputError, match="settings differ"):
+    with pytest.raises(ConfigMismatchError, match="settings differ"):
         train_pair(cfg(corpus, crashed, seed=1, resume=True), log=quiet)
     res = train_pair(cfg(corpus, crashed, resume=True), log=quiet)
     full_log = json.loads((full / "train_log.json").read_text())
