@@ -257,3 +257,150 @@ def test_second_cycle_keeps_the_earlier_tokenizer(corpus, tmp_path):
     a = AutoTokenizer.from_pretrained(tmp_path / "one" / "small")
     b = AutoTokenizer.from_pretrained(tmp_path / "two" / "large")
     assert len(a) == len(b) == 280 and a.get_vocab() == b.get_vocab()
+
+
+def test_run_files_and_scoring_json(corpus, tmp_path):
+    """scoring.json says what matches training: windows of seq_len, and a BOS prefix because every training
+    document starts right after the separator, which is the tokenizer's BOS. No temporary file is left."""
+    from transformers import AutoTokenizer
+
+    from scalingfilter.models import pair_scoring_defaults
+
+    out = tmp_path / "run"
+    res = train_pair(cfg(corpus, out, tokens=2 * 32 * 2), log=quiet)
+    scoring = json.loads((out / "scoring.json").read_text())
+    assert scoring == {"max_len": 32, "prepend_bos": True} == res["scoring"]
+    assert pair_scoring_defaults(str(out)) == scoring
+    # the training stream: the token before every document's first token is EOS, and the scorer's BOS is EOS
+    tok = AutoTokenizer.from_pretrained(out / "small")
+    stream = np.load(out / ".cache" / "train.npy")
+    starts = np.flatnonzero(stream == tok.eos_token_id)
+    assert starts[0] == 0 and len(starts) == res["data"]["documents"] - res["data"]["heldout_documents"]
+    assert tok.bos_token_id == tok.eos_token_id
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_pair_scoring_without_a_separate_bos():
+    from types import SimpleNamespace
+
+    assert training.pair_scoring(SimpleNamespace(bos_token_id=1, eos_token_id=2), 64) == {"max_len": 64, "prepend_bos": False}
+    assert training.pair_scoring(SimpleNamespace(bos_token_id=None, eos_token_id=2), 8)["prepend_bos"] is True
+
+
+class WritesMarker:
+    """A pickle payload: unpickling it opens (creates) the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_not_run(corpus, tmp_path, capsys):
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    out.mkdir()
+    torch.save({"step": 3, "config": WritesMarker(marker), "models": {}}, out / "checkpoint.pt")
+    rc = main(["train", "--input-dir", str(corpus), "--output-dir", str(out), "--sizes", SIZES, "--vocab-size", "300",
+               "--seq-len", "32", "--batch-size", "2", "--threads", "1", "--no-progress", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refused" in err and err.count("\n") == 1
+    with pytest.raises(InputError, match="refused"):
+        training.export_checkpoint(out, tmp_path / "exp")
+    assert not marker.exists()
+    torch.load(out / "checkpoint.pt", weights_only=False)  # what the refusal prevents: the payload is live
+    assert marker.exists()
+
+
+def test_resume_refuses_a_changed_corpus(corpus, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    mine = tmp_path / "corpus"
+    shutil.copytree(corpus, mine)  # copy2: times kept
+    out = tmp_path / "run"
+    train_pair(cfg(mine, out, tokens=2 * 32 * 4), log=quiet)
+    moved = tmp_path / "moved"
+    shutil.copytree(mine, moved)
+    res = train_pair(cfg(moved, out, tokens=2 * 32 * 4, resume=True), log=quiet)  # same files elsewhere: same run
+    assert res["steps"] == 4
+    other = tmp_path / "other"
+    other.mkdir()
+    write_records(other / "a.jsonl", [{"text": t * 3} for t in ["another corpus entirely. "] * 80])
+    with pytest.raises(ConfigMismatchError, match="corpus"):
+        train_pair(cfg(other, out, tokens=2 * 32 * 4, resume=True), log=quiet)
+    with open(mine / "a.jsonl", "a") as fh:  # one more document in the same directory
+        fh.write(json.dumps({"id": "new", "text": "a document added after training started"}) + "\n")
+    capsys.readouterr()
+    rc = main(["train", "--input_dir", str(mine), "--output_dir", str(out), "--sizes", SIZES, "--vocab_size", "300",
+               "--seq_len", "32", "--batch_size", "2", "--tokens", "256", "--lr", "3e-3", "--threads", "1",
+               "--no_progress", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corpus" in err and err.count("\n") == 1
+
+    # a crash before the first checkpoint leaves only the token cache: it is checked the same way
+    early = tmp_path / "early"
+
+    def crash(step, steps, c):
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(training, "lr_at", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_pair(cfg(moved, early), log=quiet)
+    monkeypatch.undo()
+    assert (early / ".cache" / "data.json").exists() and not (early / "checkpoint.pt").exists()
+    with pytest.raises(ConfigMismatchError, match="cached token stream"):
+        train_pair(cfg(other, early, resume=True), log=quiet)
+
+
+def test_a_second_train_on_the_same_output_dir_is_refused(corpus, tmp_path, capsys):
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["train", "--input-dir", str(corpus), "--output-dir", str(out), "--sizes", SIZES, "--vocab-size", "300",
+            "--seq-len", "32", "--batch-size", "2", "--threads", "1", "--no-progress"]
+    first = subprocess.Popen([sys.executable, "-m", "scalingfilter.cli", *args, "--tokens", "1e9"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        lock = out / ".scalingfilter" / "lock"
+        deadline = time.monotonic() + 120
+        while True:  # the holder writes its pid into the lock file once it holds the flock
+            assert first.poll() is None, first.stderr.read().decode()
+            try:
+                if json.loads(lock.read_text() or "{}").get("pid") == first.pid:
+                    break
+            except (OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.1)
+        with open(lock) as fh:  # held: a non-blocking flock from here fails
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        t0 = time.monotonic()
+        assert main(args + ["--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {first.pid}" in err and "train" in err and err.count("\n") == 1
+        assert time.monotonic() - t0 < 30  # refused at once, not after waiting
+    finally:
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.parametrize("bad", [["--seq-len", "1"], ["--batch_size", "0"], ["--lr", "0"], ["--tokens", "0"],
+                                 ["--tokens", "12.5"], ["--checkpoint-every", "0"], ["--threads", "0"],
+                                 ["--skip-tokens", "-1"], ["--vocab-size", "100"], ["--seed", "-1"], ["--lr", "nan"]])
+def test_train_flags_are_range_checked_while_parsing(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"), *bad])
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_api_settings_are_range_checked(corpus, tmp_path):
+    from scalingfilter.errors import UsageError
+
+    with pytest.raises(UsageError, match="--checkpoint-every"):
+        train_pair(cfg(corpus, tmp_path / "o", checkpoint_every=0), log=quiet)
+    assert not (tmp_path / "o").exists()
