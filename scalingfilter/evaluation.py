@@ -3,17 +3,24 @@
 `evaluate_dir` reads a scored corpus (the output of `scalingfilter score`) and, for the quality factor
 and the baselines below, computes
   - AUROC against a binary label (the higher label value is the positive class): the probability that
-    a random positive document scores higher than a random negative one, ties counting one half. It is
-    computed from average ranks (Mann-Whitney U): (R+ - n+(n+ + 1)/2) / (n+ n-).
+    a random positive document scores higher than a random negative one, ties counting one half
+    (sklearn.metrics.roc_auc_score: the trapezoids of its ROC curve give tied scores one half, the same
+    value as the Mann-Whitney U from average ranks, (R+ - n+(n+ + 1)/2) / (n+ n-); tests check both).
+    scikit-learn always ships: sentence-transformers, a dependency, requires it.
   - the pair win rate where documents come in groups (a `pair` field): over every two documents of a
     group with different labels, the fraction in which the higher-labelled one scores higher (ties 1/2).
 
 Scores, each oriented so that higher means "better" as its filter uses it:
   quality_factor   PPL_small / PPL_large (ScalingFilter; higher is better)
+  qf_distilled     a distilled fastText classifier's score of the quality factor (higher = keep); shown
+                   only when records carry it (OPTIONAL_METRICS)
   large_ppl        large-model perplexity, lower is better (perplexity gating's signal)
   small_ppl        small-model perplexity, lower is better
   length           document length in characters, longer is better
 Documents without a score (null, e.g. unscorable) are left out of that score's figures and counted.
+
+Only a finished `scalingfilter score` output is evaluated: a directory without summary.json (never
+scored, or still being scored) is refused with one line.
 """
 
 from __future__ import annotations
@@ -25,15 +32,20 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .documents import InputError, find_scored_files, iter_corpus
+from .documents import find_scored_files, iter_corpus
+from .errors import InputError
+from .schema import SUMMARY_NAME
 
 # name -> (description, function of the record giving the raw value, sign: +1 higher is better, -1 lower is better)
 METRICS: dict[str, tuple[str, Callable[[dict, str | None], Any], int]] = {
     "quality_factor": ("quality factor PPL_small/PPL_large (higher is better)", lambda d, t: d.get("quality_factor"), 1),
+    "qf_distilled": ("distilled fastText quality score (higher is better)", lambda d, t: d.get("qf_distilled"), 1),
     "large_ppl": ("large-model perplexity (lower is better)", lambda d, t: d.get("large_ppl"), -1),
     "small_ppl": ("small-model perplexity (lower is better)", lambda d, t: d.get("small_ppl"), -1),
     "length": ("document length in characters (longer is better)", lambda d, t: None if t is None else len(t), 1),
 }
+# Reported only when at least one labelled record carries a value.
+OPTIONAL_METRICS = ("qf_distilled",)
 
 
 def _finite(v: Any) -> float | None:
@@ -46,7 +58,7 @@ def _finite(v: Any) -> float | None:
 def auroc(scores: Iterable[float], labels: Iterable[Any]) -> float:
     """AUROC of `scores` for the positive class = the larger of the two label values; ties count 1/2.
     NaN if there are not two label values with at least one document each."""
-    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
 
     s = np.asarray(list(scores), dtype=np.float64)
     y = np.asarray(list(labels))
@@ -55,11 +67,7 @@ def auroc(scores: Iterable[float], labels: Iterable[Any]) -> float:
         if len(values) > 2:
             raise ValueError(f"AUROC needs binary labels; got {len(values)} distinct values")
         return float("nan")
-    pos = y == values[1]
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    ranks = rankdata(s)  # average ranks for ties
-    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y == values[1], s))
 
 
 def pair_win_rate(scores: Iterable[float], labels: Iterable[Any], groups: Iterable[Any]) -> tuple[float, int]:
@@ -98,10 +106,12 @@ class MetricResult:
 
 
 def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: str = "label",
-                     pair_field: str | None = "pair", metrics: Iterable[str] = tuple(METRICS)) -> dict[str, Any]:
+                     pair_field: str | None = "pair", metrics: Iterable[str] | None = None) -> dict[str, Any]:
     """`records`: (data, text) tuples of scored documents. Returns a dict with `metrics` (a list of MetricResult
-    dicts), `documents`, `labelled`, `label_values`, `pairs_field_present`."""
-    metrics = list(metrics)
+    dicts), `documents`, `labelled`, `label_values`, `pairs_field_present`. `metrics`: names of METRICS; by
+    default all of them, the OPTIONAL_METRICS only where some labelled record has a value."""
+    explicit = metrics is not None
+    metrics = list(METRICS if metrics is None else metrics)
     rows: list[tuple[Any, Any, list[float | None]]] = []
     total = 0
     for data, text in records:
@@ -125,6 +135,8 @@ def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: st
     has_pairs = any(r[1] is not None for r in rows)
     results = []
     for k, m in enumerate(metrics):
+        if not explicit and m in OPTIONAL_METRICS and all(r[2][k] is None for r in rows):
+            continue
         desc, _, sign = METRICS[m]
         kept = [(sign * r[2][k], r[0], r[1]) for r in rows if r[2][k] is not None]
         if kept:
@@ -142,6 +154,11 @@ def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: st
 def evaluate_dir(scored_dir: str | os.PathLike, label_field: str = "label", pair_field: str | None = "pair",
                  text_field: str = "text") -> dict[str, Any]:
     """`evaluate_records` over every data file of a scored output directory (rejects/ excluded)."""
+    if not os.path.isdir(scored_dir):
+        raise InputError(f"{scored_dir}: no such directory")
+    if not os.path.isfile(os.path.join(scored_dir, SUMMARY_NAME)):
+        raise InputError(f"{scored_dir}: no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
+                         f"(score the corpus first, or wait until scoring has finished)")
     if not find_scored_files(scored_dir):
         raise InputError(f"{scored_dir}: no scored data files")
     recs = ((r.data, r.text) for r in iter_corpus(scored_dir, text_field, scored=True) if r.data is not None)

@@ -12,6 +12,23 @@ import pytest
 from scalingfilter.cli import main
 from scalingfilter.documents import InputError, write_records
 from scalingfilter.evaluation import auroc, evaluate_dir, evaluate_records, format_table, pair_win_rate
+from scalingfilter.schema import SUMMARY_NAME
+
+
+def mark_scored(directory):
+    """What `scalingfilter score` leaves when it has finished: summary.json beside the data files."""
+    (directory / SUMMARY_NAME).write_text(json.dumps({"files": 1, "files_done": 1}))
+    return directory
+
+
+def rank_auroc(scores, labels):
+    """The Mann-Whitney U from average ranks (the formula this module used before sklearn)."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels) == max(labels)
+    ranks = rankdata(np.asarray(scores, dtype=float))
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return (ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def brute_auroc(scores, labels):
@@ -29,6 +46,7 @@ def test_auroc_matches_pair_counting_with_ties(seed):
     labels[0], labels[1] = 0, 1
     scores = rng.integers(0, 6, n).astype(float)  # many ties
     assert auroc(scores, labels) == pytest.approx(brute_auroc(list(scores), list(labels)), abs=1e-12)
+    assert auroc(scores, labels) == pytest.approx(rank_auroc(scores, labels), abs=1e-12)
 
 
 def test_auroc_edge_cases():
@@ -74,7 +92,7 @@ def test_evaluate_dir_orientation_and_missing(tmp_path):
     write_records(tmp_path / "part-0.jsonl", docs[:30])
     write_records(tmp_path / "part-1.jsonl.gz", docs[30:])
     write_records(tmp_path / "rejects" / "part-0.jsonl", [{"label": 5, "quality_factor": 1}])  # must be ignored
-    res = evaluate_dir(tmp_path)
+    res = evaluate_dir(mark_scored(tmp_path))
     m = {r["name"]: r for r in res["metrics"]}
     assert res["labelled"] == 60 and res["documents"] == 61
     assert m["quality_factor"]["missing"] == 1 and m["quality_factor"]["n"] == 59
@@ -104,6 +122,7 @@ def test_evaluate_without_pairs_and_bad_labels():
 
 def test_evaluate_cli(tmp_path, capsys):
     write_records(tmp_path / "s.jsonl", _scored_docs(10))
+    mark_scored(tmp_path)
     assert main(["evaluate", "--input-dir", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in out["metrics"]] == ["quality_factor", "large_ppl", "small_ppl", "length"]
@@ -111,6 +130,42 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", "--input-dir", str(tmp_path)]) == 0
     assert "| quality factor" in capsys.readouterr().out
     assert main(["evaluate", "--input-dir", str(tmp_path), "--label-field", "nope"]) == 2
+    assert main(["evaluate", "--input_dir", str(tmp_path), "--label_field", "label", "--pair_field", "pair",
+                 "--text_field", "text", "--json"]) == 0  # the underscore spellings
+    assert json.loads(capsys.readouterr().out)["metrics"][0]["pairs"] == 10
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["evaluate", "--input-dir", str(empty)]) == 2
+    assert main(["evaluate", "--input-dir", str(mark_scored(empty))]) == 2
+    assert "no scored data files" in capsys.readouterr().err
+
+
+def test_a_directory_that_was_never_scored_is_refused(tmp_path, capsys):
+    write_records(tmp_path / "s.jsonl", _scored_docs(3))  # data files, but no summary.json
+    assert main(["evaluate", "--input-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is this a `scalingfilter score` output?" in err and err.count("\n") == 1
+    with pytest.raises(InputError, match="is this a `scalingfilter score` output"):
+        evaluate_dir(tmp_path)
+    assert main(["evaluate", "--input-dir", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_qf_distilled_is_reported_beside_the_quality_factor(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    docs = _scored_docs(20)
+    for d in docs:  # a distilled score: a noisy probability, higher for the positives
+        d["qf_distilled"] = float(np.clip(rng.normal(0.6 if d["label"] else 0.4, 0.2), 0, 1))
+    docs[0]["qf_distilled"] = None
+    del docs[1]["qf_distilled"]
+    write_records(tmp_path / "s.jsonl", docs)
+    assert main(["evaluate", "--input-dir", str(mark_scored(tmp_path)), "--json"]) == 0
+    metrics = {m["name"]: m for m in json.loads(capsys.readouterr().out)["metrics"]}
+    assert list(metrics) == ["quality_factor", "qf_distilled", "large_ppl", "small_ppl", "length"]
+    kept = [d for d in docs if d.get("qf_distilled") is not None]
+    expect = brute_auroc([d["qf_distilled"] for d in kept], [d["label"] for d in kept])
+    assert metrics["qf_distilled"]["auroc"] == pytest.approx(expect, abs=1e-12)
+    assert metrics["qf_distilled"]["n"] == 38 and metrics["qf_distilled"]["missing"] == 2
+    assert metrics["qf_distilled"]["pairs"] == 19  # the first pair lost a member
+    assert main(["evaluate", "--input-dir", str(tmp_path)]) == 0
+    assert "| distilled fastText" in capsys.readouterr().out
+

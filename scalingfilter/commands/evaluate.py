@@ -1,32 +1,32 @@
-"""`scalingfilter evaluate`: AUROC and pair win rate of the quality factor and the baselines against labels."""
+"""`scalingfilter evaluate`: AUROC and pair win rate of the quality factor and the baselines against labels.
+
+Every flag has both spellings (--label-field / --label_field). Errors are raised, not printed:
+`scalingfilter.cli` prints them as one line (exit status 2).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .flags import flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input-dir", required=True, help="a scored corpus (the output directory of `scalingfilter score`)")
-    parser.add_argument("--label-field", default="label", help="binary label; the higher value is the positive class (default %(default)s)")
-    parser.add_argument("--pair-field", default="pair",
-                        help="documents sharing this field's value are compared with each other (pair win rate); "
-                             "ignored if absent (default %(default)s)")
-    parser.add_argument("--text-field", default="text", help="for the length baseline (default %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    flag(parser, "input-dir", required=True, help="a scored corpus (the output directory of `scalingfilter score`)")
+    flag(parser, "label-field", default="label", help="binary label; the higher value is the positive class (default %(default)s)")
+    flag(parser, "pair-field", default="pair",
+         help="documents sharing this field's value are compared with each other (pair win rate); "
+              "ignored if absent (default %(default)s)")
+    flag(parser, "text-field", default="text", help="for the length baseline (default %(default)s)")
+    flag(parser, "json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..documents import InputError
     from ..evaluation import evaluate_dir, format_table
 
-    try:
-        result = evaluate_dir(args.input_dir, args.label_field, args.pair_field or None, args.text_field)
-    except InputError as e:
-        print(f"scalingfilter evaluate: error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_dir(args.input_dir, args.label_field, args.pair_field or None, args.text_field)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
