@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -194,17 +196,47 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
 
 
 def open_binary_writer(path: str | os.PathLike) -> BinaryIO:
-    """Open a JSONL file for writing, compressed as its name says."""
+    """Open a JSONL file for writing, compressed as its name says. gzip members carry no time stamp
+    and no file name, so identical runs give identical bytes."""
     name = str(path)
     if name.endswith(".gz"):
         # compresslevel 6: most of the size gain of 9 at a fraction of the time
-        return gzip.open(name, "wb", compresslevel=6)
+        return _GzipWriter(open(name, "wb"))
     if name.endswith(".zst"):
         import zstandard
 
         raw = open(name, "wb")
         return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)
     return open(name, "wb")
+
+
+class _GzipWriter(gzip.GzipFile):
+    """A gzip writer with mtime 0 and no name in the header, that closes its file too."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0)
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+class UnreadableFileError(Exception):
+    """A whole input file (or its footer) cannot be read; its records are rejected, the job goes on."""
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What a broken compressed stream raises: gzip EOFError / BadGzipFile (OSError) / zlib.error,
+    zstandard.ZstdError; a truncated plain file raises nothing."""
+    import zstandard
+
+    return (EOFError, OSError, zlib.error, zstandard.ZstdError)
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def resolve_text(data: Any, text_field: str) -> tuple[str | None, str | None]:
@@ -237,30 +269,52 @@ def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", s
                     continue
                 if stop is not None and index >= stop:
                     return
+                if index == 0 and line.startswith(UTF8_BOM):
+                    line = line[len(UTF8_BOM):]  # a BOM must not cost the first record
                 if not line.strip():
                     continue
+                raw = line.rstrip(b"\r\n")
                 try:
                     data = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "malformed JSON"
-                    yield Record(source, index, None, None, f"{reason}: {exc}", raw=line.rstrip(b"\r\n"))
+                    yield Record(source, index, None, None, f"{reason}: {exc}", raw=raw)
                     continue
                 text, error = resolve_text(data, text_field)
-                yield Record(source, index, data if isinstance(data, dict) else {"value": data}, text, error)
-    except Exception as exc:
-        # gzip raises EOFError or BadGzipFile (an OSError); zstandard a ZstdError, which derives from none of these
-        if not isinstance(exc, (EOFError, OSError, ValueError)) and type(exc).__name__ != "ZstdError":
-            raise
+                yield Record(source, index, data if isinstance(data, dict) else {"value": data}, text, error, raw=raw)
+    except _decode_errors() as exc:
         broken_at = index + 1
         if stop is None or broken_at < stop:
             yield Record(source, max(broken_at, start), None, None, f"corrupt or truncated file after line {broken_at}: {type(exc).__name__}: {exc}")
 
 
-def read_parquet(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
-    """Records of rows [start, stop) of a parquet file, read one row group at a time."""
+def open_parquet(path: str | os.PathLike):
+    """A pyarrow ParquetFile, or UnreadableFileError naming the file (truncated, not parquet, ...)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(str(path))
+    try:
+        return pq.ParquetFile(str(path))
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableFileError(f"unreadable parquet file {os.fspath(path)}: {type(exc).__name__}: {exc}") from exc
+
+
+def parquet_schema(path: str | os.PathLike):
+    return open_parquet(path).schema_arrow
+
+
+def read_parquet(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    """Records of rows [start, stop) of a parquet file, read one row group at a time. A file whose
+    footer cannot be read is one rejected record; a row group that cannot be read ends the file with
+    one rejected record saying where (the rows read before it are kept)."""
+    import pyarrow as pa
+
+    try:
+        pf = open_parquet(path)
+    except UnreadableFileError as exc:
+        if start == 0:
+            yield Record(source, 0, None, None, str(exc))
+        return
     row0 = 0
     for g in range(pf.num_row_groups):
         n = pf.metadata.row_group(g).num_rows
@@ -268,7 +322,12 @@ def read_parquet(path: str | os.PathLike, source: str, text_field: str = "text",
         row0 = hi
         if hi <= start or (stop is not None and lo >= stop):
             continue
-        rows = pf.read_row_group(g).to_pylist()
+        try:
+            rows = pf.read_row_group(g).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            at = max(lo, start)
+            yield Record(source, at, None, None, f"corrupt or truncated parquet file: rows from {at + 1} on (row group {g}) unreadable: {type(exc).__name__}: {exc}")
+            return
         for i, data in enumerate(rows):
             index = lo + i
             if index < start or (stop is not None and index >= stop):
@@ -288,15 +347,16 @@ def count_records(path: str | os.PathLike) -> int:
     """Number of lines (JSONL) or rows (parquet): the index space a file's units split.
     A truncated compressed file counts the lines that could be read, plus one for the break."""
     if file_format(path) == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(str(path)).metadata.num_rows
+        try:
+            return open_parquet(path).metadata.num_rows or 1  # an unreadable file is one rejected record
+        except UnreadableFileError:
+            return 1
     n = 0
     try:
         with open_binary(path) as fh:
             for _ in fh:
                 n += 1
-    except Exception:
+    except _decode_errors():
         n += 1  # the rejected "corrupt file" record sits at this index
     return n
 
@@ -317,7 +377,11 @@ class JsonlWriter:
         self._fh = open_binary_writer(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        self._fh.write(dumps_exact(record) + b"\n")
+
+    def write_line(self, line: bytes) -> None:
+        """One record already serialised (without its newline)."""
+        self._fh.write(line + b"\n")
 
     def close(self) -> None:
         self._fh.close()
@@ -365,12 +429,27 @@ class ParquetWriter:
             self._writer.close()
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary name, then rename: readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    os.replace(tmp, path)
+def exact_record(rec: Record) -> dict[str, Any]:
+    """The record's fields as they came in: a JSONL line is parsed again with the standard library,
+    which keeps integers beyond 64 bits exact (orjson turns them into floats)."""
+    if rec.raw is None:
+        return dict(rec.data or {})
+    try:
+        data = json.loads(rec.raw)
+    except ValueError:
+        return dict(rec.data or {})
+    return data if isinstance(data, dict) else dict(rec.data or {})
+
+
+def dumps_exact(record: dict[str, Any]) -> bytes:
+    """Compact JSON of a record; integers beyond 64 bits (which orjson refuses) through the standard library."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+from .storage import write_json_atomic  # noqa: E402,F401  (one atomic writer for the package)
 
 
 def open_writer(path: str | os.PathLike, fmt: str | None = None, schema=None):

@@ -112,6 +112,30 @@ def pair_scoring_defaults(pair: str | None) -> dict[str, Any]:
     return {k: data[k] for k in PAIR_SCORING_KEYS if k in data}
 
 
+def ensure_hub_reachable_or_offline(names: list[str], timeout_s: float = 5.0) -> None:
+    """Fail fast without the hub: when a model is named by hub id and the hub cannot be reached, switch
+    this process to offline mode (one quick connection attempt), so loading uses the local cache or
+    fails at once with our message instead of retrying for a minute."""
+    if all(_is_local(n) for n in names) or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)), timeout_s).close()
+        return
+    except OSError:
+        pass
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - transformers depends on it
+        pass
+
+
 def _is_local(name: str) -> bool:
     return os.path.isdir(name)
 
@@ -170,6 +194,9 @@ def load_causal_lm(name: str, role: str, device, dtype):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
     except Exception as exc:
         raise _load_error(role, name, exc) from exc
+    from scalingfilter.fast_gpt2 import prepare_for_inference
+
+    prepare_for_inference(model)  # GPT-2's Conv1D as nn.Linear (same function; faster GPU kernels)
     model.to(device)
     model.eval()
     for p in model.parameters():
@@ -191,8 +218,27 @@ def load_pair(pair: str | None = "gpt2", small_model: str | None = None, large_m
     return MetaModelPair(small, large, tok_small, small_name, large_name, dev, dt)
 
 
+def pair_context(small_name: str, large_name: str) -> int | None:
+    """The longest input both models take (from their configurations; no weights are loaded)."""
+    from transformers import AutoConfig
+
+    limits = []
+    for role, name in (("small", small_name), ("large", large_name)):
+        try:
+            cfg = AutoConfig.from_pretrained(name)
+        except Exception as exc:  # hub/network/format errors all become one clear message
+            raise _load_error(role, name, exc) from exc
+        n = _config_positions(cfg)
+        if n:
+            limits.append(n)
+    return min(limits) if limits else None
+
+
 def max_positions(model) -> int | None:
-    cfg = model.config
+    return _config_positions(model.config)
+
+
+def _config_positions(cfg) -> int | None:
     for attr in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
         v = getattr(cfg, attr, None)
         if isinstance(v, int) and v > 0:

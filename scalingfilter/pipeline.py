@@ -6,45 +6,101 @@ Layout of OUTPUT_DIR:
   <rel path of each input file>        scored records, same format as the input
   rejects/<rel path>.rejects.jsonl     rejected records with the reason (only where there are any)
   summary.json                         totals and throughput of the run
-  .scalingfilter/                      state: config, plans, parts, done markers
+  .scalingfilter/                      state: lock, config, plans, parts, done markers, final markers
+
+Invariants a month-long job relies on:
+- every input record ends up exactly once in the output file or in the rejects file of its input file,
+  also after a kill -9, a full disk or a restart (temporary names, fsync, rename; done markers last);
+- one run at a time holds OUTPUT_DIR (`storage.JobLock`; the processes of one torchrun/Ray job share it);
+- the settings that determine the scores are recorded with the first finished unit, and a rerun with
+  other settings is refused; a run that failed before scoring anything leaves no settings behind;
+- each input file is fingerprinted (size, mtime): a file changed since it was scored is rescored, and the
+  output of a file that vanished from the input is removed (both with a warning);
+- the input's relative paths never collide with the tool's own files (`rejects/`, `.scalingfilter/`):
+  such an input is refused, as is an output directory inside the input.
+
+What scores a unit is pluggable (`ScorerSpec`): the meta-model pair by default, the distilled classifier
+for `classify`, a fixed no-model scorer for engine tests and benchmarks (SCALINGFILTER_TEST_SCORER=fixed).
+Engines (this module's local/torchrun engine, the Ray engine) share `ScoreJob`'s steps.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
+import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import orjson
 
 from scalingfilter import documents
-from scalingfilter.documents import REJECTS_DIR, STATE_DIR, InputError
-from scalingfilter.scoring import SCORE_FIELDS
+from scalingfilter.errors import ConfigMismatchError, InputError, RejectedRecordError, ScalingFilterError, UsageError  # noqa: F401
+from scalingfilter.processes import Processes
+from scalingfilter.schema import REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
+from scalingfilter.storage import JobLock, atomic_path, atomic_write, read_json, remove_stale_tmp, write_json_atomic
 
 log = logging.getLogger("scalingfilter")
 MAX_REJECT_MESSAGES = 50  # per process; the rejects files have them all
 BIG_DOC_CHARS = 1_000_000
+MAX_LEN_CAP = 1024  # default tokens scored per document, where the models take that many
+COUNT_FOR_PROGRESS_BYTES = 256 << 20  # count the documents of unsplit files for the progress total up to this size
+
+# Test hooks (documented in tests/README and used by the crash and engine tests):
+# SIGKILL this process right after it has marked N units done.
+TEST_KILL_ENV = "SCALINGFILTER_TEST_KILL_AFTER_UNITS"
+# "fixed": score with a no-model scorer that returns fixed values (engine tests and benchmarks).
+TEST_SCORER_ENV = "SCALINGFILTER_TEST_SCORER"
 
 
-from scalingfilter.errors import ConfigMismatchError, RejectedRecordError  # noqa: E402
+# ---------------------------------------------------------------------------------------------
+# What scores the documents
+
+
+class DocScore(Protocol):
+    error: str | None
+    n_tokens: int
+    truncated: bool
+
+    def fields(self) -> dict[str, Any]: ...
+
+
+class DocScorer(Protocol):
+    def score_records(self, records: Iterable[documents.Record], text_of: Callable[[documents.Record], str | None]) -> Iterator[tuple[documents.Record, DocScore]]:
+        """Every input record once, in order, with its score (a record with `error` set comes through
+        too: `text_of` gives None for it and its score is ignored)."""
+        ...
+
+
+@dataclass
+class ScorerSpec:
+    """What scores a job: known before any model is loaded, so that settings can be checked first."""
+
+    name: str
+    settings: dict[str, Any]  # what determines the scores: a rerun with other settings is refused
+    output_fields: dict[str, str]  # field -> type ("float64" | "int64" | "bool" | "string"), in output order
+    load: Callable[[], DocScorer]  # called once in each worker process
 
 
 @dataclass
 class ScoreConfig:
+    """Every option of a score job, with its default (the CLI takes its defaults from here)."""
+
     input_dir: str
     output_dir: str
     pair: str | None = "gpt2"
     small_model: str | None = None
     large_model: str | None = None
     text_field: str = "text"
-    max_len: int = 1024
+    # None: what the pair directory's scoring.json says, else min(MAX_LEN_CAP, the models' context)
+    max_len: int | None = None
     max_tokens_per_batch: int | None = None
-    prepend_bos: bool = False
+    prepend_bos: bool | None = None  # None: the pair's scoring.json, else False
     device: str = "auto"
     dtype: str = "auto"
     nparts: int = 1
@@ -57,55 +113,70 @@ class ScoreConfig:
     strict: bool = False
     show_progress: bool = True
     window_docs: int = 2048
+    scorer: ScorerSpec | None = None  # None: the meta-model pair (or the test hook's fixed scorer)
+
+    def validate(self) -> None:
+        """Refuse impossible numbers before any work (the CLI checks them too, for the API)."""
+        for name, low in (("unit_docs", 1), ("split_bytes", 0), ("window_docs", 1), ("max_len", 2), ("max_tokens_per_batch", 1)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer of at least {low} (got {v!r})")
 
 
-# ---------------------------------------------------------------------------------------------
-# Processes: one, or many under torchrun / torch.distributed.launch
+def lm_pair_spec(cfg: ScoreConfig) -> ScorerSpec:
+    """The meta-model pair: resolve names, scoring defaults and the context, without loading weights."""
+    from scalingfilter.models import ensure_hub_reachable_or_offline, pair_context, pair_scoring_defaults, resolve_pair
+
+    small, large = resolve_pair(cfg.pair, cfg.small_model, cfg.large_model)
+    ensure_hub_reachable_or_offline([small, large])
+    defaults = pair_scoring_defaults(cfg.pair) if not (cfg.small_model or cfg.large_model) else {}
+    context = pair_context(small, large)
+    max_len = cfg.max_len or defaults.get("max_len") or min(MAX_LEN_CAP, context or MAX_LEN_CAP)
+    if context is not None and max_len > context:
+        raise UsageError(f"--max-len {max_len} exceeds the models' context of {context} tokens; use --max-len {context} or less")
+    prepend_bos = cfg.prepend_bos if cfg.prepend_bos is not None else bool(defaults.get("prepend_bos", False))
+
+    def load() -> DocScorer:
+        from scalingfilter.models import load_pair
+        from scalingfilter.scoring import PairScorer
+
+        pair = load_pair(cfg.pair, cfg.small_model, cfg.large_model, cfg.device, cfg.dtype)
+        return PairScorer(pair, max_len, cfg.max_tokens_per_batch, prepend_bos, cfg.window_docs)
+
+    settings = {"small_model": small, "large_model": large, "max_len": max_len, "prepend_bos": prepend_bos}
+    return ScorerSpec("quality factor", settings, dict(SCORE_FIELD_TYPES), load)
 
 
 @dataclass
-class Processes:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
+class FixedScore:
+    n_tokens: int
+    truncated: bool = False
+    error: str | None = None
 
-    @classmethod
-    def from_env(cls, device: str) -> "Processes":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:
-            import torch
-            import torch.distributed as dist
+    def fields(self) -> dict[str, Any]:
+        return {"small_loss": 2.0, "large_loss": 1.0, "small_ppl": 7.38905609893065, "large_ppl": 2.718281828459045,
+                "quality_factor": 2.718281828459045, "n_tokens": self.n_tokens, "truncated": False, "score_error": None}
 
-            if not dist.is_initialized():
-                use_nccl = device != "cpu" and torch.cuda.is_available()
-                if use_nccl:  # NCCL collectives run on the current device: one GPU per process
-                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-                dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-        return cls()
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
+class FixedScorer:
+    """Test hook: the score fields with fixed values and n_tokens = words, at once, without a model."""
 
-            dist.barrier()
+    def score_records(self, records, text_of):
+        for rec in records:
+            text = text_of(rec)
+            yield rec, FixedScore(len(text.split()) if text else 0)
 
-    def close(self) -> None:
-        """Leave the process group only when every process is done with it."""
-        if self.world_size > 1:
-            import torch.distributed as dist
 
-            dist.barrier()
-            dist.destroy_process_group()
+def fixed_scorer_spec() -> ScorerSpec:
+    return ScorerSpec("fixed (test hook)", {"scorer": "fixed"}, dict(SCORE_FIELD_TYPES), FixedScorer)
 
-    def all_sum(self, values: list[float]) -> list[float]:
-        if self.world_size == 1:
-            return values
-        import torch.distributed as dist
 
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, values)
-        return [sum(v[i] for v in gathered) for i in range(len(values))]
+def scorer_spec(cfg: ScoreConfig) -> ScorerSpec:
+    if cfg.scorer is not None:
+        return cfg.scorer
+    if os.environ.get(TEST_SCORER_ENV) == "fixed":
+        return fixed_scorer_spec()
+    return lm_pair_spec(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,16 +189,11 @@ def _key(source: str) -> str:
     return f"{base}.{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_bytes())
-
-
-def _concat_bytes(parts: list[Path], dest: Path) -> None:
+def _concat_bytes(parts: list[Path], out) -> None:
     """Byte concatenation: valid for plain JSONL, gzip members and zstd frames alike."""
-    with open(dest, "wb") as out:
-        for p in parts:
-            with open(p, "rb") as fh:
-                shutil.copyfileobj(fh, out, 1 << 20)
+    for p in parts:
+        with open(p, "rb") as fh:
+            shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def _concat_parquet(parts: list[Path], dest: Path) -> None:
@@ -146,17 +212,36 @@ def _concat_parquet(parts: list[Path], dest: Path) -> None:
             writer.close()
 
 
-def _score_schema(input_path: Path):
+def _output_schema(input_path: Path, output_fields: dict[str, str]):
     """The output parquet schema: the input's columns plus the score columns with fixed types
-    (so a first row group of null scores cannot fix a column's type to null)."""
+    (so a first row group of null scores cannot fix a column's type to null). An input whose footer
+    cannot be read (its records are all rejected) gets the score columns alone."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    types = {"small_loss": pa.float64(), "large_loss": pa.float64(), "small_ppl": pa.float64(), "large_ppl": pa.float64(),
-             "quality_factor": pa.float64(), "n_tokens": pa.int64(), "truncated": pa.bool_(), "score_error": pa.string()}
-    base = pq.ParquetFile(str(input_path)).schema_arrow
-    fields = [f for f in base if f.name not in types] + [pa.field(n, types[n]) for n in SCORE_FIELDS]
-    return pa.schema(fields)
+    types = {name: getattr(pa, {"float64": "float64", "int64": "int64", "bool": "bool_", "string": "string"}[t])() for name, t in output_fields.items()}
+    try:
+        base = list(documents.parquet_schema(input_path))
+    except documents.UnreadableFileError:
+        base = []
+    return pa.schema([f for f in base if f.name not in types] + [pa.field(n, t) for n, t in types.items()])
+
+
+def splice_fields(raw: bytes, fields: dict[str, Any]) -> bytes | None:
+    """The input line with the score fields appended inside its object, every other byte as it came in
+    (big integers, number formats, key order, escapes). None when the line cannot be spliced."""
+    line = raw.strip()
+    if not (line.startswith(b"{") and line.endswith(b"}")):
+        return None
+    added = orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
+    body = line[1:-1]
+    if not body.strip():
+        return added
+    return line[:-1] + b"," + added[1:]
+
+
+def _fingerprint(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,14 +266,35 @@ class UnitStats:
             setattr(self, k, getattr(self, k) + v)
 
 
+@dataclass
+class Plan:
+    """What is left to do for this node: its files, their pending units, and what changed."""
+
+    all_files: list[str]
+    mine: list[str]
+    pending: list[Unit]
+    walk: documents.CorpusFiles
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
 class ScoreJob:
-    def __init__(self, config: ScoreConfig):
+    def __init__(self, config: ScoreConfig, spec: ScorerSpec | None = None):
+        config.validate()
         self.cfg = config
         self.input_dir = Path(config.input_dir)
         self.out = Path(config.output_dir)
         self.state = self.out / STATE_DIR
         self.procs = Processes()
         self.reject_messages = 0
+        self.units_done_here = 0
+        self._spec = spec
+
+    @property
+    def spec(self) -> ScorerSpec:
+        if self._spec is None:
+            self._spec = scorer_spec(self.cfg)
+        return self._spec
 
     # ---- paths
     def plan_path(self, source: str) -> Path:
@@ -209,177 +315,218 @@ class ScoreJob:
     def rejects_path(self, source: str) -> Path:
         return self.out / REJECTS_DIR / f"{source}.rejects.jsonl"
 
-    # ---- steps
-    def files(self) -> list[str]:
-        suffixes = tuple(self.cfg.file_ext) if self.cfg.file_ext else documents.INPUT_SUFFIXES
-        files = documents.find_input_files(self.input_dir, suffixes)
-        if self.out.resolve() == self.input_dir.resolve():
-            raise InputError("the output directory must differ from the input directory")
-        # an output directory inside the input directory must not be read back as input
-        try:
-            inner = self.out.resolve().relative_to(self.input_dir.resolve()).as_posix()
-            files = [f for f in files if not f.startswith(inner + "/")]
-        except ValueError:
-            pass
-        if not files:
-            raise InputError(f"no input files ({', '.join(suffixes)}) under {str(self.input_dir)!r}")
-        return files
+    @property
+    def lock_name(self) -> str:
+        c = self.cfg
+        return "lock" if c.nparts == 1 else f"lock.parts-{c.rank_part_start}-{c.rank_part_start + c.rank_nparts - 1}"
 
-    def clear(self, sources: list[str]) -> None:
-        """--force_overwrite: remove every trace of earlier runs for these files."""
+    # ---- planning (one process: rank 0, or the Ray driver)
+    def walk(self, warn: bool = True) -> documents.CorpusFiles:
+        suffixes = tuple(self.cfg.file_ext) if self.cfg.file_ext else documents.INPUT_SUFFIXES
+        walk = documents.walk_corpus(self.input_dir, suffixes)
+        if warn:
+            documents.warn_skipped(walk, log)
+        in_res, out_res = self.input_dir.resolve(), self.out.resolve()
+        if out_res == in_res:
+            raise InputError("the output directory must differ from the input directory")
+        if out_res.is_relative_to(in_res):
+            raise InputError(f"the output directory {str(self.out)!r} is inside the input directory {str(self.input_dir)!r}: "
+                             "a later run would read its own output as input; choose an output directory outside it")
+        clashing = [f for f in walk.files if f.split("/", 1)[0] in RESERVED_NAMES]
+        if clashing:
+            raise InputError(f"input file {clashing[0]!r} lies under a directory named {clashing[0].split('/', 1)[0]!r}, which is the "
+                             f"name of the tool's own directory in the output ({', '.join(RESERVED_NAMES)}); rename that input directory")
+        if not walk.files:
+            raise InputError(f"no input files ({', '.join(suffixes)}) under {str(self.input_dir)!r}")
+        return walk
+
+    def clear(self, sources: Iterable[str]) -> None:
+        """Remove every trace of earlier runs for these files (output, rejects and state)."""
         for s in sources:
             for p in (self.output_path(s), self.rejects_path(s), self.plan_path(s), self.final_path(s)):
                 p.unlink(missing_ok=True)
             shutil.rmtree(self.parts_dir(s), ignore_errors=True)
             for marker in (self.state / "done").glob(f"{_key(s)}.*.json"):
-                marker.unlink()
-        for p in self.out.glob("summary*.json"):
-            p.unlink()
+                marker.unlink(missing_ok=True)
 
-    def settings(self, small: str, large: str) -> dict[str, Any]:
+    def recorded_sources(self) -> dict[str, Path]:
+        """Sources that the state knows (a plan or a final marker), with that marker."""
+        known: dict[str, Path] = {}
+        for d in ("plan", "final"):
+            for p in sorted((self.state / d).glob("*.json")):
+                try:
+                    known.setdefault(read_json(p)["source"], p)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+        return known
+
+    def reconcile(self, all_files: list[str], mine: list[str]) -> tuple[list[str], list[str]]:
+        """Bring the state in line with the input: outputs of vanished files removed, changed files reset."""
+        present = set(all_files)
+        removed = sorted(s for s in self.recorded_sources() if s not in present)
+        for s in removed:
+            log.warning("input file %s is gone from %s: its output and state are removed", s, self.input_dir)
+        self.clear(removed)
+        changed = []
+        for s in mine:
+            fp = _fingerprint(self.input_dir / s)
+            for marker in (self.final_path(s), self.plan_path(s)):
+                if marker.exists():
+                    old = read_json(marker)
+                    if (old.get("size"), old.get("mtime_ns")) != (fp["size"], fp["mtime_ns"]):
+                        changed.append(s)
+                    break
+        for s in changed:
+            log.warning("input file %s changed since it was scored: rescoring it", s)
+        self.clear(changed)
+        return removed, changed
+
+    def settings(self) -> dict[str, Any]:
         """What determines the scores: a restart with other settings must not mix results."""
         c = self.cfg
-        return {"small_model": small, "large_model": large, "text_field": c.text_field, "max_len": c.max_len,
-                "prepend_bos": c.prepend_bos, "unit_docs": c.unit_docs, "split_bytes": c.split_bytes}
+        return {**self.spec.settings, "text_field": c.text_field, "unit_docs": c.unit_docs, "split_bytes": c.split_bytes}
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         path = self.state / "config.json"
-        if path.exists():
-            old = _read_json(path)
-            if old != settings:
-                diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-                raise ConfigMismatchError(
-                    f"{self.out} holds scores made with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
-                    f"rerun with --force_overwrite to replace them, or choose another output directory"
-                )
-        else:
-            documents.write_json_atomic(path, settings)
+        if not path.exists():
+            return  # recorded with the first finished unit
+        old = read_json(path)
+        if old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)}
+            raise ConfigMismatchError(
+                f"{self.out} holds scores made with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
+                f"rerun with --force_overwrite to replace them, or choose another output directory"
+            )
+
+    def record_settings(self) -> None:
+        """Called before the first done marker: from then on the directory holds scores of these settings."""
+        settings = self.settings()
+        self.check_settings(settings)
+        path = self.state / "config.json"
+        if not path.exists():
+            write_json_atomic(path, settings)
 
     def plan(self, source: str) -> list[Unit]:
         """Units of one file, cached so that a restart splits the file exactly as before."""
         path = self.input_dir / source
-        st = path.stat()
+        fp = _fingerprint(path)
         cached = self.plan_path(source)
         if cached.exists():
-            p = _read_json(cached)
-            if p["size"] == st.st_size and p["mtime_ns"] == st.st_mtime_ns:
+            p = read_json(cached)
+            if (p["size"], p["mtime_ns"]) == (fp["size"], fp["mtime_ns"]) and p.get("unit_docs") == self.cfg.unit_docs and p.get("split_bytes") == self.cfg.split_bytes:
                 return file_units(source, p["n_records"], p["unit_docs"])
-            raise ConfigMismatchError(f"input file {source} changed since this output directory was started; rerun with --force_overwrite")
+            if any((self.state / "done").glob(f"{_key(source)}.*.json")):
+                raise ConfigMismatchError(f"input file {source} changed while it was being scored; rerun to rescore it")
         fmt = documents.file_format(path)
-        n = documents.count_records(path) if (fmt == "parquet" or st.st_size > self.cfg.split_bytes) else None
-        documents.write_json_atomic(cached, {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_records": n, "unit_docs": self.cfg.unit_docs})
+        n = documents.count_records(path) if (fmt == "parquet" or fp["size"] > self.cfg.split_bytes) else None
+        write_json_atomic(cached, {"source": source, **fp, "n_records": n, "unit_docs": self.cfg.unit_docs, "split_bytes": self.cfg.split_bytes})
         return file_units(source, n, self.cfg.unit_docs)
 
-    def run(self) -> dict[str, Any]:
-        from scalingfilter.models import resolve_pair
-
+    def prepare(self) -> Plan:
+        """Everything before scoring, in one process: walk the input, reconcile the state with it,
+        check the settings, plan every file of this node. Returns the pending units."""
         cfg = self.cfg
-        t0 = time.time()
-        self.procs = procs = Processes.from_env(cfg.device)
-        mine = node_files(self.files(), cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
-        small, large = resolve_pair(cfg.pair, cfg.small_model, cfg.large_model)
-        if procs.local_rank == 0:
-            for d in ("plan", "parts", "done", "final"):
-                (self.state / d).mkdir(parents=True, exist_ok=True)
-            if cfg.force_overwrite:
-                self.clear(mine)
-                (self.state / "config.json").unlink(missing_ok=True)
-            self.check_settings(self.settings(small, large))
-            for s in mine:
-                if not self.final_path(s).exists():
-                    self.plan(s)
-        procs.barrier()
-        if procs.local_rank != 0:
-            self.check_settings(self.settings(small, large))
+        walk = self.walk()
+        mine = node_files(walk.files, cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
+        for d in ("plan", "parts", "done", "final"):
+            (self.state / d).mkdir(parents=True, exist_ok=True)
+        if cfg.force_overwrite:
+            self.clear(mine)
+            (self.state / "config.json").unlink(missing_ok=True)
+            for p in self.out.glob("summary*.json"):
+                p.unlink()
+        removed, changed = self.reconcile(walk.files, mine)
+        self.check_settings(self.settings())
         pending = [u for s in mine if not self.final_path(s).exists() for u in self.plan(s) if not self.done_path(u).exists()]
-        my_units = rank_share(pending, procs.rank, procs.world_size)
-        run_stats = UnitStats()
-        if my_units:
-            run_stats = self.score_units(my_units)
-        procs.barrier()
-        for i, s in enumerate(mine):
-            if i % procs.world_size == procs.rank and not self.final_path(s).exists():
-                self.assemble(s)
-        procs.barrier()
-        elapsed = time.time() - t0
-        run_totals = procs.all_sum([run_stats.records, run_stats.tokens])
-        summary = self.summarise(mine, elapsed, run_totals)
-        if procs.rank == 0:
-            name = "summary.json" if cfg.nparts == 1 else f"summary.parts-{cfg.rank_part_start}-{cfg.rank_part_start + cfg.rank_nparts - 1}.json"
-            documents.write_json_atomic(self.out / name, summary)
-        procs.close()
-        return summary
+        for s in {u.source for u in pending}:
+            remove_stale_tmp(self.parts_dir(s))
+        return Plan(walk.files, mine, pending, walk, changed, removed)
 
-    def score_units(self, units: list[Unit]) -> UnitStats:
-        from tqdm import tqdm
+    def count_pending(self, pending: list[Unit]) -> int | None:
+        """Documents left, for the progress bar: exact where the plan counted them; unsplit files are
+        counted too while that is cheap (COUNT_FOR_PROGRESS_BYTES), else None (the bar shows units)."""
+        known, unknown = 0, []
+        for u in pending:
+            if u.stop is not None:
+                known += u.stop - u.start
+            elif u.start > 0 or u.n_parts > 1:
+                n = read_json(self.plan_path(u.source))["n_records"]
+                known += n - u.start
+            else:
+                unknown.append(u.source)
+        if sum((self.input_dir / s).stat().st_size for s in unknown) > COUNT_FOR_PROGRESS_BYTES:
+            return None
+        return known + sum(documents.count_records(self.input_dir / s) for s in unknown)
 
-        from scalingfilter.models import load_pair
-        from scalingfilter.scoring import PairScorer
-
-        cfg = self.cfg
-        pair = load_pair(cfg.pair, cfg.small_model, cfg.large_model, cfg.device, cfg.dtype)
-        scorer = PairScorer(pair, cfg.max_len, cfg.max_tokens_per_batch, cfg.prepend_bos, cfg.window_docs)
-        total = UnitStats()
-        bar = tqdm(desc=f"scoring (rank {self.procs.rank})" if self.procs.world_size > 1 else "scoring", unit="doc",
-                   disable=not cfg.show_progress, position=self.procs.local_rank, dynamic_ncols=True, mininterval=1.0)
-        t_start = time.time()
-        try:
-            for unit in units:
-                stats = self.score_unit(unit, scorer, bar, total, t_start)
-                total.add(stats)
-        finally:
-            bar.close()
-        return total
-
-    def score_unit(self, unit: Unit, scorer, bar, total: UnitStats, t_start: float) -> UnitStats:
+    # ---- scoring (any process)
+    def score_unit(self, unit: Unit, scorer: DocScorer, progress: Callable[[int, int], None] | None = None) -> UnitStats:
+        """Score one unit into its part files and mark it done; `progress(documents, tokens)` as it goes."""
         cfg = self.cfg
         src_path = self.input_dir / unit.source
         fmt = documents.file_format(src_path)
         parts = self.parts_dir(unit.source)
         parts.mkdir(parents=True, exist_ok=True)
         ext = "parquet" if fmt == "parquet" else Path(unit.source).name.split(".", 1)[1]
-        # the extension stays last so that writers compress as the final name says
-        data_tmp = parts / f"tmp-data-{unit.part:05d}.{ext}"
-        rej_tmp = parts / f"tmp-rejects-{unit.part:05d}.jsonl"
-        schema = _score_schema(src_path) if fmt == "parquet" else None
-        writer = documents.open_writer(data_tmp, fmt=fmt, schema=schema)
-        rejects = documents.JsonlWriter(rej_tmp)
+        fields = self.spec.output_fields
         stats = UnitStats()
-        seen_any = False
-        try:
-            records = documents.read_records(src_path, unit.source, cfg.text_field, unit.start, unit.stop)
-            for rec, score in scorer.score_records(records, text_of=lambda r: r.text if r.error is None else None):
-                seen_any = True
-                stats.records += 1
-                if rec.error is not None:
-                    self.reject(rec, rejects, stats)
-                    continue
-                if len(rec.text) > BIG_DOC_CHARS:
-                    log.info("%s line %d: a document of %.1f M characters; scored on its first %d tokens", unit.source, rec.index + 1, len(rec.text) / 1e6, cfg.max_len)
-                out = dict(rec.data)
-                out.update(score.fields())
-                writer.write(out)
-                if score.error is None:
-                    stats.scored += 1
-                    stats.tokens += score.n_tokens
-                else:
-                    stats.unscorable += 1
-                stats.truncated += int(score.truncated)
-                bar.update(1)
-                if bar.n % 64 == 0:
-                    dt = max(time.time() - t_start, 1e-9)
-                    bar.set_postfix_str(f"{(total.tokens + stats.tokens) / dt:,.0f} tok/s", refresh=False)
-            if not seen_any and unit.part == 0 and unit.stop is None:
-                empty = documents.Record(unit.source, 0, None, None, "empty file: no records")
-                stats.records += 1  # so that documents = output lines + rejects lines
-                self.reject(empty, rejects, stats)
-        finally:
-            writer.close()
-            rejects.close()
-        os.replace(data_tmp, parts / f"data-{unit.part:05d}.{ext}")
-        os.replace(rej_tmp, parts / f"rejects-{unit.part:05d}.jsonl")
-        documents.write_json_atomic(self.done_path(unit), {"unit": unit.name, **asdict(stats)})
+        # the extension stays last so that writers compress as the final name says
+        with atomic_path(parts / f"data-{unit.part:05d}.{ext}") as data_tmp, atomic_path(parts / f"rejects-{unit.part:05d}.jsonl") as rej_tmp:
+            schema = _output_schema(src_path, fields) if fmt == "parquet" else None
+            writer = documents.open_writer(data_tmp, fmt=fmt, schema=schema)
+            rejects = documents.JsonlWriter(rej_tmp)
+            try:
+                self._score_records(unit, scorer, writer, rejects, stats, fields, progress)
+            finally:
+                writer.close()
+                rejects.close()
+        self.mark_done(unit, stats)
         return stats
+
+    def _score_records(self, unit: Unit, scorer: DocScorer, writer, rejects, stats: UnitStats, fields: dict[str, str], progress) -> None:
+        cfg = self.cfg
+        seen_any = False
+        pending_docs = pending_tokens = 0
+        records = documents.read_records(self.input_dir / unit.source, unit.source, cfg.text_field, unit.start, unit.stop)
+        for rec, score in scorer.score_records(records, text_of=lambda r: r.text if r.error is None else None):
+            seen_any = True
+            stats.records += 1
+            if rec.error is not None:
+                self.reject(rec, rejects, stats)
+                continue
+            if len(rec.text) > BIG_DOC_CHARS:
+                log.info("%s line %d: a document of %.1f M characters; scored on its head", unit.source, rec.index + 1, len(rec.text) / 1e6)
+            values = score.fields()
+            if rec.raw is None:  # parquet: typed columns, nothing to lose
+                writer.write({**rec.data, **values})
+            else:  # JSONL: every byte of the input line kept where the fields can be appended
+                line = None if (fields.keys() & rec.data.keys()) else splice_fields(rec.raw, values)
+                writer.write_line(line if line is not None else documents.dumps_exact({**documents.exact_record(rec), **values}))
+            if score.error is None:
+                stats.scored += 1
+                stats.tokens += score.n_tokens
+            else:
+                stats.unscorable += 1
+            stats.truncated += int(score.truncated)
+            pending_docs += 1
+            pending_tokens += score.n_tokens if score.error is None else 0
+            if progress is not None and pending_docs >= 64:
+                progress(pending_docs, pending_tokens)
+                pending_docs = pending_tokens = 0
+        if progress is not None and pending_docs:
+            progress(pending_docs, pending_tokens)
+        if not seen_any and unit.part == 0 and unit.stop is None:
+            empty = documents.Record(unit.source, 0, None, None, "empty file: no records")
+            stats.records += 1  # so that documents = output lines + rejects lines
+            self.reject(empty, rejects, stats)
+
+    def mark_done(self, unit: Unit, stats: UnitStats) -> None:
+        if self.units_done_here == 0:
+            self.record_settings()
+        write_json_atomic(self.done_path(unit), {"unit": unit.name, **asdict(stats)})
+        self.units_done_here += 1
+        kill_after = os.environ.get(TEST_KILL_ENV)
+        if kill_after and self.units_done_here >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: a crash right after a unit is durably done
 
     def reject(self, rec: documents.Record, rejects, stats: UnitStats) -> None:
         where = f"{rec.source} line {rec.index + 1}"
@@ -393,65 +540,152 @@ class ScoreJob:
         elif self.reject_messages == MAX_REJECT_MESSAGES + 1:
             log.warning("more rejected records; see %s", self.out / REJECTS_DIR)
 
+    # ---- finishing (any process, one file each)
     def assemble(self, source: str) -> None:
         """All units of a file done: join their parts into the output (and rejects) file, by rename."""
         units = self.plan(source)
-        if not all(self.done_path(u).exists() for u in units):
-            missing = [u.name for u in units if not self.done_path(u).exists()]
+        missing = [u.name for u in units if not self.done_path(u).exists()]
+        if missing:
             raise RuntimeError(f"cannot assemble {source}: units not done: {missing[:5]}")
         parts = self.parts_dir(source)
-        data_parts = sorted(parts.glob("data-*"))
+        data_parts = sorted(p for p in parts.glob("data-*"))
         rej_parts = sorted(parts.glob("rejects-*"))
         if len(data_parts) != len(units):
             raise RuntimeError(f"cannot assemble {source}: {len(data_parts)} part files for {len(units)} units in {parts}")
         fmt = documents.file_format(self.input_dir / source)
         dest = self.output_path(source)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(".tmp-" + dest.name)
         if fmt == "parquet" and len(data_parts) > 1:
-            _concat_parquet(data_parts, tmp)
+            with atomic_path(dest) as tmp:
+                _concat_parquet(data_parts, tmp)
         else:
-            _concat_bytes(data_parts, tmp)
-        os.replace(tmp, dest)
+            with atomic_write(dest) as fh:
+                _concat_bytes(data_parts, fh)
         stats = UnitStats()
         for u in units:
-            stats.add(UnitStats.from_marker(_read_json(self.done_path(u))))
+            stats.add(UnitStats.from_marker(read_json(self.done_path(u))))
         if stats.rejected:
-            rdest = self.rejects_path(source)
-            rdest.parent.mkdir(parents=True, exist_ok=True)
-            rtmp = rdest.with_name(".tmp-" + rdest.name)
-            _concat_bytes(rej_parts, rtmp)
-            os.replace(rtmp, rdest)
-        documents.write_json_atomic(self.final_path(source), {"source": source, **asdict(stats)})
+            with atomic_write(self.rejects_path(source)) as fh:
+                _concat_bytes(rej_parts, fh)
+        plan = read_json(self.plan_path(source))
+        write_json_atomic(self.final_path(source), {"source": source, "size": plan["size"], "mtime_ns": plan["mtime_ns"], **asdict(stats)})
         shutil.rmtree(parts, ignore_errors=True)
         for u in units:
             self.done_path(u).unlink(missing_ok=True)
 
-    def summarise(self, sources: list[str], elapsed: float, run_totals: list[float]) -> dict[str, Any]:
+    def summarise(self, plan: Plan, elapsed: float, run_totals: list[float], processes: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         totals = UnitStats()
         done = 0
-        for s in sources:
+        for s in plan.mine:
             f = self.final_path(s)
             if f.exists():
-                totals.add(UnitStats.from_marker(_read_json(f)))
+                totals.add(UnitStats.from_marker(read_json(f)))
                 done += 1
         run_docs, run_tokens = run_totals
+        config = self.state / "config.json"
         return {
             "input_dir": str(self.input_dir), "output_dir": str(self.out),
-            "files": len(sources), "files_done": done,
+            "files": len(plan.mine), "files_done": done,
             "documents": totals.records, "scored": totals.scored, "unscorable": totals.unscorable,
             "rejected": totals.rejected, "tokens": totals.tokens, "truncated": totals.truncated,
             "rejects_dir": str(self.out / REJECTS_DIR) if totals.rejected else None,
+            "skipped_paths": plan.walk.skipped_summary(),
+            "skipped_examples": [{"path": p, "why": w} for p, w in plan.walk.skipped[:20]],
+            "rescored_changed_files": plan.changed, "removed_vanished_files": plan.removed,
             "time_s": round(elapsed, 3),
             "documents_this_run": int(run_docs), "tokens_this_run": int(run_tokens),
             "docs_per_s": round(run_docs / elapsed, 2) if elapsed > 0 else None,
             "tokens_per_s": round(run_tokens / elapsed, 1) if elapsed > 0 else None,
-            "processes": self.procs.world_size,
-            "settings": _read_json(self.state / "config.json"),
+            "processes": processes,
+            **(extra or {}),
+            "settings": read_json(config) if config.exists() else None,
         }
+
+    @property
+    def summary_name(self) -> str:
+        c = self.cfg
+        return SUMMARY_NAME if c.nparts == 1 else f"summary.parts-{c.rank_part_start}-{c.rank_part_start + c.rank_nparts - 1}.json"
+
+    # ---- the local engine: one process, or torchrun's processes sharing the units statically
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        self.procs = procs = Processes.from_env(self.cfg.device)
+        lock = JobLock(self.out, "score", self.lock_name) if procs.is_main else None
+        try:
+            plan = self._prepare_all(lock)
+            my_units = rank_share(plan.pending, procs.rank, procs.world_size)
+            run_stats = self.score_units(my_units, plan) if my_units else UnitStats()
+            procs.barrier()
+            for i, s in enumerate(plan.mine):
+                if i % procs.world_size == procs.rank and not self.final_path(s).exists():
+                    self.assemble(s)
+            procs.barrier()
+            run_totals = procs.all_sum([run_stats.records, run_stats.tokens])
+            summary = self.summarise(plan, time.time() - t0, run_totals, procs.world_size)
+            if procs.is_main:
+                write_json_atomic(self.out / self.summary_name, summary)
+            procs.close()
+            return summary
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _prepare_all(self, lock: JobLock | None) -> Plan:
+        """Rank 0 takes the lock and prepares; every process then sees the same plan (or stops too)."""
+        procs = self.procs
+        plan: Plan | None = None
+        failure: ScalingFilterError | None = None
+        if procs.is_main:
+            try:
+                lock.acquire()
+                plan = self.prepare()
+            except ScalingFilterError as exc:
+                failure = exc
+        failures = procs.all_gather(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if failures[0] is not None:
+            raise ScalingFilterError(f"rank 0 stopped the job: {failures[0]}")
+        if plan is None:  # the other processes read the plan rank 0 cached: same files, same units
+            plan = self._plan_from_state()
+        return plan
+
+    def _plan_from_state(self) -> Plan:
+        cfg = self.cfg
+        walk = self.walk(warn=False)
+        mine = node_files(walk.files, cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
+        self.check_settings(self.settings())
+        pending = [u for s in mine if not self.final_path(s).exists() for u in self.plan(s) if not self.done_path(u).exists()]
+        return Plan(walk.files, mine, pending, walk)
+
+    def score_units(self, units: list[Unit], plan: Plan) -> UnitStats:
+        from tqdm import tqdm
+
+        scorer = self.spec.load()
+        total = UnitStats()
+        share = self.count_pending(units) if self.cfg.show_progress else None
+        bar = tqdm(desc=f"scoring (rank {self.procs.rank})" if self.procs.world_size > 1 else "scoring", unit="doc", total=share,
+                   disable=not self.cfg.show_progress, position=self.procs.local_rank, dynamic_ncols=True, mininterval=1.0,
+                   smoothing=0)  # smoothing 0: rate and ETA from the start, not from the last second
+        t_start = time.time()
+        tokens = 0
+
+        def progress(docs: int, toks: int) -> None:
+            nonlocal tokens
+            tokens += toks
+            bar.update(docs)
+            bar.set_postfix_str(f"{tokens / max(time.time() - t_start, 1e-9):,.0f} tok/s", refresh=False)
+
+        try:
+            for i, unit in enumerate(units):
+                bar.set_description_str(f"scoring unit {i + 1}/{len(units)}", refresh=False)
+                total.add(self.score_unit(unit, scorer, progress))
+        finally:
+            bar.close()
+        return total
 
 
 def score_corpus(input_dir: str, output_dir: str, **options: Any) -> dict[str, Any]:
     """Score every document under `input_dir` into `output_dir`; returns the run's summary.
-    Keyword options are the fields of `ScoreConfig`."""
+    Keyword options are the fields of `ScoreConfig` (`scorer=ScorerSpec` for another scorer)."""
     return ScoreJob(ScoreConfig(str(input_dir), str(output_dir), **options)).run()

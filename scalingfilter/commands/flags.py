@@ -59,6 +59,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(float, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 (got {value})")
+    return value
+
+
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 fraction = float_in(0.0, 1.0, low_open=True)  # a kept fraction: (0, 1]
