@@ -1,23 +1,32 @@
-"""Report: the HTML is well formed, every figure it references exists and is a valid PNG, the stats add up."""
+"""Report: refuses unfinished inputs in one line, the HTML is well formed, every figure it references exists
+and is a valid PNG, the stats add up (checked against independent computations)."""
 
 from __future__ import annotations
 
 import base64
+import math
 import struct
+import subprocess
+import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
+from scipy.stats import spearmanr
 
 from scalingfilter.cli import main as cli_main
-from scalingfilter.documents import InputError, write_records
+from scalingfilter.documents import InputError, iter_corpus, write_records
 from scalingfilter.report import build_report
+from scalingfilter.schema import STATE_DIR, SUMMARY_NAME
 from scalingfilter.selection import select_corpus
-from test_selection import make_scored_dir
+from test_selection import make_scored_dir, mark_as_scored
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+KINDS = ["prose", "code", "listing"]
 
 
 class StrictChecker(HTMLParser):
@@ -85,24 +94,49 @@ def check_report(report_dir: Path) -> StrictChecker:
         assert target.exists(), href
         if href.endswith(".png"):
             check_png(target.read_bytes())
+    assert not [p for p in report_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
     return checker
+
+
+def write_summary(root: Path, records: list[dict], rejected: int) -> None:
+    """The summary.json `score` writes at the end of a run (the keys the report reads)."""
+    scored = sum(r["quality_factor"] is not None for r in records)
+    (root / SUMMARY_NAME).write_bytes(orjson.dumps({
+        "files": 3, "files_done": 3, "documents": len(records) + rejected, "scored": scored,
+        "unscorable": len(records) - scored, "rejected": rejected, "settings": {}}))
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
+    """A scored directory whose records carry a `kind`, and for most of them a distilled score."""
     root = tmp_path_factory.mktemp("scored")
     records = make_scored_dir(root)
+    rng = np.random.default_rng(1)
     for r in records:
-        r["kind"] = ["prose", "code", "listing"][r["id"] % 3]
+        r["kind"] = KINDS[r["id"] % 3]
+        if r["id"] % 5 != 1:  # a fifth without the distilled score: left out of its figure and correlation
+            qf = r["quality_factor"]
+            r["qf_distilled"] = float(1 / (1 + math.exp(-3 * math.log(qf) - rng.normal(0, 0.5)))) if qf else 0.5
+    for rel, part in (("a.jsonl", records[:120]), ("sub/b.jsonl.gz", records[120:210]), ("sub/deeper/c.parquet", records[210:])):
+        write_records(root / rel, part)
+    write_summary(root, records, rejected=1)
     return root, records
+
+
+@pytest.fixture(scope="module")
+def topk(scored, tmp_path_factory):
+    root, _ = scored
+    sel = tmp_path_factory.mktemp("sel") / "top-k"
+    select_corpus(root, sel, keep=0.7, method="top-k")
+    return sel
 
 
 def test_report_without_selection(scored, tmp_path):
     root, records = scored
     stats = build_report(root, tmp_path / "r")
     checker = check_report(tmp_path / "r")
-    assert len(stats["figures"]) == 4 and len(checker.srcs) == 4
-    assert {f"{f}" for f in stats["figures"]} <= set(checker.hrefs)
+    assert len(stats["figures"]) == 5 and len(checker.srcs) == 5  # the distilled score figure included
+    assert set(stats["figures"]) <= set(checker.hrefs)
     on_disk = orjson.loads((tmp_path / "r" / "stats.json").read_bytes())
     c = on_disk["counts"]
     n_unscored = sum(r["quality_factor"] is None for r in records)
@@ -110,44 +144,96 @@ def test_report_without_selection(scored, tmp_path):
     assert on_disk["unscored_reasons"] == {"too short to score": n_unscored}
     q = on_disk["quantiles"]["quality_factor"]
     assert q["q00"] <= q["q50"] <= q["q100"]
-    assert on_disk["threshold"]["label"].startswith("top-k threshold at keep 0.7")
-    assert on_disk["selection"] is None
+    assert on_disk["threshold"]["label"].startswith("where top-k at keep 0.7 would cut")
+    assert on_disk["selection"] is None and on_disk["groups"] is None
     html = (tmp_path / "r" / "report.html").read_text()
     assert "Highest quality factor" in html and "Lowest quality factor" in html and "Around the threshold" in html
 
 
-def test_report_with_selection_and_groups(scored, tmp_path):
+def test_distilled_figure_and_spearman(scored, tmp_path):
     root, records = scored
-    grouped = tmp_path / "grouped"
-    grouped.mkdir()
-    for rel in ("a.jsonl", "sub/b.jsonl.gz", "sub/deeper/c.parquet"):  # the same corpus with a `kind` field
-        (grouped / rel).parent.mkdir(parents=True, exist_ok=True)
-    write_records(grouped / "a.jsonl", records[:120])
-    write_records(grouped / "sub/b.jsonl.gz", records[120:210])
-    write_records(grouped / "sub/deeper/c.parquet", records[210:])
-    for method in ("top-k", "perplexity-gating"):
-        select_corpus(grouped, tmp_path / f"sel-{method}", keep=0.7, method=method)
-        stats = build_report(grouped, tmp_path / f"rep-{method}", selected_dir=tmp_path / f"sel-{method}", group_field="kind",
-                             notes=["<b>escaped</b> & shown"])
-        check_report(tmp_path / f"rep-{method}")
-        assert "quality_factor_by_group.png" in stats["figures"] and len(stats["figures"]) == 5
-        sel = stats["selection"]
-        assert sel["method"] == method and sel["documents_selected"] == round(0.7 * sum(r["quality_factor"] is not None for r in records))
-        groups = stats["groups"]["values"]
-        assert set(groups) == {"prose", "code", "listing"} and sum(g["documents"] for g in groups.values()) == len(records)
-        html = (tmp_path / f"rep-{method}" / "report.html").read_text()
-        assert "&lt;b&gt;escaped&lt;/b&gt; &amp; shown" in html
-        kept_flags = [d["kept"] for d in stats["examples"]["top"]]
-        if method == "top-k":
-            assert all(kept_flags) and not any(d["kept"] for d in stats["examples"]["bottom"])
-            assert sel["mean_log_qf_kept"] > sel["mean_log_qf_dropped"]
-        else:
-            assert "large_ppl_low" in sel["thresholds"] and stats["threshold"]["log_qf"] is None
-            assert stats["threshold"]["label"].startswith("around the perplexity gates")
-            ppls = sorted(d["large_ppl"] for d in stats["examples"]["threshold"])
-            lo, hi = sel["thresholds"]["large_ppl_low"], sel["thresholds"]["large_ppl_high"]
-            assert ppls[0] < lo < ppls[len(ppls) // 2] < hi < ppls[-1]  # documents at both gates, on both sides
-            assert any(d["kept"] for d in stats["examples"]["threshold"]) and not all(d["kept"] for d in stats["examples"]["threshold"])
+    stats = build_report(root, tmp_path / "r", n_examples=0)
+    assert "quality_factor_vs_distilled.png" in stats["figures"]
+    check_png((tmp_path / "r" / "quality_factor_vs_distilled.png").read_bytes())
+    both = [(math.log(r["quality_factor"]), r["qf_distilled"]) for r in records
+            if r["quality_factor"] is not None and r.get("qf_distilled") is not None]
+    expected = spearmanr([a for a, _ in both], [b for _, b in both]).statistic
+    d = orjson.loads((tmp_path / "r" / "stats.json").read_bytes())["distilled"]
+    assert d["documents"] == len(both)
+    assert d["spearman_log_qf_vs_qf_distilled"] == pytest.approx(expected, abs=1e-12)
+    assert 0.5 < expected < 1  # the synthetic distilled score follows the quality factor
+
+
+def test_no_distilled_figure_without_the_field(tmp_path):
+    root = tmp_path / "plain"
+    root.mkdir()
+    records = make_scored_dir(root, n_per_file=(40, 30, 30))
+    write_summary(root, records, rejected=0)
+    stats = build_report(root, tmp_path / "r", n_examples=1)
+    assert "quality_factor_vs_distilled.png" not in stats["figures"] and "distilled" not in stats
+    assert stats["counts"]["rejected"] == 0
+
+
+@pytest.mark.parametrize("method", ["top-k", "perplexity-gating"])
+def test_report_with_selection_and_groups(scored, tmp_path, method):
+    root, records = scored
+    sel_dir = tmp_path / f"sel-{method}"
+    select_corpus(root, sel_dir, keep=0.7, method=method)
+    stats = build_report(root, tmp_path / "rep", selected_dir=sel_dir, group_field="kind", notes=["<b>escaped</b> & shown"],
+                         n_examples=4, group_examples=2)
+    check_report(tmp_path / "rep")
+    assert "quality_factor_by_group.png" in stats["figures"] and len(stats["figures"]) == 6
+    sel = stats["selection"]
+    n_scored = sum(r["quality_factor"] is not None for r in records)
+    assert sel["method"] == method and sel["documents_selected"] == round(0.7 * n_scored)
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "&lt;b&gt;escaped&lt;/b&gt; &amp; shown" in html
+    # per group, against the kept documents counted in the selection's own output files
+    kept_kinds = Counter(rec.data["kind"] for rec in iter_corpus(sel_dir))
+    scored_kinds = Counter(r["kind"] for r in records if r["quality_factor"] is not None)
+    groups = stats["groups"]
+    assert groups["overall_kept_fraction"] == pytest.approx(sel["documents_selected"] / n_scored)
+    assert set(groups["values"]) == set(KINDS) and sum(g["documents"] for g in groups["values"].values()) == len(records)
+    for kind, row in groups["values"].items():
+        assert row["kept"] == kept_kinds[kind] and row["kept_fraction"] == pytest.approx(kept_kinds[kind] / scored_kinds[kind])
+        assert row["random_kept_fraction"] == pytest.approx(sel["documents_selected"] / n_scored)
+        lo, hi = row["random_kept_range"]
+        assert lo <= row["random_kept_fraction"] <= hi
+        assert row["beyond_random"] == (not lo <= row["kept_fraction"] <= hi)
+        ex = stats["group_examples"][kind]
+        assert len(ex["kept"]) == 2 and all(d["kept"] and d["group"] == kind for d in ex["kept"])
+        assert len(ex["dropped"]) == 2 and not any(d["kept"] for d in ex["dropped"]) and all(d["group"] == kind for d in ex["dropped"])
+    if method == "top-k":
+        assert all(d["kept"] for d in stats["examples"]["top"]) and not any(d["kept"] for d in stats["examples"]["bottom"])
+        assert sel["mean_log_qf_kept"] > sel["mean_log_qf_dropped"]
+    else:
+        assert "large_ppl_low" in sel["thresholds"] and stats["threshold"]["log_qf"] is None
+        assert stats["threshold"]["label"].startswith("around the perplexity gates")
+        ppls = sorted(d["large_ppl"] for d in stats["examples"]["threshold"])
+        lo, hi = sel["thresholds"]["large_ppl_low"], sel["thresholds"]["large_ppl_high"]
+        assert ppls[0] < lo < ppls[len(ppls) // 2] < hi < ppls[-1]  # documents at both gates, on both sides
+
+
+def test_random_range_is_the_hypergeometric_one():
+    """The 95 % range of a random selection's kept fraction, against a simulation of random selections."""
+    from scalingfilter.report.stats import random_kept_range
+
+    rng = np.random.default_rng(0)
+    pool, kept, group = 500, 350, 60
+    lo, hi = random_kept_range(group, pool, kept)
+    draws = np.array([np.isin(rng.choice(pool, kept, replace=False), np.arange(group)).sum() for _ in range(4000)]) / group
+    assert np.quantile(draws, 0.025) == pytest.approx(lo, abs=1.5 / group)
+    assert np.quantile(draws, 0.975) == pytest.approx(hi, abs=1.5 / group)
+
+
+def test_random_report_speaks_plainly(scored, tmp_path):
+    root, _ = scored
+    select_corpus(root, tmp_path / "sel", keep=0.5, method="random", seed=3)
+    build_report(root, tmp_path / "r", selected_dir=tmp_path / "sel", group_field="kind", n_examples=1, group_examples=1)
+    html = (tmp_path / "r" / "report.html").read_text().lower()
+    for jargon in ("key threshold", "key_threshold", "tie break", "tie-break", "tie_break"):
+        assert jargon not in html
+    assert "random sample of the documents" in html
 
 
 def test_selection_from_another_corpus_is_refused(scored, tmp_path):
@@ -155,14 +241,125 @@ def test_selection_from_another_corpus_is_refused(scored, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     write_records(other / "x.jsonl", [{"text": "t", "quality_factor": 1.0, "large_ppl": 3.0, "n_tokens": 3, "score_error": None}])
+    mark_as_scored(other)  # select reads only finished score outputs
     select_corpus(other, tmp_path / "sel", keep=0.5)
     with pytest.raises(InputError, match="was not made from"):
         build_report(root, tmp_path / "r", selected_dir=tmp_path / "sel")
 
 
-def test_report_cli(scored, tmp_path, capsys):
+def one_error_line(capsys, argv: list[str]) -> str:
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scalingfilter report: error: "), err
+    return err[0]
+
+
+def test_unscored_directory_is_refused(scored, tmp_path, capsys):
     root, _ = scored
-    assert cli_main(["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "r"), "--examples", "2"]) == 0
+    raw = tmp_path / "raw"  # a corpus that was never scored
+    raw.mkdir()
+    write_records(raw / "x.jsonl", [{"text": "hello world"}])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for d in (raw, empty, tmp_path / "missing"):
+        line = one_error_line(capsys, ["report", "--input-dir", str(d), "--output-dir", str(tmp_path / "r")])
+        assert "is this a `scalingfilter score` output?" in line
+    assert not (tmp_path / "r").exists()  # refused before writing anything
+    # scored files but no summary.json: scoring has not finished
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    write_records(unfinished / "a.jsonl", [r.data for r in iter_corpus(root) if r.data][:5])
+    line = one_error_line(capsys, ["report", "--input_dir", str(unfinished), "--output_dir", str(tmp_path / "r")])
+    assert "no summary.json" in line and "is this a `scalingfilter score` output?" in line
+
+
+def test_unscored_directory_refused_by_the_console_script(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_records(raw / "x.jsonl", [{"text": "hello world"}])
+    proc = subprocess.run([sys.executable, "-m", "scalingfilter.cli", "report", "--input-dir", str(raw), "--output-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is this a `scalingfilter score` output?" in lines[0] and "Traceback" not in proc.stderr
+    assert "matplotlib" not in proc.stderr.lower()
+
+
+def test_incomplete_selection_is_refused(scored, topk, tmp_path, capsys):
+    import shutil
+
+    root, _ = scored
+    for missing in ("selection.json", f"{STATE_DIR}/selection.npz"):
+        partial = tmp_path / f"partial-{missing.replace('/', '_')}"
+        shutil.copytree(topk, partial)
+        (partial / missing).unlink()
+        line = one_error_line(capsys, ["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "r"), "--selected", str(partial)])
+        assert "incomplete or still in progress" in line and missing in line
+    garbled = tmp_path / "garbled"
+    shutil.copytree(topk, garbled)
+    (garbled / "selection.json").write_text("{\"method\": ")
+    assert "not valid JSON" in one_error_line(capsys, ["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "r"),
+                                                      "--selected", str(garbled)])
+
+
+@pytest.mark.parametrize("flags", [["--examples", "-1"], ["--snippet-chars", "0"], ["--group-examples", "x"], ["--max-points", "5"]])
+def test_numeric_flags_are_range_checked(scored, tmp_path, capsys, flags):
+    root, _ = scored
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "r"), *flags])
+    assert exc.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+def test_report_cli(scored, topk, tmp_path, capsys):
+    root, _ = scored
+    assert cli_main(["report", "--input_dir", str(root), "--output_dir", str(tmp_path / "r"), "--examples", "2", "--selected", str(topk),
+                     "--group_field", "kind", "--snippet_chars", "50", "--group_examples", "1", "--max_points", "100"]) == 0
     assert "report.html" in capsys.readouterr().out
     check_report(tmp_path / "r")
-    assert cli_main(["report", "--input-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "r2")]) == 2
+    stats = orjson.loads((tmp_path / "r" / "stats.json").read_bytes())
+    assert len(stats["examples"]["top"]) == 2 and stats["groups"]["field"] == "kind"
+
+
+def test_log_axis_labels_do_not_collide():
+    """The length plot's axis: round values in plain numbers, no minor labels, no two labels overlapping."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scalingfilter.report.figures import plain_log_axis
+
+    for lo, hi in ((30, 45), (28, 512), (55, 511), (1, 3e6), (0.02, 7)):
+        fig, ax = plt.subplots(figsize=(7.5, 4.4))
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ticks = plain_log_axis(ax.xaxis, lo, hi)
+        fig.canvas.draw()
+        labels = [t for t in ax.xaxis.get_majorticklabels() if t.get_text() and t.get_visible()]
+        assert 2 <= len(labels) <= 6 and len(ticks) == len(labels), (lo, hi, ticks)
+        assert all("10^" not in t.get_text() and "×" not in t.get_text() for t in labels)
+        assert not [t for t in ax.xaxis.get_minorticklabels() if t.get_text()]
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), (lo, hi, [t.get_text() for t in labels])
+        plt.close(fig)
+
+
+def test_kept_fraction_labels_readable():
+    """A long bar carries its percentage inside in white; a short one beside it in dark text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    from scalingfilter.report.figures import _kept_bars
+
+    rows = {"a": {"kept_fraction": 1.0, "random_kept_range": [0.6, 0.8]}, "b": {"kept_fraction": 0.1, "random_kept_range": [0.6, 0.8]}}
+    fig, ax = plt.subplots()
+    _kept_bars(ax, ["a", "b"], rows, 0.7)
+    texts = {t.get_text(): t for t in ax.texts}
+    inside, outside = texts["100%"], texts["10%"]
+    assert to_rgb(inside.get_color()) == (1.0, 1.0, 1.0) and inside.get_position()[0] < 1.0
+    assert sum(to_rgb(outside.get_color())) < 0.5 and outside.get_position()[0] > 0.1
+    plt.close(fig)

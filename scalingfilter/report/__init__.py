@@ -1,0 +1,114 @@
+"""A report people can look at: what the quality factor says about a scored corpus, and what a selection kept.
+
+`build_report(scored_dir, report_dir, selected_dir=None)` writes, in `report_dir` (every file atomically):
+
+- `report.html`: self-contained (figures embedded as PNG data URIs, each also linked to its file), rendered
+  from the jinja2 template `templates/report.html.j2`; opens in any browser, at desktop or phone width;
+- PNG figures: histograms of log quality factor and of both perplexities, small vs large loss scatter,
+  log quality factor against document length (kept and dropped in different colours when a selection is
+  given), log quality factor against the distilled score when records carry `qf_distilled`, and, when
+  `group_field` names a record field, log quality factor per group and the fraction of each group kept
+  beside what a random selection of the same size would keep;
+- `stats.json`: counts, quantiles, truncated fraction, unscored and rejected counts, selection summary,
+  per-group rates, Spearman correlations (with length; with `qf_distilled` when present).
+
+Inputs are accepted only when finished: the scored directory must hold the `summary.json` that `score`
+writes last, a selection both the `selection.json` that `select` writes last and its keep mask; otherwise
+a one-line InputError says what is missing. The scored directory is streamed twice: once for the numbers
+(a few floats per document), once for the texts of the few documents shown.
+
+Modules: `data` (reading and input checks), `stats` (numbers), `figures` (PNGs), `page` (HTML).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..storage import write_bytes_atomic, write_json_atomic
+from .data import Corpus, fetch_texts, read_corpus, read_score_summary, read_selection, rejected_count
+from .figures import Plot, make_figures
+from .page import render_page
+from .stats import (corpus_stats, group_stats, pick_examples, pick_gate_examples, pick_group_examples, selection_summary,
+                    threshold_lines)
+
+REPORT_NAME = "report.html"
+STATS_NAME = "stats.json"
+
+
+def _load_kept(corpus: Corpus, scored_dir: Path, selected_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    sel = read_selection(selected_dir)
+    if sel["files"] != corpus.files or sel["file_counts"] != corpus.counts:
+        raise InputError(f"the selection in {str(selected_dir)!r} was not made from {str(scored_dir)!r} (its files or record counts differ)")
+    return sel["kept"].astype(bool), sel
+
+
+def _example_rows(corpus: Corpus, picks: dict[str, list[int]], texts: dict[int, dict[str, Any]], kept: np.ndarray | None,
+                  grouped: bool) -> dict[str, list[dict[str, Any]]]:
+    c, log_qf = corpus.cols, corpus.log_qf
+    return {key: [{
+        "position": p, "log_qf": float(log_qf[p]), "small_ppl": float(c["small_ppl"][p]), "large_ppl": float(c["large_ppl"][p]),
+        "n_tokens": int(c["n_tokens"][p]) if np.isfinite(c["n_tokens"][p]) else None, "truncated": bool(c["truncated"][p]),
+        "group": c["group"][p] if grouped else None, "kept": bool(kept[p]) if kept is not None else None,
+        **texts.get(p, {"where": "?", "text": "", "more": False}),
+    } for p in positions] for key, positions in picks.items()}
+
+
+def _without_text(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {k: [{kk: vv for kk, vv in d.items() if kk != "text"} for d in v] for k, v in rows.items()}
+
+
+def build_report(
+    scored_dir: str | os.PathLike,
+    report_dir: str | os.PathLike,
+    selected_dir: str | os.PathLike | None = None,
+    text_field: str = "text",
+    group_field: str | None = None,
+    n_examples: int = 6,
+    snippet_chars: int = 400,
+    max_points: int = 20000,
+    notes: list[str] | None = None,
+    group_examples: int = 3,
+) -> dict[str, Any]:
+    """Write report.html, the PNG figures and stats.json into `report_dir`; return the stats."""
+    scored_dir, out = Path(scored_dir), Path(report_dir)
+    summary = read_score_summary(scored_dir)
+    corpus = read_corpus(scored_dir, text_field, group_field)
+    scored, log_qf = corpus.cols["scored"], corpus.log_qf
+    kept, sel = _load_kept(corpus, scored_dir, Path(selected_dir)) if selected_dir is not None else (None, None)
+
+    stats: dict[str, Any] = {"scored_dir": str(scored_dir), "files": len(corpus.files)}
+    stats.update(corpus_stats(corpus, rejected_count(summary)))
+    stats["selection"] = selection_summary(sel, str(selected_dir), log_qf, scored) if sel else None
+    lines = threshold_lines(sel["manifest"] if sel else None, log_qf, scored)
+    stats["threshold"] = {"log_qf": lines.get("log_qf"), "label": lines.get("log_qf_label")}
+    stats["groups"] = group_stats(corpus, group_field, kept) if group_field else None
+
+    plot = Plot(corpus.cols, log_qf, kept, lines, out, group_field, stats["groups"],
+                stats.get("distilled", {}).get("spearman_log_qf_vs_qf_distilled"), max_points)
+    figures = make_figures(plot)
+    stats["figures"] = [f["file"] for f in figures]
+
+    picks = pick_examples(log_qf, scored, lines.get("log_qf"), n_examples)
+    if lines.get("ppl_low") is not None and n_examples:  # around each perplexity gate instead
+        picks["threshold"] = pick_gate_examples(corpus.cols["large_ppl"], scored, (lines["ppl_low"], lines["ppl_high"]), n_examples)
+        stats["threshold"]["label"] = f"around the perplexity gates: large-model perplexity {lines['ppl_low']:.5g} and {lines['ppl_high']:.5g}"
+    by_group = pick_group_examples(corpus, kept, group_examples) if group_field and group_examples else {}
+    wanted = {p for v in picks.values() for p in v} | {p for sides in by_group.values() for v in sides.values() for p in v}
+    texts = fetch_texts(scored_dir, corpus, wanted, text_field, snippet_chars)
+    examples = _example_rows(corpus, picks, texts, kept, bool(group_field))
+    group_rows = {g: _example_rows(corpus, sides, texts, kept, True) for g, sides in by_group.items()}
+    stats["examples"] = _without_text(examples)
+    stats["group_examples"] = {g: _without_text(rows) for g, rows in group_rows.items()}
+
+    write_json_atomic(out / STATS_NAME, stats)
+    page = render_page(stats, figures, examples, group_rows, list(notes or []))
+    write_bytes_atomic(out / REPORT_NAME, page.encode("utf-8"))
+    return stats
+
+
+__all__ = ["build_report", "REPORT_NAME", "STATS_NAME"]
