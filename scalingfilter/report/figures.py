@@ -98,7 +98,7 @@ def plain_log_axis(axis, lo: float, hi: float, max_ticks: int = 6) -> list[float
 
     k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     ticks: list[float] = []
-    for subs in ((1, 1.5, 2, 3, 4, 5, 6, 8), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):  # densest first
+    for subs in ((1, 1.5, 2, 3, 4, 5, 6, 8), (1, 1.5, 2, 3, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):  # densest first
         ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in subs if lo <= m * 10.0**k <= hi]
         if len(ticks) <= max_ticks:
             break
@@ -244,7 +244,7 @@ def _kept_bars(ax, names: list[str], rows: dict[str, Any], overall: float | None
     for i, g in zip(y, names):
         rng_ = rows[g].get("random_kept_range")
         if rng_:
-            ax.plot(rng_, [i + 0.38, i + 0.38], color=RANDOM_COLOUR, lw=2.2, solid_capstyle="butt",
+            ax.plot(rng_, [i - 0.38, i - 0.38], color=RANDOM_COLOUR, lw=2.2, solid_capstyle="butt",
                     label="a random selection would keep (95 % range)" if i == 1 else None)
     if overall is not None:
         ax.axvline(overall, color=RANDOM_COLOUR, ls="--", lw=1.2, label=f"overall kept fraction {overall:.0%}")
@@ -256,7 +256,7 @@ def _kept_bars(ax, names: list[str], rows: dict[str, Any], overall: float | None
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})  # over the dashed line: still readable
     ax.set_yticks(y, names)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0.4, len(names) + 0.7)
+    ax.set_ylim(len(names) + 0.4, 0.3)  # first group on top, as in the table
     ax.set_xlabel("fraction kept")
     ax.set_title("Kept by the selection", fontsize=11)
     _legend_below(ax, ncol=1)
@@ -275,6 +275,8 @@ def fig_by_group(plot: Plot) -> dict[str, Any] | None:
     groups = plot.cols["group"]
     _boxplot(ax, [plot.log_qf[plot.scored & (groups == g) & np.isfinite(plot.log_qf)] for g in names])
     ax.set_yticks(range(1, len(names) + 1), names)
+    if not has_sel:
+        ax.set_ylim(len(names) + 0.5, 0.5)  # first group on top, as in the table
     if plot.lines.get("log_qf") is not None:
         ax.axvline(plot.lines["log_qf"], color="black", ls="--", lw=1.2, label=plot.lines["log_qf_label"])
     ax.set_xlabel("log quality factor")
@@ -282,7 +284,7 @@ def fig_by_group(plot: Plot) -> dict[str, Any] | None:
     _legend_below(ax, ncol=1)
     if has_sel:
         _kept_bars(axes[0, 1], names, plot.groups["values"], plot.groups["overall_kept_fraction"])
-        ax.set_ylim(0.4, len(names) + 0.7)  # the same rows as the bars beside it
+        ax.set_ylim(len(names) + 0.4, 0.3)  # the same rows as the bars beside it
     fig.tight_layout()
     return _save(fig, plot, "quality_factor_by_group.png", f"By {plot.group_field}",
                  f"Log quality factor for each value of the record field {plot.group_field!r}"
@@ -303,12 +305,14 @@ def fig_distilled(plot: Plot) -> dict[str, Any] | None:
     for idx, colour, label in sides:
         shown = plot.subsample(idx, len(sides))
         ax.scatter(d[shown], plot.log_qf[shown], s=6, alpha=0.45, color=colour, label=f"{label} ({len(idx):,})", linewidths=0)
+    if plot.lines.get("log_qf") is not None:
+        ax.axhline(plot.lines["log_qf"], color="black", ls="--", lw=1.2, label=plot.lines["log_qf_label"])
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("distilled score qf_distilled (probability of high quality)")
     ax.set_ylabel("log quality factor")
     rho = f"{plot.distilled_rho:.3f}" if plot.distilled_rho is not None else "undefined"
     ax.set_title(f"Quality factor vs its distilled classifier (Spearman ρ = {rho})", fontsize=11)
-    _legend_below(ax, ncol=2, markerscale=2)
+    _legend_below(ax, ncol=3, markerscale=2)
     return _save(fig, plot, "quality_factor_vs_distilled.png", "Quality factor vs distilled score",
                  f"Each point a document with both scores ({int(ok.sum()):,}). The distilled classifier ranks documents "
                  f"as the quality factor does to the degree of the Spearman rank correlation, {rho}.")
