@@ -1,79 +1,159 @@
 """Selection: turn a scored corpus into a filtered one (ScalingFilter top-k and the paper's baselines).
 
-Methods (all keep a fraction `keep` of the *scored pool*, by documents or by tokens):
+Methods (all keep a fraction `keep` of the *scored pool*, by documents or by tokens). The score is the
+record field ``score_field`` (default ``quality_factor``; e.g. ``qf_distilled``, a probability from
+`scalingfilter classify`); higher is better for every score field:
 
-- ``top-k`` (the paper's ScalingFilter): the documents with the highest quality factor, over the whole
-  corpus (every file of the scored directory), not per file.
-- ``perplexity-gating`` (the paper's baseline): the documents whose large-model perplexity lies between
-  the (1-keep)/2 and (1+keep)/2 quantiles (15th-85th percentile for keep = 0.7).
+- ``top-k`` (the paper's ScalingFilter): the documents with the highest score, over the whole corpus
+  (every file of the scored directory), not per file.
+- ``perplexity-gating`` (the paper's baseline): the documents whose large-model perplexity (always
+  ``large_ppl``, whatever the score field) lies between the (1-keep)/2 and (1+keep)/2 quantiles
+  (15th-85th percentile for keep = 0.7). The pool is the documents with both fields usable.
 - ``random``: a seeded uniform sample of the same size.
 - ``temperature``: a sample without replacement with probability proportional to
-  exp(log quality factor / T), drawn with the Gumbel top-k trick (T -> 0 gives top-k), as the
-  paper's Table A.3.
+  exp(log score / T) = score^(1/T), drawn with the Gumbel top-k trick (T -> 0 gives top-k), as the
+  paper's Table A.3 (on the quality factor). On another field the same formula applies to that field
+  (a probability p is weighted p^(1/T)); the field must not be negative.
 
 How it scales, and why it is exact
 ----------------------------------
-Pass 1 streams every scored file and keeps 12 bytes per document: the quality factor (float64) and the
-token count (int32), plus the large-model perplexity (float64) for perplexity gating. The selection adds
-the sort key (float64: the negated quality factor, the perplexity or a random key) and, by documents,
-one np.partition copy of it; by tokens, an argsort (int64) and a cumulative token sum instead. The kept set
-is an interval of ranks in the total order (key, corpus position): ties are broken by the document's
-position in the corpus (files in sorted path order, records in file order), so the result is exact and
-deterministic. The interval's two end points are found with ``np.partition`` (by documents) or one
-argsort plus a cumulative token sum (by tokens). Pass 2 streams the files again and writes the kept
-documents to the same relative paths and formats, with their original fields.
+Pass 1 streams every scored file and keeps 13 bytes per document: the score (float64), the token count
+(int32) and whether the record was readable, plus the large-model perplexity (float64) for perplexity
+gating. The selection adds the sort key (float64: the negated score, the perplexity or a random key) and,
+by documents, one np.partition copy of it; by tokens, an argsort (int64) and a cumulative token sum
+instead. The kept set is an interval of ranks in the total order (key, corpus position): ties are broken
+by the document's position in the corpus (files in sorted path order, records in file order), so the
+result is exact and deterministic. Pass 2 streams the files again and writes the kept documents to the
+same relative paths and formats: a JSONL record as its original line, byte for byte (so big integers,
+float spellings and every untouched field come out exactly as they came in; with ``drop_score_fields``
+only the score fields' members are cut out of the line); a parquet row through the file's own schema.
 
-Documents without a usable score (``score_error`` set, or a null/NaN score, or an unreadable line) are
-never silently kept or dropped: they are counted in the manifest by reason, listed in
-``OUT/.scalingfilter/unscored.jsonl``, and ``unscored="keep"`` writes them to the output too.
+Documents without a usable score (``score_error`` set, a missing, null or NaN score field, an
+unreadable line) are never silently kept or dropped: they are counted in the manifest by reason, listed
+in ``OUT/.scalingfilter/unscored.jsonl``, and ``unscored="keep"`` writes them (if readable) to the output
+too. If no document has the score field at all, the selection is refused.
 
-``OUT/selection.json`` (the manifest) records the method, keep fraction, thresholds, documents and
-tokens in and out, and the seed; ``OUT/.scalingfilter/selection.npz`` holds the keep mask per corpus
-position, which `scalingfilter report --selected OUT` reads to colour kept and dropped documents.
+The input is checked first: a scored directory has ``summary.json`` (``summary.parts-*.json`` for a
+multi-node job) and one final marker (``.scalingfilter/final/*.json``) per data file, whose
+``records - rejected`` is the file's record count. Anything else is refused before OUT is touched.
+
+The output directory's life (one run at a time: ``storage.JobLock(OUT, "select")``)
+-----------------------------------------------------------------------------------
+1. ``OUT/.scalingfilter/selection.in-progress`` is written before any other output file;
+2. the kept files, ``unscored.jsonl`` and ``.scalingfilter/selection.npz`` (the keep mask per corpus
+   position, which `scalingfilter report --selected OUT` reads), each atomically (temp name, rename);
+3. ``OUT/selection.json`` (the manifest: method, score field, keep fraction, thresholds, documents and
+   tokens in and out, seed) LAST: a selection is complete if and only if it is there; then the
+   in-progress marker is removed.
+
+So an interrupted run leaves an in-progress selection, which the next run cleans up and redoes without
+a flag; ``force_overwrite`` replaces a complete (or in-progress) one; a directory that holds neither (and
+is not empty) is refused. Outputs are byte-identical between runs (gzip without a time stamp, a zip
+without dates), so a redone run equals an uninterrupted one.
+
+Test hook: the environment variable ``SCALINGFILTER_TEST_ABORT_AFTER_FILES=N`` makes pass 2 end the
+process at once (``os._exit(ABORT_EXIT_STATUS)``, no cleanup) after it has written N output files; the
+crash-recovery test uses it to interrupt a run at a known point.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
+import logging
 import math
 import os
 import shutil
+import tempfile
 import time
+import zipfile
+import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from json.decoder import scanstring
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import orjson
 
-from .documents import InputError, find_scored_files, open_writer, read_records, write_json_atomic
+from .documents import InputError, file_format, find_scored_files, open_binary, read_records
 from .errors import SelectionError
-from .schema import SCORE_FIELDS, STATE_DIR
+from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
+from .storage import LOCK_NAME, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
+
+log = logging.getLogger("scalingfilter")
 
 METHODS = ("top-k", "perplexity-gating", "random", "temperature")
 BY = ("documents", "tokens")
 UNSCORED_POLICIES = ("exclude", "keep")
+GATE_FIELD = "large_ppl"  # what perplexity gating gates on, whatever the score field
 MANIFEST_NAME = "selection.json"
-UNSCORED_NAME = ".scalingfilter/unscored.jsonl"  # hidden: never read back as corpus data
+UNSCORED_NAME = f"{STATE_DIR}/unscored.jsonl"  # hidden: never read back as corpus data
 MASK_NAME = "selection.npz"
+IN_PROGRESS_NAME = f"{STATE_DIR}/selection.in-progress"
+FINAL_MARKERS = f"{STATE_DIR}/final"  # one JSON per finished scored file, written by `score`
+ABORT_ENV = "SCALINGFILTER_TEST_ABORT_AFTER_FILES"
+ABORT_EXIT_STATUS = 86
+
+
+@dataclass
+class SelectConfig:
+    """The choices of a selection; the defaults of the API and of `scalingfilter select` are these."""
+
+    keep: float = 0.7  # the paper's fraction
+    method: str = "top-k"
+    by: str = "documents"
+    seed: int = 0
+    temperature: float = 1.0
+    unscored: str = "exclude"
+    score_field: str = DEFAULT_SCORE_FIELD
+    drop_score_fields: bool = False
+    force_overwrite: bool = False
+
+    def check(self) -> "SelectConfig":
+        def one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise SelectionError(f"--{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+        one_of("method", self.method, METHODS)
+        one_of("by", self.by, BY)
+        one_of("unscored", self.unscored, UNSCORED_POLICIES)
+        if not 0.0 <= self.keep <= 1.0:
+            raise SelectionError(f"--keep must be a fraction in [0, 1] (got {self.keep})")
+        if self.method == "temperature" and not self.temperature > 0:
+            raise SelectionError(f"--temperature must be > 0 (got {self.temperature}); T -> 0 is top-k")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise SelectionError(f"--seed must be a non-negative integer (got {self.seed!r})")
+        if not self.score_field:
+            raise SelectionError("--score-field must name a record field")
+        return self
+
+    @property
+    def needed_fields(self) -> tuple[str, ...]:
+        """The fields a record must have as numbers to be in the pool."""
+        gate = (GATE_FIELD,) if self.method == "perplexity-gating" and self.score_field != GATE_FIELD else ()
+        return (self.score_field,) + gate
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading scores
 
 
-def score_problem(data: dict[str, Any] | None, error: str | None = None) -> str | None:
-    """Why a scored record has no usable score (None when it has one)."""
+def score_problem(data: dict[str, Any] | None, error: str | None = None, fields: tuple[str, ...] = ("quality_factor", "large_ppl")) -> str | None:
+    """Why a scored record has no usable score in `fields` (None when it has one). A record `score`
+    could not score (`score_error`) has no usable score field of its own (those in SCORE_FIELDS)."""
     if error:
         return f"unreadable record: {error}"
     if data is None:
         return "unreadable record"
-    if data.get("score_error"):
+    if data.get("score_error") and any(name in SCORE_FIELDS for name in fields):
         return str(data["score_error"])
-    for name in ("quality_factor", "large_ppl"):
+    for name in fields:
         v = data.get(name)
         if v is None:
-            return f"{name} is null" if name in data else f"no {name!r} field (is this a `scalingfilter score` output?)"
+            return f"{name} is null" if name in data else f"no {name!r} field"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"{name} is not a number"
         if math.isnan(v):
@@ -93,10 +173,13 @@ class ScoreTable:
     root: str
     files: list[str]
     file_counts: list[int]
-    quality_factor: np.ndarray  # float64, NaN where unscored
-    large_ppl: np.ndarray  # float64, NaN where unscored (only when needed, else empty)
-    n_tokens: np.ndarray  # int64 (only when needed, else empty)
+    score: np.ndarray  # float64: the score field, NaN where unscored
+    large_ppl: np.ndarray  # float64, NaN where unscored (perplexity gating only, else empty)
+    n_tokens: np.ndarray  # int32 (0 where absent)
+    readable: np.ndarray  # bool: the record could be parsed (only those can be written)
+    score_field: str = DEFAULT_SCORE_FIELD
     unscored_reasons: Counter = field(default_factory=Counter)
+    with_field: dict[str, int] = field(default_factory=dict)  # records that have each needed field at all
 
     @property
     def n(self) -> int:
@@ -104,7 +187,11 @@ class ScoreTable:
 
     @property
     def scored(self) -> np.ndarray:
-        return ~np.isnan(self.quality_factor)
+        return ~np.isnan(self.score)
+
+    @property
+    def quality_factor(self) -> np.ndarray:  # the name before --score-field existed
+        return self.score
 
 
 class _Grow:
@@ -133,46 +220,109 @@ def iter_scored(root: str | os.PathLike, files: list[str] | None = None) -> Iter
             yield fi, rel, rec
 
 
-def read_scores(scored_dir: str | os.PathLike, need_ppl: bool = True, need_tokens: bool = True) -> ScoreTable:
-    """Pass 1: the scores of every record of a `scalingfilter score` output directory."""
+def read_scores(scored_dir: str | os.PathLike, config: SelectConfig | None = None, unscored_log: BinaryIO | None = None,
+                files: list[str] | None = None) -> ScoreTable:
+    """Pass 1: the scores of every record of a `scalingfilter score` output directory. Each unscored
+    record's entry (source, line, reason, kept) goes to `unscored_log` when given."""
+    cfg = config or SelectConfig()
     root = Path(scored_dir)
-    files = find_scored_files(root)
+    files = find_scored_files(root) if files is None else files
     if not files:
         raise InputError(f"no scored data files under {str(root)!r} (expected the output directory of `scalingfilter score`)")
-    qf, ppl, tok = _Grow(np.float64), _Grow(np.float64), _Grow(np.int32)
+    needed = cfg.needed_fields
+    need_ppl = cfg.method == "perplexity-gating"
+    score, ppl, tok, readable = _Grow(np.float64), _Grow(np.float64), _Grow(np.int32), _Grow(np.bool_)
     counts = [0] * len(files)
     reasons: Counter = Counter()
-    for fi, _rel, rec in iter_scored(root, files):
+    with_field = dict.fromkeys(needed, 0)
+    for fi, rel, rec in iter_scored(root, files):
         counts[fi] += 1
-        problem = score_problem(rec.data, rec.error)
+        data = rec.data
+        readable.append(data is not None)
+        for name in needed:
+            with_field[name] += data is not None and name in data
+        problem = score_problem(data, rec.error, needed)
         if problem is None:
-            qf.append(float(rec.data["quality_factor"]))
+            score.append(float(data[cfg.score_field]))
             if need_ppl:
-                ppl.append(float(rec.data["large_ppl"]))
+                ppl.append(float(data[GATE_FIELD]))
         else:
             reasons[_reason_class(problem)] += 1
-            qf.append(math.nan)
+            score.append(math.nan)
             if need_ppl:
                 ppl.append(math.nan)
-        if need_tokens:
-            t = rec.data.get("n_tokens") if rec.data else None
-            tok.append(int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0)
-    return ScoreTable(str(root), files, counts, qf.get(), ppl.get(), tok.get(), reasons)
+            if unscored_log is not None:
+                entry = {"source": rel, "index": rec.index, "line": rec.index + 1, "reason": problem,
+                         "kept": cfg.unscored == "keep" and data is not None}
+                unscored_log.write(orjson.dumps(entry) + b"\n")
+        t = data.get("n_tokens") if data else None
+        tok.append(int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) else 0)
+    return ScoreTable(str(root), files, counts, score.get(), ppl.get(), tok.get(), readable.get(), cfg.score_field, reasons, with_field)
+
+
+# --------------------------------------------------------------------------------------------------
+# The scored directory must agree with its summary
+
+
+def _inconsistent(root: Path, detail: str) -> InputError:
+    return InputError(f"the scored directory {str(root)!r} is inconsistent with its summary ({detail}); "
+                      f"rerun `scalingfilter score` with the same arguments, which repairs it")
+
+
+def check_scored_dir(root: Path) -> tuple[list[str], dict[str, int]]:
+    """(data files, expected record count per file) of a finished `scalingfilter score` output directory,
+    or a one-line InputError: no summary (never scored, or not finished), a file its state lists that is
+    missing, a data file without a final marker, an unfinished job."""
+    if not root.is_dir():
+        raise InputError(f"input directory {str(root)!r} does not exist")
+    summaries = [root / SUMMARY_NAME] if (root / SUMMARY_NAME).exists() else sorted(root.glob("summary.parts-*.json"))
+    if not summaries:
+        raise InputError(f"{str(root)!r} has no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
+                         f"(a score run that was interrupted writes it when rerun and finished)")
+    for path in summaries:
+        try:
+            summary = read_json(path)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise _inconsistent(root, f"{path.name} is unreadable: {exc}") from None
+        if isinstance(summary, dict) and isinstance(summary.get("files"), int) and summary.get("files_done", summary["files"]) != summary["files"]:
+            raise _inconsistent(root, f"{path.name} says {summary.get('files_done')} of {summary['files']} files are done")
+    files = find_scored_files(root)
+    expected: dict[str, int] = {}
+    for marker in sorted((root / FINAL_MARKERS).glob("*.json")):
+        try:
+            m = read_json(marker)
+            source, lines = m["source"], int(m["records"]) - int(m.get("rejected", 0))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise _inconsistent(root, f"final marker {marker.name} is unreadable: {type(exc).__name__}: {exc}") from None
+        if not (root / source).is_file():
+            raise _inconsistent(root, f"{source} is listed as scored but missing")
+        expected[source] = lines
+    unmarked = [f for f in files if f not in expected]
+    if unmarked:
+        raise _inconsistent(root, f"{unmarked[0]} has no final marker in {FINAL_MARKERS}" + (f", and {len(unmarked) - 1} more files" if len(unmarked) > 1 else ""))
+    return files, expected
+
+
+def check_record_counts(table: ScoreTable, expected: dict[str, int]) -> None:
+    """Every data file holds the records its final marker says (records - rejected)."""
+    for rel, n in zip(table.files, table.file_counts):
+        if n != expected[rel]:
+            raise _inconsistent(Path(table.root), f"{rel} has {n} records, its final marker says {expected[rel]}")
 
 
 # --------------------------------------------------------------------------------------------------
 # The selection itself (in memory, on the score arrays): exact, deterministic
 
 
-def sort_keys(method: str, quality_factor: np.ndarray, large_ppl: np.ndarray | None = None, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+def sort_keys(method: str, score: np.ndarray, large_ppl: np.ndarray | None = None, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
     """The ascending sort key of every corpus position for `method` (the kept set is an interval of
-    ranks in the order (key, position)). NaN where the document is not in the pool.
+    ranks in the order (key, position)). NaN where the document is not in the pool (NaN score).
 
-    top-k: -quality factor; temperature: -(log qf / T + Gumbel noise); random: a uniform key;
+    top-k: -score; temperature: -(log score / T + Gumbel noise); random: a uniform key;
     perplexity-gating: the large model's perplexity. Random draws are made for every corpus position in
     order from `numpy.random.default_rng(seed)`, so a document's draw does not depend on which others are
     scored."""
-    qf = np.asarray(quality_factor, dtype=np.float64)
+    qf = np.asarray(score, dtype=np.float64)
     pool = ~np.isnan(qf)
     if method == "top-k":
         return -qf
@@ -189,6 +339,9 @@ def sort_keys(method: str, quality_factor: np.ndarray, large_ppl: np.ndarray | N
     elif method == "temperature":
         if not temperature > 0:
             raise SelectionError(f"--temperature must be > 0 (got {temperature}); T -> 0 is top-k")
+        if (qf[pool] < 0).any():
+            raise SelectionError(f"temperature sampling weights documents by score^(1/T) and needs a non-negative score; "
+                                 f"{int((qf[pool] < 0).sum())} documents have a negative one")
         with np.errstate(divide="ignore", invalid="ignore"):
             gumbel = -np.log(-np.log(u))
             key = -(np.log(qf) / temperature + gumbel)
@@ -288,54 +441,237 @@ def rank_interval(keys: np.ndarray, keep: float, by: str = "documents", tokens: 
     return Bounds((float(pk[lo]), at(lo)), (float(pk[hi]), at(hi)), b - a)
 
 
-def select_mask(method: str, keep: float, quality_factor: np.ndarray, large_ppl: np.ndarray | None = None, n_tokens: np.ndarray | None = None, by: str = "documents", seed: int = 0, temperature: float = 1.0) -> tuple[np.ndarray, Bounds, np.ndarray]:
+def select_mask(method: str, keep: float, score: np.ndarray, large_ppl: np.ndarray | None = None, n_tokens: np.ndarray | None = None, by: str = "documents", seed: int = 0, temperature: float = 1.0) -> tuple[np.ndarray, Bounds, np.ndarray]:
     """(keep mask over corpus positions, bounds, sort keys) for in-memory score arrays."""
     if method not in METHODS:
         raise SelectionError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    keys = sort_keys(method, quality_factor, large_ppl, seed, temperature)
+    keys = sort_keys(method, score, large_ppl, seed, temperature)
     bounds = rank_interval(keys, keep, by, n_tokens, centred=(method == "perplexity-gating"))
     return bounds.mask(keys), bounds, keys
 
 
+def choose(table: ScoreTable, cfg: SelectConfig) -> tuple[np.ndarray, Bounds]:
+    """The keep mask and bounds of `cfg` over a pass-1 table."""
+    large_ppl = table.large_ppl if cfg.method == "perplexity-gating" else None
+    tokens = table.n_tokens if cfg.by == "tokens" else None
+    mask, bounds, _keys = select_mask(cfg.method, cfg.keep, table.score, large_ppl, tokens, cfg.by, cfg.seed, cfg.temperature)
+    return mask, bounds
+
+
 # --------------------------------------------------------------------------------------------------
-# The streaming command: pass 1, selection, pass 2, manifest
+# The output directory: empty, an in-progress selection, a complete one, or something else
 
 
-def _prepare_output(output_dir: Path, input_dir: Path, force_overwrite: bool) -> None:
-    out, inp = output_dir.resolve(), input_dir.resolve()
-    if out == inp or inp in out.parents or out in inp.parents:
-        raise SelectionError(f"output directory {str(output_dir)!r} must not be, contain or lie inside the input directory {str(input_dir)!r}")
-    if out.exists() and any(out.iterdir()):
-        if not force_overwrite:
-            raise SelectionError(f"output directory {str(output_dir)!r} is not empty; pass --force-overwrite to replace an earlier selection there")
-        if not (out / MANIFEST_NAME).exists():
-            raise SelectionError(f"output directory {str(output_dir)!r} is not empty and holds no earlier selection ({MANIFEST_NAME}); refusing to delete it, choose another directory")
-        shutil.rmtree(out)
+def _check_paths(out: Path, inp: Path) -> None:
+    o, i = out.resolve(), inp.resolve()
+    if o == i or i in o.parents or o in i.parents:
+        raise SelectionError(f"output directory {str(out)!r} must not be, contain or lie inside the input directory {str(inp)!r}")
+
+
+def _contents(out: Path) -> list[Path]:
+    """What OUT holds, apart from the run's own lock (which a failed run may leave behind)."""
+    if not out.is_dir():
+        return []
+    found = []
+    for p in out.iterdir():
+        if p.name == STATE_DIR and p.is_dir():
+            found.extend(q for q in p.iterdir() if q.name != LOCK_NAME)
+        else:
+            found.append(p)
+    return found
+
+
+def prepare_output(out: Path, force_overwrite: bool) -> None:
+    """Make OUT empty (but for the lock): clean up an interrupted selection, replace a complete one only
+    with `force_overwrite`, refuse anything else."""
+    contents = _contents(out)
+    if contents:
+        complete, in_progress = (out / MANIFEST_NAME).exists(), (out / IN_PROGRESS_NAME).exists()
+        if complete and not force_overwrite:
+            raise SelectionError(f"output directory {str(out)!r} holds an earlier selection; pass --force-overwrite to replace it")
+        if not (complete or in_progress):
+            raise SelectionError(f"output directory {str(out)!r} is not empty and holds no earlier selection "
+                                 f"({MANIFEST_NAME} or {IN_PROGRESS_NAME}); refusing to delete it, choose another directory")
+        if in_progress and not complete:
+            log.warning("%s holds an interrupted selection: removing it and selecting again", out)
+        for p in contents:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _tmp_path(path: Path) -> Path:
-    """A temporary name beside `path` that keeps its suffix (so the writer picks the same format)."""
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+# --------------------------------------------------------------------------------------------------
+# Pass 2: the kept records, written as they came in
 
 
-def _threshold_summary(method: str, bounds: Bounds, table: ScoreTable, mask: np.ndarray, temperature: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _open_lines_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary JSONL writer, compressed as the name says, with no time stamp or file name in a gzip
+    header: the same records give the same bytes, run after run."""
+    name = str(path)
+    with open(path, "wb") as raw:
+        if name.endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as fh:
+                yield fh
+        elif name.endswith(".zst"):
+            import zstandard
+
+            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as fh:
+                yield fh
+        else:
+            yield raw
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"  # read_jsonl drops it from the first line
+
+
+def _record_lines(path: Path) -> Iterator[bytes | None]:
+    """The lines of a JSONL file that are records, numbered as `documents.read_jsonl` numbers them: a
+    blank line is not a record; a corrupt or truncated compressed stream ends with one unreadable
+    record (None). The record counts of both passes are compared, so a difference cannot go unseen."""
+    try:
+        with open_binary(path) as fh:
+            for index, line in enumerate(fh):
+                if index == 0 and line.startswith(_UTF8_BOM):
+                    line = line[len(_UTF8_BOM):]
+                if line.strip():
+                    yield line
+    except Exception as exc:  # the exceptions read_jsonl turns into its "corrupt or truncated" record
+        if not isinstance(exc, (EOFError, OSError, ValueError, zlib.error)) and type(exc).__name__ != "ZstdError":
+            raise
+        yield None
+
+
+_WHITESPACE = " \t\r\n"
+_decoder = json.JSONDecoder()
+
+
+def drop_fields_from_line(line: bytes, names: tuple[str, ...] | frozenset[str]) -> bytes:
+    """A JSON object line without its top-level members named in `names`; every other member is kept
+    as its original text (a 30-digit integer or 0.10 stays as written; nothing is re-serialised).
+    A line that is not an object is returned as it is."""
+    text = line.decode("utf-8")
+    body = text.rstrip(_WHITESPACE)
+    newline = "\n" if line.endswith(b"\n") else ""
+    n = len(body)
+
+    def skip(i: int) -> int:
+        while i < n and body[i] in _WHITESPACE:
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= n or body[i] != "{":
+        return line
+    members: list[tuple[int, int, str]] = []  # (start, end, key) of each "key": value
+    i = skip(i + 1)
+    while i < n and body[i] != "}":
+        start = i
+        key, i = scanstring(body, i + 1)  # body[start] is the key's opening quote
+        i = skip(skip(i) + 1)  # past the colon
+        _value, i = _decoder.raw_decode(body, i)
+        members.append((start, i, key))
+        i = skip(i)
+        if i < n and body[i] == ",":
+            i = skip(i + 1)
+    kept = [body[a:b] for a, b, key in members if key not in names]
+    if len(kept) == len(members):
+        return line
+    return ("{" + ",".join(kept) + "}" + newline).encode("utf-8")
+
+
+def _changed(rel: str, more: bool) -> SelectionError:
+    return SelectionError(f"{rel}: the file changed during selection ({'more' if more else 'fewer'} records than in the first pass)")
+
+
+def _write_jsonl(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool) -> None:
+    names = frozenset(SCORE_FIELDS)
+    pos = 0
+    with atomic_path(dest) as tmp, _open_lines_writer(tmp) as fh:
+        for line in _record_lines(src):
+            if pos >= len(write):
+                raise _changed(rel, more=True)
+            if write[pos] and line is not None:
+                if drop:
+                    line = drop_fields_from_line(line, names)
+                fh.write(line if line.endswith(b"\n") else line + b"\n")
+            pos += 1
+        if pos != len(write):
+            raise _changed(rel, more=False)
+
+
+def _write_parquet(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool) -> None:
+    """The kept rows, row group by row group, through the file's own schema (types come out as they
+    were: no round trip through Python values)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(str(src))
+    if pf.metadata.num_rows != len(write):
+        raise _changed(rel, more=pf.metadata.num_rows > len(write))
+    schema, columns = pf.schema_arrow, None
+    if drop:
+        columns = [name for name in schema.names if name not in SCORE_FIELDS]
+        metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}  # it names the dropped columns
+        schema = pa.schema([schema.field(name) for name in columns], metadata=metadata or None)
+    with atomic_path(dest) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        row0 = 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            keep = write[row0 : row0 + n]
+            row0 += n
+            if keep.any():
+                writer.write_table(pf.read_row_group(g, columns=columns).filter(pa.array(keep)))
+
+
+def write_kept_files(table: ScoreTable, write: np.ndarray, out: Path, drop_score_fields: bool) -> None:
+    """Pass 2: every scored file's records where `write` is set, to the same relative path under OUT
+    (each file atomically; a file with nothing kept is still written, so the layout is mirrored)."""
+    abort_after = int(os.environ.get(ABORT_ENV) or 0)  # the crash test's hook (module docstring)
+    root, start = Path(table.root), 0
+    for done, (rel, n) in enumerate(zip(table.files, table.file_counts), start=1):
+        writer = _write_parquet if file_format(rel) == "parquet" else _write_jsonl
+        writer(root / rel, out / rel, rel, write[start : start + n], drop_score_fields)
+        start += n
+        if abort_after and done >= abort_after:
+            os._exit(ABORT_EXIT_STATUS)
+
+
+def write_mask_file(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz (np.load reads it, no pickle) whose bytes depend on the arrays only (fixed zip dates)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The manifest
+
+
+def _threshold_summary(cfg: SelectConfig, bounds: Bounds, table: ScoreTable, mask: np.ndarray) -> dict[str, Any]:
     if bounds.kept == 0:
         return {"rule": "nothing kept"}
     out: dict[str, Any] = {}
     (lv, lp), (uv, up) = bounds.lower, bounds.upper
+    name = cfg.score_field
+    ends = np.cumsum(table.file_counts)
 
     def where(pos: int) -> str:
-        fi = int(np.searchsorted(np.cumsum(table.file_counts), pos, side="right"))
-        start = int(np.sum(table.file_counts[:fi]))
-        return f"{table.files[fi]}#{pos - start}"
+        fi = int(np.searchsorted(ends, pos, side="right"))
+        return f"{table.files[fi]}#{pos - int(ends[fi] - table.file_counts[fi])}"
 
-    if method == "top-k":
-        out["quality_factor"] = -uv
-        out["log_quality_factor"] = math.log(-uv) if -uv > 0 else None
-        out["rule"] = "kept: quality_factor > threshold, or == threshold and at or before the tie-break document in corpus order"
+    if cfg.method == "top-k":
+        out[name] = -uv
+        if name == "quality_factor":  # report draws this line on its log-QF histogram
+            out["log_quality_factor"] = math.log(-uv) if -uv > 0 else None
+        out["rule"] = f"kept: {name} > threshold, or == threshold and at or before the tie-break document in corpus order"
         out["tie_break_document"] = where(up)
-    elif method == "perplexity-gating":
+    elif cfg.method == "perplexity-gating":
         out["large_ppl_low"] = lv
         out["large_ppl_high"] = uv
         out["rule"] = "kept: large_ppl within [low, high] (ties at each end resolved by corpus order)"
@@ -345,164 +681,131 @@ def _threshold_summary(method: str, bounds: Bounds, table: ScoreTable, mask: np.
         out["quantiles_of_pool"] = [float(np.mean(table.large_ppl[pool] < lv)), float(np.mean(table.large_ppl[pool] <= uv))]
     else:
         out["key_threshold"] = -uv
-        out["rule"] = ("kept: the documents with the largest seeded uniform keys" if method == "random"
-                       else f"kept: the largest log(quality_factor)/{temperature:g} + Gumbel(seed) keys (Gumbel top-k)")
+        out["rule"] = ("kept: the documents with the largest seeded uniform keys" if cfg.method == "random"
+                       else f"kept: the largest log({name})/{cfg.temperature:g} + Gumbel(seed) keys (Gumbel top-k)")
         out["tie_break_document"] = where(up)
-    kept_qf = table.quality_factor[mask]
-    out["kept_quality_factor_min"] = float(kept_qf.min())
-    out["kept_quality_factor_max"] = float(kept_qf.max())
+    kept = table.score[mask]
+    out[f"kept_{name}_min"] = float(kept.min())
+    out[f"kept_{name}_max"] = float(kept.max())
     return out
 
 
-def select_corpus(
-    input_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    keep: float = 0.7,
-    method: str = "top-k",
-    by: str = "documents",
-    seed: int = 0,
-    temperature: float = 1.0,
-    unscored: str = "exclude",
-    drop_score_fields: bool = False,
-    force_overwrite: bool = False,
-) -> dict[str, Any]:
-    """Select from a scored directory into `output_dir`; returns the manifest (also written as JSON)."""
-    if method not in METHODS:
-        raise SelectionError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    if by not in BY:
-        raise SelectionError(f"--by must be one of {', '.join(BY)} (got {by!r})")
-    if unscored not in UNSCORED_POLICIES:
-        raise SelectionError(f"--unscored must be one of {', '.join(UNSCORED_POLICIES)} (got {unscored!r})")
-    if not 0.0 <= keep <= 1.0:
-        raise SelectionError(f"--keep must be a fraction in [0, 1] (got {keep})")
-    if method == "temperature" and not temperature > 0:
-        raise SelectionError(f"--temperature must be > 0 (got {temperature}); T -> 0 is top-k")
-    t0 = time.time()
-    inp, out = Path(input_dir), Path(output_dir)
-    table = read_scores(inp, need_ppl=(method == "perplexity-gating"), need_tokens=True)
-    t1 = time.time()
-    _prepare_output(out, inp, force_overwrite)
+def _file_counts(table: ScoreTable, write: np.ndarray) -> list[dict[str, Any]]:
+    files, start, scored = [], 0, table.scored
+    for rel, n in zip(table.files, table.file_counts):
+        s = slice(start, start + n)
+        tok, w = table.n_tokens[s], write[s]
+        files.append({"path": rel, "documents_in": n, "documents_out": int(w.sum()), "tokens_in": int(tok.sum(dtype=np.int64)),
+                      "tokens_out": int(tok[w].sum(dtype=np.int64)), "unscored": int(n - scored[s].sum())})
+        start += n
+    return files
 
-    large_ppl = table.large_ppl if method == "perplexity-gating" else None
-    mask, bounds, keys = select_mask(method, keep, table.quality_factor, large_ppl, table.n_tokens if by == "tokens" else None, by, seed, temperature)
-    del keys  # the mask is all pass 2 needs
+
+def build_manifest(cfg: SelectConfig, table: ScoreTable, mask: np.ndarray, bounds: Bounds, write: np.ndarray,
+                   inp: Path, out: Path, seconds: dict[str, float]) -> dict[str, Any]:
     scored = table.scored
-    thresholds = _threshold_summary(method, bounds, table, mask, temperature)
-
-    # Pass 2: write the kept documents, mirroring the input layout.
-    files_info = []
-    pos = 0
-    n_unreadable = 0
-    unscored_fh = None
-    unscored_path = out / UNSCORED_NAME
-    unscored_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for fi, rel in enumerate(table.files):
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _tmp_path(target)
-            writer = open_writer(tmp)
-            info = {"path": rel, "documents_in": 0, "documents_out": 0, "tokens_in": 0, "tokens_out": 0, "unscored": 0}
-            start = pos
-            try:
-                for rec in read_records(inp / rel, rel):
-                    if pos >= start + table.file_counts[fi]:
-                        raise SelectionError(f"{rel}: the file changed during selection (more records than in the first pass)")
-                    info["documents_in"] += 1
-                    ntok = int(table.n_tokens[pos])
-                    info["tokens_in"] += ntok
-                    is_scored = bool(scored[pos])
-                    write = bool(mask[pos])
-                    if not is_scored:
-                        info["unscored"] += 1
-                        if unscored_fh is None:
-                            unscored_fh = open(unscored_path, "wb")
-                        entry = {"source": rel, "index": rec.index, "line": rec.index + 1,
-                                 "reason": score_problem(rec.data, rec.error), "kept": unscored == "keep" and rec.data is not None}
-                        unscored_fh.write(orjson.dumps(entry) + b"\n")
-                        if rec.data is None:
-                            n_unreadable += 1
-                        write = unscored == "keep" and rec.data is not None
-                    if write:
-                        data = rec.data
-                        if drop_score_fields:
-                            data = {k: v for k, v in data.items() if k not in SCORE_FIELDS}
-                        writer.write(data)
-                        info["documents_out"] += 1
-                        info["tokens_out"] += ntok
-                    pos += 1
-            finally:
-                writer.close()
-            if pos != start + table.file_counts[fi]:
-                raise SelectionError(f"{rel}: the file changed during selection (fewer records than in the first pass)")
-            os.replace(tmp, target)
-            files_info.append(info)
-    finally:
-        if unscored_fh is not None:
-            unscored_fh.close()
-
-    # The keep mask per corpus position, for `scalingfilter report --selected`.
-    state = out / STATE_DIR
-    state.mkdir(exist_ok=True)
-    np.savez_compressed(state / MASK_NAME, kept=mask, scored=scored, files=np.array(table.files, dtype=object).astype(str),
-                        file_counts=np.array(table.file_counts, dtype=np.int64))
-
+    n_pool, n_kept = int(scored.sum()), int(mask.sum())
     pool_tokens = int(table.n_tokens[scored].sum(dtype=np.int64))
     kept_tokens = int(table.n_tokens[mask].sum(dtype=np.int64))
-    n_pool = int(scored.sum())
-    n_kept = int(mask.sum())
-    manifest: dict[str, Any] = {
-        "method": method,
-        "keep": keep,
-        "by": by,
-        "seed": seed if method in ("random", "temperature") else None,
-        "temperature": temperature if method == "temperature" else None,
+    files = _file_counts(table, write)
+    return {
+        "method": cfg.method,
+        "score_field": cfg.score_field,
+        "gate_field": GATE_FIELD if cfg.method == "perplexity-gating" else None,
+        "keep": cfg.keep,
+        "by": cfg.by,
+        "seed": cfg.seed if cfg.method in ("random", "temperature") else None,
+        "temperature": cfg.temperature if cfg.method == "temperature" else None,
         "input_dir": str(inp),
         "output_dir": str(out),
-        "unscored_policy": unscored,
-        "drop_score_fields": drop_score_fields,
+        "unscored_policy": cfg.unscored,
+        "drop_score_fields": cfg.drop_score_fields,
         "tie_break": "corpus position: files in sorted path order, records in file order (earlier first)",
-        "thresholds": thresholds,
+        "thresholds": _threshold_summary(cfg, bounds, table, mask),
         "documents_in": table.n,
         "documents_scored": n_pool,
         "documents_unscored": table.n - n_pool,
         "unscored_reasons": dict(table.unscored_reasons.most_common()),
         "unscored_list": UNSCORED_NAME if table.n - n_pool else None,
         "documents_selected": n_kept,
-        "documents_out": sum(f["documents_out"] for f in files_info),
+        "documents_out": sum(f["documents_out"] for f in files),
         "kept_fraction_documents": n_kept / n_pool if n_pool else None,
         "tokens_in": int(table.n_tokens.sum(dtype=np.int64)),
         "tokens_scored": pool_tokens,
         "tokens_selected": kept_tokens,
-        "tokens_out": sum(f["tokens_out"] for f in files_info),
+        "tokens_out": sum(f["tokens_out"] for f in files),
         "kept_fraction_tokens": kept_tokens / pool_tokens if pool_tokens else None,
         "tokens_note": "tokens are the scored tokens (`n_tokens`), capped at the scoring --max-len for truncated documents",
-        "files": files_info,
-        "seconds": {"pass1": round(t1 - t0, 3), "total": round(time.time() - t0, 3)},
+        "files": files,
+        "seconds": seconds,
     }
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command: check the input, pass 1, choose, prepare OUT, pass 2, mask, manifest (last)
+
+
+def _check_fields_present(table: ScoreTable) -> None:
+    for name, n in table.with_field.items():
+        if table.n and n == 0:
+            raise SelectionError(f"no document of {table.root!r} has the field {name!r}; choose another --score-field "
+                                 f"(default {DEFAULT_SCORE_FIELD!r})")
+
+
+def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, config: SelectConfig | None = None, **options: Any) -> dict[str, Any]:
+    """Select from a scored directory into `output_dir`; returns the manifest (also written as JSON).
+    `options` are SelectConfig's fields (keep=0.7, method="top-k", ...), or pass a `config`."""
+    cfg = SelectConfig(**{**(asdict(config) if config else {}), **options}).check()
+    t0 = time.time()
+    inp, out = Path(input_dir), Path(output_dir)
+    _check_paths(out, inp)
+    files, expected = check_scored_dir(inp)
+    with JobLock(out, "select"), tempfile.SpooledTemporaryFile(max_size=8 << 20) as unscored_log:
+        table = read_scores(inp, cfg, unscored_log, files)
+        check_record_counts(table, expected)
+        _check_fields_present(table)
+        mask, bounds = choose(table, cfg)
+        t1 = time.time()
+
+        prepare_output(out, cfg.force_overwrite)
+        write_json_atomic(out / IN_PROGRESS_NAME, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                   "input_dir": str(inp), "config": asdict(cfg)})
+        write = mask | (~table.scored & table.readable) if cfg.unscored == "keep" else mask
+        write_kept_files(table, write, out, cfg.drop_score_fields)
+        if unscored_log.tell():
+            unscored_log.seek(0)
+            with atomic_write(out / UNSCORED_NAME) as fh:
+                shutil.copyfileobj(unscored_log, fh)
+        write_mask_file(out / STATE_DIR / MASK_NAME, {"kept": mask, "scored": table.scored, "files": np.array(table.files, dtype=str),
+                                                      "file_counts": np.array(table.file_counts, dtype=np.int64)})
+        manifest = build_manifest(cfg, table, mask, bounds, write, inp, out,
+                                  {"pass1": round(t1 - t0, 3), "total": round(time.time() - t0, 3)})
+        write_json_atomic(out / MANIFEST_NAME, manifest)  # last: the selection is complete
+        (out / IN_PROGRESS_NAME).unlink(missing_ok=True)
     return manifest
 
 
 def load_selection_mask(selected_dir: str | os.PathLike) -> dict[str, Any]:
     """The keep mask written by `select_corpus` ({'kept', 'scored', 'files', 'file_counts', 'manifest'})."""
     sel = Path(selected_dir)
-    path = sel / STATE_DIR / MASK_NAME
-    if not path.exists():
-        raise InputError(f"{str(sel)!r} is not a `scalingfilter select` output directory (no {STATE_DIR}/{MASK_NAME})")
+    path, manifest_path = sel / STATE_DIR / MASK_NAME, sel / MANIFEST_NAME
+    if (sel / IN_PROGRESS_NAME).exists() and not manifest_path.exists():
+        raise InputError(f"{str(sel)!r} holds an unfinished selection (no {MANIFEST_NAME}); rerun `scalingfilter select` to finish it")
+    if not (path.exists() and manifest_path.exists()):
+        raise InputError(f"{str(sel)!r} is not a `scalingfilter select` output directory (no {STATE_DIR}/{MASK_NAME} or {MANIFEST_NAME})")
     with np.load(path, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
     data["files"] = [str(f) for f in data["files"]]
     data["file_counts"] = [int(c) for c in data["file_counts"]]
-    manifest_path = sel / MANIFEST_NAME
-    data["manifest"] = orjson.loads(manifest_path.read_bytes()) if manifest_path.exists() else {}
+    data["manifest"] = read_json(manifest_path)
     return data
 
 
 def format_manifest(m: dict[str, Any]) -> str:
     """A few human-readable lines summarising a manifest."""
+    name = m.get("score_field", DEFAULT_SCORE_FIELD)
     lines = [
-        f"method {m['method']}, keep {m['keep']:g} by {m['by']}" + (f", seed {m['seed']}" if m.get("seed") is not None else "")
+        f"method {m['method']} on {name}, keep {m['keep']:g} by {m['by']}" + (f", seed {m['seed']}" if m.get("seed") is not None else "")
         + (f", T {m['temperature']:g}" if m.get("temperature") is not None else ""),
         f"documents: {m['documents_in']:,} in, {m['documents_scored']:,} scored, {m['documents_selected']:,} selected"
         + (f" ({m['kept_fraction_documents']:.2%} of scored)" if m.get("kept_fraction_documents") is not None else "")
@@ -511,8 +814,8 @@ def format_manifest(m: dict[str, Any]) -> str:
         + (f" ({m['kept_fraction_tokens']:.2%})" if m.get("kept_fraction_tokens") is not None else ""),
     ]
     th = m.get("thresholds", {})
-    if "quality_factor" in th:
-        lines.append(f"threshold: quality factor >= {th['quality_factor']:.6g}")
+    if m["method"] == "top-k" and name in th:
+        lines.append(f"threshold: {name} >= {th[name]:.6g}")
     if "large_ppl_low" in th:
         lines.append(f"gate: large-model perplexity in [{th['large_ppl_low']:.6g}, {th['large_ppl_high']:.6g}]")
     if m["documents_unscored"]:

@@ -1,8 +1,15 @@
-"""Selection: exact global thresholds (checked against an in-memory sort), fractions, seeds, null scores."""
+"""Selection: exact global thresholds (checked against an in-memory sort), fractions, seeds, null scores,
+any score field, records written as they came in, the scored directory checked against its summary,
+an interrupted selection redone, one run at a time, the command line."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +18,12 @@ import pytest
 
 from scalingfilter.cli import main as cli_main
 from scalingfilter.documents import find_scored_files, read_records, write_records
+from scalingfilter.errors import InputError
 from scalingfilter.selection import (
-    SCORE_FIELDS, SelectionError, load_selection_mask, rank_interval, select_corpus, select_mask, sort_keys,
+    ABORT_ENV, ABORT_EXIT_STATUS, IN_PROGRESS_NAME, MANIFEST_NAME, SCORE_FIELDS, SelectConfig, SelectionError,
+    format_manifest, load_selection_mask, rank_interval, select_corpus, select_mask, sort_keys,
 )
+from scalingfilter.storage import JobLock
 
 FILES = ["a.jsonl", "sub/b.jsonl.gz", "sub/deeper/c.parquet"]
 
@@ -52,10 +62,23 @@ def make_scored_dir(root: Path, n_per_file=(120, 90, 150), seed=0, unscored_ever
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         write_records(root / rel, records)
         all_records.extend(records)
-    (root / "summary.json").write_text("{}")
     (root / "rejects").mkdir()
     write_records(root / "rejects" / "a.jsonl", [{"source": "a.jsonl", "index": 3, "reason": "malformed JSON"}])
+    mark_as_scored(root, rejected={"a.jsonl": 1})
     return all_records
+
+
+def mark_as_scored(root: Path, rejected: dict[str, int] | None = None) -> None:
+    """Give a hand-made directory of scored files the state a finished `scalingfilter score` leaves:
+    summary.json and one final marker per data file (records - rejected = the records in the file)."""
+    files = find_scored_files(root)
+    final = root / ".scalingfilter" / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    for i, rel in enumerate(files):
+        n = sum(1 for _ in read_records(root / rel, rel))
+        r = (rejected or {}).get(rel, 0)
+        (final / f"{i}.json").write_bytes(orjson.dumps({"source": rel, "records": n + r, "scored": n, "unscorable": 0, "rejected": r}))
+    (root / "summary.json").write_bytes(orjson.dumps({"files": len(files), "files_done": len(files)}))
 
 
 def kept_ids(out: Path) -> list[int]:
@@ -163,6 +186,7 @@ def test_ties_broken_by_corpus_position(tmp_path):
             for i in range(10)]
     write_records(root / "x.jsonl", recs[:5])
     write_records(root / "y.jsonl", recs[5:])
+    mark_as_scored(root)
     select_corpus(root, tmp_path / "o", keep=0.7)  # 7 of 10: the five 2.0s, then the first two 1.5s
     assert sorted(kept_ids(tmp_path / "o")) == [0, 1, 2, 3, 4, 6, 8]
     select_corpus(root, tmp_path / "g", keep=0.4, method="perplexity-gating")  # all equal: positions 3..6
@@ -226,6 +250,18 @@ def test_rank_interval_by_tokens_overshoots_less_than_one_document():
     assert b.kept == 1 and b.upper == (1.0, 1)
 
 
+def one_error_line(capsys, argv: list[str]) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr; return it."""
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def select_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["select", "--input-dir", str(root), "--output-dir", str(out), *extra]
+
+
 def test_errors_and_cli(scored, tmp_path, capsys):
     root, _ = scored
     with pytest.raises(SelectionError):
@@ -237,10 +273,275 @@ def test_errors_and_cli(scored, tmp_path, capsys):
     (busy / "mine.txt").write_text("not a selection")
     with pytest.raises(SelectionError, match="not empty"):
         select_corpus(root, busy, keep=0.5, force_overwrite=True)
-    assert cli_main(["select", "--input-dir", str(root), "--output-dir", str(tmp_path / "c"), "--keep", "0.5",
-                     "--method", "random", "--seed", "4"]) == 0
+    assert (busy / "mine.txt").read_text() == "not a selection"
+    assert cli_main(select_argv(root, tmp_path / "c", "--keep", "0.5", "--method", "random", "--seed", "4")) == 0
     assert "method random" in capsys.readouterr().out
-    assert cli_main(["select", "--input-dir", str(root), "--output-dir", str(tmp_path / "c"), "--keep", "0.5"]) == 2
-    assert "--force-overwrite" in capsys.readouterr().err
-    assert cli_main(["select", "--input-dir", str(root), "--output-dir", str(tmp_path / "c"), "--keep", "0.5",
-                     "--force-overwrite", "--by", "tokens"]) == 0
+    assert "--force-overwrite" in one_error_line(capsys, select_argv(root, tmp_path / "c", "--keep", "0.5"))
+    # both spellings of every flag
+    assert cli_main(["select", "--input_dir", str(root), "--output_dir", str(tmp_path / "c"), "--keep", "0.5", "--force_overwrite",
+                     "--by", "tokens", "--score_field", "quality_factor", "--drop_score_fields", "--method", "temperature",
+                     "--temperature", "2", "--seed", "1", "--unscored", "keep"]) == 0
+    m = orjson.loads((tmp_path / "c" / MANIFEST_NAME).read_bytes())
+    assert (m["by"], m["drop_score_fields"], m["temperature"], m["seed"], m["unscored_policy"]) == ("tokens", True, 2.0, 1, "keep")
+    # numbers are range-checked while parsing (argparse: exit 2 before any work)
+    for bad in (["--keep", "0"], ["--keep", "1.5"], ["--keep", "nan"], ["--temperature", "0"], ["--seed", "-1"], ["--seed", "1.5"]):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(select_argv(root, tmp_path / "bad", *bad))
+        assert exc.value.code == 2
+    assert not (tmp_path / "bad").exists()
+    # one place for the defaults: the API's and the command's are SelectConfig's
+    assert SelectConfig().keep == 0.7 and m["score_field"] == SelectConfig().score_field == "quality_factor"
+
+
+# --------------------------------------------------------------------------------------------------
+# Any score field (issue 13)
+
+
+def reference_keys(method, score, ppl, seed=0, temperature=1.0):
+    """The documented sort keys, written out: -score; -(log score / T + Gumbel); -uniform; large_ppl."""
+    score, ppl = np.asarray(score, float), np.asarray(ppl, float)
+    u = np.random.default_rng(seed).random(len(score))
+    with np.errstate(divide="ignore"):
+        keys = {"top-k": -score, "perplexity-gating": ppl.copy(), "random": -u,
+                "temperature": -(np.log(score) / temperature - np.log(-np.log(u)))}[method]
+    keys[np.isnan(score) | (np.isnan(ppl) if method == "perplexity-gating" else False)] = np.nan
+    return keys
+
+
+def distilled_dir(root: Path) -> list[dict]:
+    """A scored directory where three documents in four also have `qf_distilled` (a probability)."""
+    records = make_scored_dir(root, n_per_file=(60, 40, 50), seed=5)
+    rng = np.random.default_rng(9)
+    for r in records:
+        if (r["id"] + 1) % 4:  # the parquet file's first record has it (its schema is the first record's)
+            r["qf_distilled"] = float(rng.uniform(0, 1)) if r["id"] % 13 else 0.25  # some exact ties
+    bounds = np.cumsum([0, 60, 40, 50])
+    for rel, a, b in zip(FILES, bounds[:-1], bounds[1:]):
+        write_records(root / rel, records[a:b])
+    return records
+
+
+@pytest.mark.parametrize("method", ["top-k", "perplexity-gating", "random", "temperature"])
+def test_score_field_every_method(tmp_path, method):
+    root = tmp_path / "scored"
+    records = distilled_dir(root)
+    m = select_corpus(root, tmp_path / "o", keep=0.6, method=method, seed=2, temperature=3.0, score_field="qf_distilled")
+    score = [r.get("qf_distilled", np.nan) for r in records]
+    ppl = [np.nan if r["large_ppl"] is None else r["large_ppl"] for r in records]
+    keys = reference_keys(method, score, ppl, seed=2, temperature=3.0)
+    pool = sorted((k, pos) for pos, k in enumerate(keys.tolist()) if not math.isnan(k))
+    k = int(math.floor(0.6 * len(pool) + 0.5))
+    a = (len(pool) - k) // 2 if method == "perplexity-gating" else 0
+    assert sorted(kept_ids(tmp_path / "o")) == sorted(records[pos]["id"] for _, pos in pool[a : a + k])
+    assert m["score_field"] == "qf_distilled" and m["documents_scored"] == len(pool)
+    assert m["documents_unscored"] == len(records) - len(pool)
+    reasons = m["unscored_reasons"]  # parquet stores a missing field as null
+    missing = [r for r in records if "qf_distilled" not in r and (method != "perplexity-gating" or r["large_ppl"] is not None)]
+    assert reasons["no 'qf_distilled' field"] + reasons["qf_distilled is null"] == len(missing)
+    if method == "perplexity-gating":  # the gate's field is `score`'s: a record it could not score says why
+        assert reasons["too short to score"] == sum(r["large_ppl"] is None for r in records)
+    if method == "top-k":
+        assert m["thresholds"]["qf_distilled"] == -pool[k - 1][0]
+        assert "threshold: qf_distilled >=" in format_manifest(m)
+
+
+def test_score_field_nobody_has_is_one_line_error(scored, tmp_path, capsys):
+    root, _ = scored
+    err = one_error_line(capsys, select_argv(root, tmp_path / "o", "--score-field", "qf_distilled"))
+    assert "'qf_distilled'" in err and "--score-field" in err
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name != "lock"]
+    with pytest.raises(SelectionError, match="negative"):  # score^(1/T) needs a non-negative score
+        select_mask("temperature", 0.5, np.array([0.5, -1.0, 2.0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Records come out exactly as they came in (issue 9.10)
+
+
+MEMBERS = [  # (key, JSON text) of each member of three scored lines, as written
+    [("id", "1"), ("text", '"caf\u00e9 \\u00e9 \u65e5\u672c \\ud83d\\ude00"'), ("big", "123456789012345678901234567890"),
+     ("f", "0.1"), ("g", "1.50"), ("e", "1e5"), ("nested", '{"n": -98765432109876543210987654321, "l": [1.0, 2]}'),
+     ("small_loss", "3.0"), ("large_loss", "2.0"), ("small_ppl", "20.085536923187668"), ("large_ppl", "7.38905609893065"),
+     ("quality_factor", "2.718281828459045"), ("n_tokens", "7"), ("truncated", "false"), ("score_error", "null")],
+    [("id", "2"), ("quality_factor", "1.25"), ("text", '"x y"'), ("large_ppl", "4.0"), ("n_tokens", "3"),
+     ("score_error", "null"), ("big", "-18446744073709551617")],
+    [("id", "3"), ("text", '"low"'), ("quality_factor", "0.5"), ("large_ppl", "9.5"), ("n_tokens", "2"), ("score_error", "null")],
+]
+
+
+def member_line(members, sep=",") -> bytes:
+    return ("{" + sep.join(f'"{k}":{v}' if sep == "," else f'"{k}": {v}' for k, v in members) + "}\n").encode()
+
+
+def test_kept_records_are_the_original_bytes(tmp_path):
+    root = tmp_path / "scored"
+    root.mkdir()
+    lines = [member_line(MEMBERS[0]), member_line(MEMBERS[1], sep=", "), member_line(MEMBERS[2])]
+    (root / "a.jsonl").write_bytes(b"".join(lines))
+    (root / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines)))
+    mark_as_scored(root)
+    select_corpus(root, tmp_path / "all", keep=1.0)
+    assert (tmp_path / "all" / "a.jsonl").read_bytes() == b"".join(lines)
+    assert gzip.decompress((tmp_path / "all" / "b.jsonl.gz").read_bytes()) == b"".join(lines)
+    select_corpus(root, tmp_path / "top", keep=0.5)  # 3 of 6: both copies of line 1, the first copy of line 2
+    assert (tmp_path / "top" / "a.jsonl").read_bytes() == lines[0] + lines[1]
+    assert gzip.decompress((tmp_path / "top" / "b.jsonl.gz").read_bytes()) == lines[0]
+
+    select_corpus(root, tmp_path / "drop", keep=1.0, drop_score_fields=True)
+    got = (tmp_path / "drop" / "a.jsonl").read_bytes().splitlines(keepends=True)
+    for line, members, out in zip(lines, MEMBERS, got):
+        rest = [(k, v) for k, v in members if k not in SCORE_FIELDS]
+        sep = ", " if b'", ' in line else ","
+        assert out == ("{" + ",".join((f'"{k}": {v}' if sep != "," else f'"{k}":{v}') for k, v in rest) + "}\n").encode()
+        original = json.loads(line)  # the standard library keeps big integers exact
+        assert json.loads(out) == {k: v for k, v in original.items() if k not in SCORE_FIELDS}
+    assert b'"big":123456789012345678901234567890,"f":0.1,"g":1.50,"e":1e5' in got[0]
+    assert gzip.decompress((tmp_path / "drop" / "b.jsonl.gz").read_bytes()) == b"".join(got)
+
+
+def test_parquet_rows_keep_their_types(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "scored"
+    root.mkdir()
+    n = 11
+    table = pa.table({
+        "id": pa.array(range(n), pa.int8()),
+        "text": pa.array([f"d\u00e9 {i}" for i in range(n)]),
+        "tags": pa.array([[i, i * 10**15] for i in range(n)], pa.list_(pa.int64())),
+        "quality_factor": pa.array([1.0 + (i * 7 % n) for i in range(n)]),
+        "large_ppl": pa.array([3.0] * n),
+        "n_tokens": pa.array([5] * n, pa.int64()),
+        "score_error": pa.array([None] * n, pa.string()),
+    })
+    pq.write_table(table, root / "c.parquet", row_group_size=4)
+    mark_as_scored(root)
+    select_corpus(root, tmp_path / "o", keep=0.5)
+    qf = table.column("quality_factor").to_numpy()
+    expected = table.filter(pa.array(qf >= np.sort(qf)[::-1][5]))  # 6 of 11, distinct scores
+    got = pq.read_table(tmp_path / "o" / "c.parquet")
+    assert got.schema.equals(table.schema) and got.equals(expected)
+    select_corpus(root, tmp_path / "d", keep=0.5, drop_score_fields=True)
+    got = pq.read_table(tmp_path / "d" / "c.parquet")
+    assert got.column_names == ["id", "text", "tags"] and got.equals(expected.select(["id", "text", "tags"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The scored directory is checked against its summary (issues 9.7, 9.18)
+
+
+@pytest.fixture()
+def small_scored(tmp_path):
+    root = tmp_path / "scored"
+    make_scored_dir(root, n_per_file=(10, 10, 10))
+    return root
+
+
+def test_never_scored_directory_is_refused(small_scored, tmp_path, capsys):
+    (small_scored / "summary.json").unlink()
+    err = one_error_line(capsys, select_argv(small_scored, tmp_path / "o"))
+    assert "no summary.json" in err and "is this a `scalingfilter score` output?" in err
+    assert not (tmp_path / "o").exists()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_records(raw / "x.jsonl", [{"text": "never scored"}])
+    assert "is this a `scalingfilter score` output?" in one_error_line(capsys, select_argv(raw, tmp_path / "o"))
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("missing file", "sub/b.jsonl.gz is listed as scored but missing"),
+    ("unmarked file", "extra.jsonl has no final marker"),
+    ("extra line", "a.jsonl has 120 records, its final marker says 119"),
+    ("lost line", "a.jsonl has 9 records, its final marker says 10"),
+    ("unfinished", "says 2 of 3 files are done"),
+])
+def test_scored_directory_inconsistent_with_its_summary(tmp_path, capsys, damage, named):
+    root = tmp_path / "scored"
+    make_scored_dir(root, n_per_file=(10, 10, 10) if damage != "extra line" else (119, 10, 10))
+    if damage == "missing file":
+        (root / "sub/b.jsonl.gz").unlink()
+    elif damage == "unmarked file":
+        write_records(root / "extra.jsonl", [{"text": "t", "quality_factor": 1.0, "large_ppl": 2.0, "n_tokens": 2}])
+    elif damage == "extra line":
+        with open(root / "a.jsonl", "ab") as fh:
+            fh.write(b'{"text": "one more", "quality_factor": 1.0, "large_ppl": 2.0, "n_tokens": 2}\n')
+    elif damage == "lost line":
+        lines = (root / "a.jsonl").read_bytes().splitlines(keepends=True)
+        (root / "a.jsonl").write_bytes(b"".join(lines[:-1]))
+    else:
+        (root / "summary.json").write_bytes(orjson.dumps({"files": 3, "files_done": 2}))
+    err = one_error_line(capsys, select_argv(root, tmp_path / "o"))
+    assert "is inconsistent with its summary" in err and "rerun `scalingfilter score`" in err and named in err
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name != "lock"]
+
+
+# --------------------------------------------------------------------------------------------------
+# An interrupted selection is redone (issue 9.8); one run at a time (issue 9.4)
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in ("lock", MANIFEST_NAME)}
+
+
+def comparable_manifest(out: Path) -> dict:
+    m = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    return {k: v for k, v in m.items() if k not in ("output_dir", "seconds")}
+
+
+def test_interrupted_selection_is_redone_byte_identical(scored, tmp_path, caplog):
+    root, _ = scored
+    args = ("--keep", "0.6", "--method", "temperature", "--unscored", "keep", "--drop-score-fields")
+    env = {**os.environ, ABORT_ENV: "2"}
+    crashed = subprocess.run([sys.executable, "-m", "scalingfilter.cli", *select_argv(root, tmp_path / "out", *args)],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == ABORT_EXIT_STATUS, crashed.stderr  # the hook ended it, after two files
+    out = tmp_path / "out"
+    assert (out / IN_PROGRESS_NAME).exists() and not (out / MANIFEST_NAME).exists()
+    assert (out / "a.jsonl").exists() and (out / "sub/b.jsonl.gz").exists() and not (out / "sub/deeper/c.parquet").exists()
+    with pytest.raises(InputError, match="unfinished selection"):
+        load_selection_mask(out)
+    (out / "sub/b.jsonl.gz").write_bytes(b"half a file")  # whatever the crash left is not trusted
+
+    assert cli_main(select_argv(root, out, *args)) == 0  # no flag needed
+    assert "holds an interrupted selection: removing it" in caplog.text
+    assert cli_main(select_argv(root, tmp_path / "clean", *args)) == 0
+    assert output_files(out) == output_files(tmp_path / "clean")
+    assert set(output_files(out)) == {"a.jsonl", "sub/b.jsonl.gz", "sub/deeper/c.parquet",
+                                      ".scalingfilter/unscored.jsonl", ".scalingfilter/selection.npz"}
+    assert comparable_manifest(out) == comparable_manifest(tmp_path / "clean")
+    assert not (out / IN_PROGRESS_NAME).exists()
+
+
+def test_force_overwrite_replaces_complete_or_in_progress(scored, tmp_path):
+    root, _ = scored
+    out = tmp_path / "out"
+    select_corpus(root, out, keep=0.5)
+    (out / "a.jsonl").write_bytes(b"stale")
+    with pytest.raises(SelectionError, match="holds an earlier selection; pass --force-overwrite"):
+        select_corpus(root, out, keep=0.9)
+    assert (out / "a.jsonl").read_bytes() == b"stale"  # refused: nothing touched
+    m = select_corpus(root, out, keep=0.9, force_overwrite=True)
+    assert m["keep"] == 0.9 and sorted(kept_ids(out)) == sorted(kept_ids_of(root, out))
+    (out / MANIFEST_NAME).unlink()  # now only an in-progress one would be there: make it so
+    (out / IN_PROGRESS_NAME).write_text("{}")
+    m = select_corpus(root, out, keep=0.3, force_overwrite=True)
+    assert m["keep"] == 0.3 and not (out / IN_PROGRESS_NAME).exists()
+
+
+def kept_ids_of(root: Path, out: Path) -> list[int]:
+    """The ids the keep mask of `out` marks, read from the scored directory."""
+    mask = load_selection_mask(out)["kept"]
+    ids = [r.data["id"] for rel in find_scored_files(root) for r in read_records(root / rel, rel)]
+    return [i for i, k in zip(ids, mask) if k]
+
+
+def test_second_select_on_the_same_output_is_refused(scored, tmp_path, capsys):
+    root, _ = scored
+    out = tmp_path / "out"
+    with JobLock(out, "select"):
+        err = one_error_line(capsys, select_argv(root, out))
+    assert "is in use by another run" in err and f"select pid {os.getpid()}" in err
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name != "lock"]
+    assert cli_main(select_argv(root, out)) == 0  # the lock of a finished holder is no obstacle
