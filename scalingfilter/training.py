@@ -495,6 +495,21 @@ def pair_scoring(tokenizer, seq_len: int) -> dict[str, Any]:
     return {"max_len": seq_len, "prepend_bos": bos is None or bos == eos}
 
 
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool):
+    """transformers' own progress bars (e.g. "Writing model shards") only when ours are on (not --no-progress)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model, tokenizer, path: Path, dtype: str = "float32") -> None:
     """An HF model directory (config, safetensors, tokenizer), written under a temporary name and renamed.
     With `dtype` float16/bfloat16 the weights are stored in that type but the config still says float32,
@@ -724,8 +739,9 @@ def finish_run(run: PairRun, train_time: float, log: Callable[[str], None]) -> d
     held_losses = {n: heldout_loss(m, held, cfg.seq_len, run.bf16, run.device) for n, m in run.models.items()}
     log(f"held-out loss ({len(held) - 1:,} tokens): small {held_losses['small']:.4f}, large {held_losses['large']:.4f} "
         f"({time.time() - t0:.1f}s)")
-    for name, model in run.models.items():
-        save_model(model, run.tokenizer, run.out / name, cfg.save_dtype)
+    with hf_progress_bars(cfg.progress):
+        for name, model in run.models.items():
+            save_model(model, run.tokenizer, run.out / name, cfg.save_dtype)
     scoring = pair_scoring(run.tokenizer, cfg.seq_len)
     write_json_atomic(run.out / PAIR_SCORING_FILE, scoring)
     tokens_seen = run.steps * run.tokens_per_step
