@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 DOCUMENT_SEPARATOR = "<|endoftext|>"
+MIN_VOCAB_SIZE = 257  # the 256 bytes and the separator: a smaller --vocab-size could not be honoured
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024):

@@ -55,7 +55,7 @@ from .documents import iter_corpus, walk_corpus
 from .errors import ConfigMismatchError, InputError, UsageError
 from .models import PAIR_SCORING_FILE
 from .storage import TMP_PREFIX, JobLock, atomic_path, fsync_dir, read_json, remove_stale_tmp, tmp_name, write_json_atomic
-from .tokenizer import train_bpe_tokenizer
+from .tokenizer import MIN_VOCAB_SIZE, train_bpe_tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class TrainConfig:
         """The ranges the command line checks while parsing, for callers of the API (UsageError)."""
         checks = [
             ("seq_len", self.seq_len >= 2, "at least 2"), ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("vocab_size", self.vocab_size >= 1, "at least 1"), ("lr", self.lr > 0, "greater than 0"),
+            ("vocab_size", self.vocab_size >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE}"), ("lr", self.lr > 0, "greater than 0"),
             ("tokens", self.tokens is None or self.tokens >= 1, "at least 1"),
             ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"), ("log_every", self.log_every >= 1, "at least 1"),
             ("threads", self.threads is None or self.threads >= 1, "at least 1"),

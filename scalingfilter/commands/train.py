@@ -30,6 +30,7 @@ def token_count(low: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..tokenizer import MIN_VOCAB_SIZE
     from ..training import SIZES, TrainConfig as C
 
     flag(parser, "input-dir", required=True, help="corpus directory (.jsonl[.gz|.zst], .json.gz, .parquet)")
@@ -38,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "sizes", default=C.sizes,
          help=f"{' | '.join(SIZES)} | LxDxH,LxDxH (layers x width x heads of small,large); default {C.sizes}")
     flag(parser, "tokenizer", default=C.tokenizer, help="'new' (train byte-level BPE on the corpus) or a hub id / directory")
-    flag(parser, "vocab-size", type=int_at_least(257), default=C.vocab_size,
-         help="for a new tokenizer; at least 257 = 256 bytes + the separator (default %(default)s)")
+    flag(parser, "vocab-size", type=int_at_least(MIN_VOCAB_SIZE), default=C.vocab_size,
+         help=f"for a new tokenizer; at least {MIN_VOCAB_SIZE} = 256 bytes + the separator (default %(default)s)")
     flag(parser, "seq-len", type=int_at_least(2), default=C.seq_len,
          help="training context, also the models' positions (default %(default)s)")
     flag(parser, "batch-size", type=positive_int, default=C.batch_size, help="sequences per step (default %(default)s)")
