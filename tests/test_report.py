@@ -131,13 +131,20 @@ def topk(scored, tmp_path_factory):
     return sel
 
 
-def test_report_without_selection(scored, tmp_path):
-    root, records = scored
-    stats = build_report(root, tmp_path / "r")
-    checker = check_report(tmp_path / "r")
+@pytest.fixture(scope="module")
+def plain_report(scored, tmp_path_factory):
+    """A report without a selection or groups (built once; several tests read it)."""
+    out = tmp_path_factory.mktemp("plain") / "r"
+    return out, build_report(scored[0], out)
+
+
+def test_report_without_selection(scored, plain_report):
+    _, records = scored
+    report_dir, stats = plain_report
+    checker = check_report(report_dir)
     assert len(stats["figures"]) == 5 and len(checker.srcs) == 5  # the distilled score figure included
     assert set(stats["figures"]) <= set(checker.hrefs)
-    on_disk = orjson.loads((tmp_path / "r" / "stats.json").read_bytes())
+    on_disk = orjson.loads((report_dir / "stats.json").read_bytes())
     c = on_disk["counts"]
     n_unscored = sum(r["quality_factor"] is None for r in records)
     assert c["documents"] == len(records) and c["unscored"] == n_unscored and c["rejected"] == 1
@@ -146,19 +153,19 @@ def test_report_without_selection(scored, tmp_path):
     assert q["q00"] <= q["q50"] <= q["q100"]
     assert on_disk["threshold"]["label"].startswith("where top-k at keep 0.7 would cut")
     assert on_disk["selection"] is None and on_disk["groups"] is None
-    html = (tmp_path / "r" / "report.html").read_text()
+    html = (report_dir / "report.html").read_text()
     assert "Highest quality factor" in html and "Lowest quality factor" in html and "Around the threshold" in html
 
 
-def test_distilled_figure_and_spearman(scored, tmp_path):
-    root, records = scored
-    stats = build_report(root, tmp_path / "r", n_examples=0)
+def test_distilled_figure_and_spearman(scored, plain_report):
+    _, records = scored
+    report_dir, stats = plain_report
     assert "quality_factor_vs_distilled.png" in stats["figures"]
-    check_png((tmp_path / "r" / "quality_factor_vs_distilled.png").read_bytes())
+    check_png((report_dir / "quality_factor_vs_distilled.png").read_bytes())
     both = [(math.log(r["quality_factor"]), r["qf_distilled"]) for r in records
             if r["quality_factor"] is not None and r.get("qf_distilled") is not None]
     expected = spearmanr([a for a, _ in both], [b for _, b in both]).statistic
-    d = orjson.loads((tmp_path / "r" / "stats.json").read_bytes())["distilled"]
+    d = orjson.loads((report_dir / "stats.json").read_bytes())["distilled"]
     assert d["documents"] == len(both)
     assert d["spearman_log_qf_vs_qf_distilled"] == pytest.approx(expected, abs=1e-12)
     assert 0.5 < expected < 1  # the synthetic distilled score follows the quality factor
@@ -300,6 +307,12 @@ def test_incomplete_selection_is_refused(scored, topk, tmp_path, capsys):
     (garbled / "selection.json").write_text("{\"method\": ")
     assert "not valid JSON" in one_error_line(capsys, ["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "r"),
                                                       "--selected", str(garbled)])
+    truncated = tmp_path / "truncated"
+    shutil.copytree(topk, truncated)
+    mask = truncated / STATE_DIR / "selection.npz"
+    mask.write_bytes(mask.read_bytes()[:100])
+    assert "cannot read the keep mask" in one_error_line(capsys, ["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "r"),
+                                                                 "--selected", str(truncated)])
 
 
 @pytest.mark.parametrize("flags", [["--examples", "-1"], ["--snippet-chars", "0"], ["--group-examples", "x"], ["--max-points", "5"]])

@@ -9,6 +9,7 @@ and its keep mask. Everything read from summary.json is a key `score` writes.
 from __future__ import annotations
 
 import math
+import zipfile
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def read_selection(selected_dir: Path) -> dict[str, Any]:
         raise InputError(f"{str(manifest)!r} lacks the method or keep of the selection; rerun `scalingfilter select`")
     try:
         sel = load_selection_mask(selected_dir)
-    except (ValueError, KeyError, OSError) as exc:  # a truncated or foreign .npz
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:  # a truncated or foreign .npz
         raise InputError(f"cannot read the keep mask {str(mask)!r} ({exc}); rerun `scalingfilter select`") from None
     sel["manifest"] = m
     return sel
