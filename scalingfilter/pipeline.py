@@ -54,8 +54,10 @@ COUNT_FOR_PROGRESS_BYTES = 256 << 20  # count the documents of unsplit files for
 # Test hooks (documented in tests/README and used by the crash and engine tests):
 # SIGKILL this process right after it has marked N units done.
 TEST_KILL_ENV = "SCALINGFILTER_TEST_KILL_AFTER_UNITS"
-# "fixed": score with a no-model scorer that returns fixed values (engine tests and benchmarks).
+# "fixed": score with a no-model scorer that returns fixed values (engine tests and benchmarks);
+# with it, SCALINGFILTER_TEST_SLOW_UNIT_S=S makes each unit take at least S seconds (interruption tests).
 TEST_SCORER_ENV = "SCALINGFILTER_TEST_SCORER"
+TEST_SLOW_UNIT_ENV = "SCALINGFILTER_TEST_SLOW_UNIT_S"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +164,7 @@ class FixedScorer:
     """Test hook: the score fields with fixed values and n_tokens = words, at once, without a model."""
 
     def score_records(self, records, text_of):
+        time.sleep(float(os.environ.get(TEST_SLOW_UNIT_ENV, "0") or 0))
         for rec in records:
             text = text_of(rec)
             yield rec, FixedScore(len(text.split()) if text else 0)
