@@ -52,7 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .documents import iter_corpus, walk_corpus
-from .errors import ConfigMismatchError, InputError, UsageError
+from .errors import ConfigMismatchError, InputError, ModelLoadError, UsageError
 from .models import PAIR_SCORING_FILE
 from .storage import TMP_PREFIX, JobLock, atomic_path, fsync_dir, read_json, remove_stale_tmp, tmp_name, write_json_atomic
 from .tokenizer import MIN_VOCAB_SIZE, train_bpe_tokenizer
@@ -672,8 +672,13 @@ def init_from_pair(run: PairRun, log: Callable[[str], None]) -> None:
     from transformers import AutoModelForCausalLM
 
     for name in run.models:
-        earlier = AutoModelForCausalLM.from_pretrained(Path(run.cfg.init_from) / name, dtype=torch.float32)
-        run.models[name].load_state_dict(earlier.state_dict())  # strict: same shapes and vocabulary
+        src = Path(run.cfg.init_from) / name
+        try:
+            earlier = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+            run.models[name].load_state_dict(earlier.state_dict())  # strict: same shapes and vocabulary
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"--init-from: cannot start the {name} model from {src} "
+                                 f"(it must be a pair of the same --sizes and vocabulary): {str(exc).splitlines()[0]}") from exc
     log(f"initialised both models from {run.cfg.init_from}")
 
 

@@ -26,6 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_jsonl(path: Path, records, compress=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     data = b"".join(orjson.dumps(r) + b"\n" for r in records)
@@ -173,28 +181,30 @@ def test_missing_input_and_bundled_messages(tmp_path, tiny_pair_dir):
 
 
 def test_restart_after_sigkill_gives_identical_output(tmp_path, tiny_pair_dir, sample_texts):
+    """Kill -9 at exact moments (the documented hook SCALINGFILTER_TEST_KILL_AFTER_UNITS SIGKILLs the
+    process right after it marked N units done), twice, then finish: bit-identical to an uninterrupted run."""
     inp = tmp_path / "in"
     make_corpus(inp, sample_texts, n=240)
-    # split every file into units of 25 records, so a kill can land between and inside units
+    # split every file into units of 25 records, so a kill can land between units of one file
     common = ["--pair", str(tiny_pair_dir), "--max-len", "64", "--unit-docs", "25", "--split-bytes", "0", "--no-progress", "--input_dir", str(inp)]
-    env: dict = {}
-    ref = run_cli(["score", *common, "--output_dir", str(tmp_path / "ref")], env=env)
+    ref = run_cli(["score", *common, "--output_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr
     expected = read_output(tmp_path / "ref")
+    total = sum(len(v) for v in expected.values())
     out = tmp_path / "killed"
-    for delay in (1.5, 2.5, 4.0):
-        e = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **env)
-        proc = subprocess.Popen([PY, "-m", "scalingfilter.cli", "score", *common, "--output_dir", str(out)], cwd=REPO, env=e,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    final = run_cli(["score", *common, "--output_dir", str(out)], env=env)
+    done_dir = out / ".scalingfilter" / "done"
+    for after in (2, 3):
+        killed = run_cli(["score", *common, "--output_dir", str(out)], env={"SCALINGFILTER_TEST_KILL_AFTER_UNITS": str(after)})
+        assert killed.returncode == -signal.SIGKILL  # the crash landed ...
+        assert not (out / "summary.json").exists()  # ... mid-job
+    assert len(list(done_dir.glob("*.json"))) == 5  # exactly the units marked before each kill survive
+    final = run_cli(["score", *common, "--output_dir", str(out)])
     assert final.returncode == 0, final.stderr
     got = read_output(out)
     assert_same_outputs(got, expected, rel=0)  # same units, same batches: bit-identical
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["documents"] == sum(len(v) for v in expected.values())
+    assert summary["documents"] == total
+    assert summary["documents_this_run"] == total - 5 * 25  # the last run did only what was left
 
 
 def test_force_overwrite_replaces_old_output(tmp_path, tiny_pair_dir, sample_texts):
@@ -221,7 +231,7 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_pair_dir, sample_texts)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     one = subprocess.run([PY, "-m", "scalingfilter.quality_factor", *args, "--output_dir", str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "scalingfilter/quality_factor.py", *args,
+    two = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "scalingfilter/quality_factor.py", *args,
                           "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = read_output(tmp_path / "one"), read_output(tmp_path / "two")

@@ -12,7 +12,7 @@ import torch
 from scalingfilter import training
 from scalingfilter.cli import main
 from scalingfilter.documents import InputError, write_records
-from scalingfilter.errors import ConfigMismatchError
+from scalingfilter.errors import ConfigMismatchError, ModelLoadError
 from scalingfilter.training import TokenWindows, TrainConfig, lr_at, parse_sizes, train_pair
 
 SIZES = "2x16x2,2x32x4"
@@ -245,7 +245,7 @@ def test_second_cycle_starts_from_the_earlier_pair(corpus, tmp_path):
         start_second = second["history"][0][f"{name}_loss"]
         assert start_second < start_fresh
         assert start_second < first["history"][0][f"{name}_loss"]
-    with pytest.raises(Exception):  # shapes must match: another size pair cannot start from it
+    with pytest.raises(ModelLoadError, match="same --sizes"):  # shapes must match: another size pair cannot start from it
         train_pair(cfg(corpus, tmp_path / "three", sizes="2x16x2,2x48x4", init_from=str(tmp_path / "one")), log=quiet)
 
 
