@@ -481,9 +481,10 @@ def _contents(out: Path) -> list[Path]:
     return found
 
 
-def prepare_output(out: Path, force_overwrite: bool) -> None:
-    """Make OUT empty (but for the lock): clean up an interrupted selection, replace a complete one only
-    with `force_overwrite`, refuse anything else."""
+def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any]) -> None:
+    """Make OUT an in-progress selection holding nothing else (but the lock): clean up an interrupted
+    selection, replace a complete one only with `force_overwrite`, refuse anything else. The in-progress
+    marker is written before anything is deleted, so a crash in the middle leaves an in-progress selection."""
     contents = _contents(out)
     if contents:
         complete, in_progress = (out / MANIFEST_NAME).exists(), (out / IN_PROGRESS_NAME).exists()
@@ -494,12 +495,15 @@ def prepare_output(out: Path, force_overwrite: bool) -> None:
                                  f"({MANIFEST_NAME} or {IN_PROGRESS_NAME}); refusing to delete it, choose another directory")
         if in_progress and not complete:
             log.warning("%s holds an interrupted selection: removing it and selecting again", out)
-        for p in contents:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / IN_PROGRESS_NAME, marker)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for p in contents:
+        if p == out / IN_PROGRESS_NAME or p == out / MANIFEST_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -767,9 +771,8 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
         mask, bounds = choose(table, cfg)
         t1 = time.time()
 
-        prepare_output(out, cfg.force_overwrite)
-        write_json_atomic(out / IN_PROGRESS_NAME, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                   "input_dir": str(inp), "config": asdict(cfg)})
+        prepare_output(out, cfg.force_overwrite, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                  "input_dir": str(inp), "config": asdict(cfg)})
         write = mask | (~table.scored & table.readable) if cfg.unscored == "keep" else mask
         write_kept_files(table, write, out, cfg.drop_score_fields)
         if unscored_log.tell():

@@ -350,6 +350,7 @@ def test_score_field_nobody_has_is_one_line_error(scored, tmp_path, capsys):
     err = one_error_line(capsys, select_argv(root, tmp_path / "o", "--score-field", "qf_distilled"))
     assert "'qf_distilled'" in err and "--score-field" in err
     assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name != "lock"]
+    assert cli_main(select_argv(root, tmp_path / "o")) == 0  # the lock a failed run leaves does not make OUT "not empty"
     with pytest.raises(SelectionError, match="negative"):  # score^(1/T) needs a non-negative score
         select_mask("temperature", 0.5, np.array([0.5, -1.0, 2.0]))
 
