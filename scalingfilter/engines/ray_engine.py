@@ -1,0 +1,400 @@
+"""`scalingfilter score --engine ray`: the score job on a Ray cluster, units handed out dynamically.
+
+The driver (the process that runs the command) takes the output directory's lock, plans the job with
+`ScoreJob.prepare` (the same units as the local engine), starts long-lived workers (Ray actors; each loads
+the scorer once) and hands them batches of units as they finish, one or two batches in flight per worker,
+so a fast GPU simply takes more units. A worker scores a unit with `ScoreJob.score_unit` (temporary part
+files, renamed; the done marker last) and assembles a file once all its units are done
+(`ScoreJob.assemble`), so the output is byte-identical to the local engine's and a job started with one
+engine can be finished with the other. The driver then writes the summary as the local engine does.
+
+Invariants:
+- the driver holds unit metadata only (a `Unit` per pending unit, counters): its memory does not grow with
+  the number of documents; documents never pass through the driver or the object store;
+- a unit whose worker died (process killed, node lost) is retried on another worker up to
+  `max_unit_retries` times; a dead worker is replaced while the replacement budget lasts; a unit that keeps
+  failing is listed in the summary's `failed_units` (the command then exits 2 and does not write
+  summary.json: the job is unfinished, and rerunning the same command retries those units);
+- nothing is written twice: a unit's files appear by rename only when complete and its done marker decides
+  whether it is done (a killed worker leaves at most a hidden temporary file, which assembly removes);
+- an error the user must fix (a bad record under --strict, a model that does not load, a full disk)
+  stops the job with its one-line message, as with the local engine; it is not retried.
+
+Without an address the driver starts a local Ray instance over this machine's cores and GPUs; with
+`auto` or HOST:PORT it joins a running cluster (whose nodes must see the input and output directories
+at the same paths and have scalingfilter installed).
+
+Test hooks (used by tests/test_ray_engine.py; harmless when unset):
+- SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N: the first worker SIGKILLs itself after writing N documents of
+  a unit (a crash in the middle of a unit); its replacement does not inherit the hook;
+- SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N: the driver SIGKILLs itself once N units are reported done;
+- SCALINGFILTER_TEST_SCORER=fixed (pipeline's hook): score with the fixed no-model scorer.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import resource
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from scalingfilter.errors import ScalingFilterError, UsageError
+from scalingfilter.pipeline import Plan, ScoreConfig, ScoreJob, ScorerSpec, UnitStats
+from scalingfilter.sharding import Unit
+from scalingfilter.storage import JobLock, read_json, write_json_atomic
+
+log = logging.getLogger("scalingfilter")
+
+TEST_KILL_WORKER_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
+TEST_KILL_DRIVER_ENV = "SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS"
+FAILED_SUMMARY_NAME = "summary.incomplete.json"  # in the state directory: an unfinished job has no summary.json
+CONNECT_TIMEOUT_S = 20.0  # HOST:PORT must accept a TCP connection this fast (the issue's bound is 30 s)
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: start a local Ray instance; 'auto' or HOST:PORT: join a cluster
+    workers: int | None = None  # default: one per GPU (gpus_per_worker each), else one per cpus_per_worker CPUs
+    gpus_per_worker: float | None = None  # default: 1 where the cluster has GPUs, else 0
+    cpus_per_worker: int | None = None  # default: 1
+    max_unit_retries: int = 3
+    in_flight_per_worker: int = 2  # batches queued at a worker, so it never waits for the driver
+    batch_units: int = 64  # whole small files are sent together, up to this many units ...
+    batch_bytes: int = 8 << 20  # ... or this many input bytes, to keep dispatch cheap per file
+    object_store_mb: int = 256  # a local instance's object store (only unit descriptors and counters pass through it)
+    replacement_budget: int | None = None  # dead workers replaced at most this often (default workers x (retries + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker (a Ray actor; the class is made remote only when ray is imported)
+
+
+class _KillAtDoc:
+    """Test hook: SIGKILL this process after N records of a unit were written (a crash mid-unit)."""
+
+    def __init__(self, scorer, n: int):
+        self.scorer, self.n = scorer, n
+
+    def score_records(self, records, text_of):
+        for i, item in enumerate(self.scorer.score_records(records, text_of)):
+            if i == self.n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield item
+
+
+class ScoreWorker:
+    """Scores and assembles what the driver sends it; loads the scorer once, in `ready`."""
+
+    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, kill_at_doc: int | None = None):
+        cfg.show_progress = False  # one progress display: the driver's
+        self.job = ScoreJob(cfg, spec)
+        self.kill_at_doc = kill_at_doc
+        self.scorer = None
+
+    def ready(self) -> tuple[int, str]:
+        scorer = self.job.spec.load()
+        self.scorer = _KillAtDoc(scorer, self.kill_at_doc) if self.kill_at_doc is not None else scorer
+        return os.getpid(), socket.gethostname()
+
+    def run(self, items: list[tuple]) -> list[tuple]:
+        """Items: ("score", unit fields, assemble_after) or ("assemble", source). Returns, per item,
+        ("unit", unit name, stats) or ("assembled", source)."""
+        done = []
+        for item in items:
+            if item[0] == "score":
+                unit = Unit(*item[1])
+                stats = self.job.score_unit(unit, self.scorer)
+                done.append(("unit", unit.name, stats.__dict__))
+                if item[2]:
+                    self.job.assemble(unit.source)
+                    done.append(("assembled", unit.source))
+            else:
+                self.job.assemble(item[1])
+                done.append(("assembled", item[1]))
+        return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining or starting Ray
+
+
+def _check_reachable(address: str) -> None:
+    """HOST:PORT must accept a connection quickly: ray.init would otherwise retry for minutes."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("ray://")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address must be 'auto' or HOST:PORT (got {address!r})")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ScalingFilterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it "
+                                 f"(`ray start --head`) or pass the head's address, or leave out --ray-address for a local instance") from None
+
+
+def connect(ray, opts: RayOptions) -> bool:
+    """Join the cluster at opts.address or start a local instance; True when this call started Ray."""
+    if ray.is_initialized():
+        return False  # an embedding program (or a test) runs Ray already
+    if opts.address not in (None, "auto"):
+        _check_reachable(opts.address)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        if opts.address is None:
+            ray.init(object_store_memory=opts.object_store_mb << 20, **kwargs)
+        else:
+            ray.init(address=opts.address, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray instance"
+        raise ScalingFilterError(f"cannot start or join {where}: {first}") from None
+    return True
+
+
+def worker_shape(cluster: dict[str, float], opts: RayOptions) -> tuple[int, float, int]:
+    """(workers, GPUs each, CPUs each) for this cluster; an impossible request is a UsageError."""
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    gpw = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+    cpw = opts.cpus_per_worker or 1
+    if gpw > gpus:
+        raise UsageError(f"--gpus-per-worker {gpw:g}: the Ray cluster has {gpus:g} GPU(s); use --gpus-per-worker 0 to score on CPUs")
+    if cpw > cpus:
+        raise UsageError(f"--cpus-per-worker {cpw}: the Ray cluster has {cpus:g} CPU(s)")
+    fits = int(gpus // gpw) if gpw > 0 else int(cpus // cpw)
+    workers = opts.workers or max(1, fits)
+    if workers > fits:
+        log.warning("%d workers requested, %d fit the cluster now: the others start when resources free up", workers, fits)
+    return workers, gpw, cpw
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+class _Dispatcher:
+    """The driver's loop: hand out batches, collect results, retry units of dead workers."""
+
+    def __init__(self, ray, job: ScoreJob, plan: Plan, opts: RayOptions, shape: tuple[int, float, int]):
+        self.ray, self.job, self.opts = ray, job, opts
+        self.n_workers, self.gpw, self.cpw = shape
+        self.remote_cls = ray.remote(ScoreWorker)
+        self.queue: collections.deque[list[tuple]] = collections.deque()
+        self.remaining: dict[str, int] = collections.Counter(u.source for u in plan.pending)
+        self.units_total = len(plan.pending)
+        self.units_done = 0
+        self.docs = self.tokens = 0
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.retries: list[dict[str, Any]] = []
+        self.failed: list[str] = []
+        self.workers: dict[Any, dict[str, Any]] = {}  # actor -> {"ready": bool, "busy": int, "pid", "host"}
+        self.inflight: dict[Any, tuple[Any, str, list[tuple]]] = {}  # ref -> (actor, kind, items)
+        self.started = self.lost = 0
+        self.replacements_left = opts.replacement_budget if opts.replacement_budget is not None else self.n_workers * (opts.max_unit_retries + 1)
+        kill_driver = os.environ.get(TEST_KILL_DRIVER_ENV)
+        self.kill_driver_after = int(kill_driver) if kill_driver else None
+        self._batch(plan)
+
+    def _batch(self, plan: Plan) -> None:
+        """Pending units in plan order: a unit of a split file alone (its file is assembled by a later item),
+        whole small files together up to batch_units / batch_bytes (each assembled right after scoring)."""
+        pending_sources = set(self.remaining)
+        for source in plan.mine:  # all units done in an earlier run, not yet assembled
+            if source not in pending_sources and not self.job.final_path(source).exists():
+                self.queue.append([("assemble", source)])
+        batch: list[tuple] = []
+        size = 0
+        for u in plan.pending:
+            if u.n_parts > 1:
+                self.queue.append([("score", _fields(u), False)])
+                continue
+            batch.append(("score", _fields(u), True))
+            size += (self.job.input_dir / u.source).stat().st_size
+            if len(batch) >= self.opts.batch_units or size >= self.opts.batch_bytes:
+                self.queue.append(batch)
+                batch, size = [], 0
+        if batch:
+            self.queue.append(batch)
+
+    # ---- workers
+    def start_worker(self, kill_at_doc: int | None = None) -> None:
+        actor = self.remote_cls.options(num_cpus=self.cpw, num_gpus=self.gpw, max_restarts=0, max_task_retries=0,
+                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, kill_at_doc)
+        self.workers[actor] = {"ready": False, "busy": 0, "pid": None, "host": None}
+        self.inflight[actor.ready.remote()] = (actor, "ready", [])
+        self.started += 1
+
+    def alive(self) -> int:
+        return len(self.workers)
+
+    def worker_lost(self, actor, why: str) -> None:
+        info = self.workers.pop(actor, None)
+        if info is None:
+            return
+        self.lost += 1
+        log.warning("worker pid %s on %s lost (%s)", info["pid"], info["host"], why)
+        if self.replacements_left > 0 and (self.queue or self.inflight):
+            self.replacements_left -= 1
+            self.start_worker()
+
+    # ---- results
+    def requeue(self, items: list[tuple], why: str) -> None:
+        """Items of a batch whose worker died: what is durably done counts, the rest is retried alone."""
+        for item in items:
+            if item[0] == "score":
+                unit = Unit(*item[1])
+                if self._finished_elsewhere(unit, item[2]):
+                    continue
+                key = unit.name
+            else:
+                if self.job.final_path(item[1]).exists():
+                    continue
+                key = f"assemble {item[1]}"
+            self.attempts[key] += 1
+            if self.attempts[key] > self.opts.max_unit_retries:
+                self.failed.append(key)
+                log.error("%s failed %d times; giving up on it", key, self.attempts[key])
+                continue
+            self.retries.append({"unit": key, "attempt": self.attempts[key], "error": why})
+            self.queue.appendleft([item])
+
+    def _finished_elsewhere(self, unit: Unit, assemble_after: bool) -> bool:
+        """A unit of a failed batch that its worker finished before dying: count it as done."""
+        done = self.job.done_path(unit)
+        if done.exists():
+            self.unit_done(unit, read_json(done))
+            if assemble_after:  # the worker died before or while assembling its file
+                self.queue.appendleft([("assemble", unit.source)])
+            return True
+        final = self.job.final_path(unit.source)
+        if final.exists() and unit.n_parts == 1:
+            self.unit_done(unit, read_json(final))
+            return True
+        return False
+
+    def unit_done(self, unit: Unit, stats: dict[str, Any]) -> None:
+        """Count a done unit; the last unit of a split file queues its assembly (a whole file is assembled
+        by the worker that scored it)."""
+        self.units_done += 1
+        self.docs += stats["records"]
+        self.tokens += stats["tokens"]
+        self.remaining[unit.source] -= 1
+        if self.remaining[unit.source] == 0 and unit.n_parts > 1:
+            self.queue.appendleft([("assemble", unit.source)])
+        if self.kill_driver_after is not None and self.units_done >= self.kill_driver_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: the driver dies mid-run
+
+    def handle(self, ref) -> None:
+        actor, kind, items = self.inflight.pop(ref)
+        exceptions = self.ray.exceptions
+        try:
+            result = self.ray.get(ref)
+        except exceptions.RayTaskError as exc:  # an exception inside the worker: the job stops with it
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, (ScalingFilterError, OSError)):
+                raise cause from None
+            raise
+        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError) as exc:
+            why = type(exc).__name__
+            self.worker_lost(actor, why)
+            self.requeue(items, why)
+            return
+        info = self.workers.get(actor)
+        if kind == "ready":
+            if info is not None:
+                info.update(ready=True, pid=result[0], host=result[1])
+                log.info("worker pid %d on %s ready", result[0], result[1])
+            return
+        if info is not None:
+            info["busy"] -= 1
+        units = {item[1][0:2]: Unit(*item[1]) for item in items if item[0] == "score"}
+        for entry in result:
+            if entry[0] == "unit":
+                source, part = entry[1].rsplit("#", 1)
+                self.unit_done(units[(source, int(part))], entry[2])
+
+    # ---- the loop
+    def run(self, bar) -> None:
+        ray = self.ray
+        kill_at = os.environ.get(TEST_KILL_WORKER_ENV)
+        for i in range(self.n_workers):
+            self.start_worker(int(kill_at) if (kill_at and i == 0) else None)
+        while self.queue or any(kind != "ready" for _, kind, _ in self.inflight.values()):
+            self.fill()
+            if not self.workers:
+                break  # every worker died and none may be started: what is left is reported as failed
+            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+            if ready:
+                ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
+            for ref in ready:
+                self.handle(ref)
+            bar.update(self.units_done - bar.n)
+            elapsed = max(time.time() - self.t0, 1e-9)
+            bar.set_postfix_str(f"{self.docs / elapsed:,.0f} doc/s, {self.tokens / elapsed:,.0f} tok/s, "
+                                f"workers {sum(w['ready'] for w in self.workers.values())}/{self.n_workers}", refresh=False)
+        for batch in self.queue:
+            self.failed.extend(Unit(*i[1]).name if i[0] == "score" else f"assemble {i[1]}" for i in batch)
+        if self.queue:
+            log.error("no workers left: %d item(s) not done", sum(len(b) for b in self.queue))
+        self.queue.clear()
+
+    def fill(self) -> None:
+        """Give every ready worker up to in_flight_per_worker batches."""
+        for actor, info in self.workers.items():
+            while info["ready"] and info["busy"] < self.opts.in_flight_per_worker and self.queue:
+                items = self.queue.popleft()
+                self.inflight[actor.run.remote(items)] = (actor, "run", items)
+                info["busy"] += 1
+
+
+def _fields(u: Unit) -> tuple:
+    return (u.source, u.part, u.n_parts, u.start, u.stop)
+
+
+def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
+    """Run the score job on Ray (see the module docstring); returns the summary."""
+    from scalingfilter.errors import require
+
+    ray = require("ray", "ray", "--engine ray")
+    from tqdm import tqdm
+
+    t0 = time.time()
+    job = ScoreJob(cfg)
+    with JobLock(cfg.output_dir, "score", job.lock_name):
+        plan = job.prepare()
+        started_ray = connect(ray, opts)
+        try:
+            shape = worker_shape(ray.cluster_resources(), opts)
+            dispatcher = _Dispatcher(ray, job, plan, opts, shape)
+            dispatcher.t0 = time.time()
+            bar = tqdm(desc="scoring units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
+                       dynamic_ncols=True, mininterval=1.0, smoothing=0)
+            try:
+                dispatcher.run(bar)
+            finally:
+                bar.close()
+                for actor in list(dispatcher.workers):
+                    ray.kill(actor)
+            dispatch_s = time.time() - dispatcher.t0
+        finally:
+            if started_ray:
+                ray.shutdown()
+        extra = {
+            "engine": "ray", "ray_address": opts.address or "local", "workers": shape[0], "gpus_per_worker": shape[1],
+            "cpus_per_worker": shape[2], "workers_started": dispatcher.started, "workers_lost": dispatcher.lost,
+            "units_this_run": dispatcher.units_total, "units_done_this_run": dispatcher.units_done,
+            "units_per_s": round(dispatcher.units_done / dispatch_s, 2) if dispatch_s > 0 else None,
+            "unit_retries": dispatcher.retries, "failed_units": dispatcher.failed,
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        summary = job.summarise(plan, time.time() - t0, [dispatcher.docs, dispatcher.tokens], shape[0], extra)
+        if dispatcher.failed:
+            write_json_atomic(job.state / FAILED_SUMMARY_NAME, summary)
+        else:
+            (job.state / FAILED_SUMMARY_NAME).unlink(missing_ok=True)
+            write_json_atomic(job.out / job.summary_name, summary)
+        return summary
