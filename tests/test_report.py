@@ -172,13 +172,24 @@ def test_distilled_figure_and_spearman(scored, plain_report):
 
 
 def test_no_distilled_figure_without_the_field(tmp_path):
+    """Also: record text is escaped in the page, and a scored directory changed after scoring is pointed out."""
     root = tmp_path / "plain"
     root.mkdir()
     records = make_scored_dir(root, n_per_file=(40, 30, 30))
+    for r in records[:40]:
+        r["text"] = "<script>alert('x')</script> & more"
+    write_records(root / "a.jsonl", records[:40])
     write_summary(root, records, rejected=0)
-    stats = build_report(root, tmp_path / "r", n_examples=1)
+    stats = build_report(root, tmp_path / "r", n_examples=50)
+    check_report(tmp_path / "r")
     assert "quality_factor_vs_distilled.png" not in stats["figures"] and "distilled" not in stats
-    assert stats["counts"]["rejected"] == 0
+    assert stats["counts"]["rejected"] == 0 and stats["warnings"] == []
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html
+    write_records(root / "a.jsonl", records[:39])  # a line lost after scoring
+    stats = build_report(root, tmp_path / "r2", n_examples=0)
+    assert len(stats["warnings"]) == 1 and "the scored files hold 99" in stats["warnings"][0]
+    assert "were they changed after scoring?" in (tmp_path / "r2" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("method", ["top-k", "perplexity-gating"])

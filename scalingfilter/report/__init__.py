@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import write_bytes_atomic, write_json_atomic
-from .data import Corpus, fetch_texts, read_corpus, read_score_summary, read_selection, rejected_count
+from .data import Corpus, fetch_texts, read_corpus, read_score_summary, read_selection, rejected_count, summary_mismatch
 from .figures import Plot, make_figures
 from .page import render_page
 from .stats import (corpus_stats, group_stats, pick_examples, pick_gate_examples, pick_group_examples, selection_summary,
@@ -106,7 +106,9 @@ def build_report(
     stats["group_examples"] = {g: _without_text(rows) for g, rows in group_rows.items()}
 
     write_json_atomic(out / STATS_NAME, stats)
-    page = render_page(stats, figures, examples, group_rows, list(notes or []))
+    mismatch = summary_mismatch(summary, corpus)
+    stats["warnings"] = [mismatch] if mismatch else []
+    page = render_page(stats, figures, examples, group_rows, [*stats["warnings"], *(notes or [])])
     write_bytes_atomic(out / REPORT_NAME, page.encode("utf-8"))
     return stats
 

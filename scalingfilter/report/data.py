@@ -65,6 +65,16 @@ def rejected_count(summary: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def summary_mismatch(summary: dict[str, Any], corpus: "Corpus") -> str | None:
+    """A note when the scored files no longer hold what `score` wrote (records - rejected lines), e.g. files
+    edited or replaced after scoring; None when they agree or the summary does not say."""
+    documents, rejected = summary.get("documents"), rejected_count(summary)
+    if not isinstance(documents, int) or rejected is None or documents - rejected == corpus.n:
+        return None
+    return (f"{SUMMARY_NAME} says score wrote {documents - rejected:,} records ({documents:,} read, {rejected:,} rejected), "
+            f"but the scored files hold {corpus.n:,}: were they changed after scoring?")
+
+
 def read_selection(selected_dir: Path) -> dict[str, Any]:
     """The keep mask and manifest of a finished `select` run ({'kept', 'files', 'file_counts', 'manifest', ...})."""
     if not selected_dir.is_dir():
