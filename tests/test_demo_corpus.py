@@ -84,17 +84,18 @@ def test_demo_end_to_end(tiny_pair_dir, tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit):
-        cli_main(["demo", "--output-dir", str(foreign), "--pair", str(tiny_pair_dir)])
+    assert cli_main(["demo", "--output-dir", str(foreign), "--pair", str(tiny_pair_dir)]) == 2
     assert (foreign / "keep.txt").read_text() == "mine"
 
 
 def test_demo_without_bundled_pair_says_so(tmp_path, monkeypatch, capsys):
-    from scalingfilter.commands.demo import resolve_pair
+    import scalingfilter.bundled
+    from scalingfilter.demo import resolve_demo_pair
 
-    monkeypatch.setitem(sys.modules, "scalingfilter.bundled", None)  # import fails: no bundled pair
+    monkeypatch.setattr(scalingfilter.bundled, "bundled_pair_dir", lambda: None)  # an installation without the pair
     texts = [d["text"] for d in collect_demo_documents(20, seed=0)]
-    pair, warning = resolve_pair("bundled", tmp_path, texts, 64)
+    say = lambda m: print(m)  # noqa: E731
+    pair, warning = resolve_demo_pair("bundled", tmp_path, texts, 64, say)
     assert Path(pair, "small").is_dir() and Path(pair, "large").is_dir()
     assert "RANDOMLY INITIALISED" in warning and "RANDOMLY INITIALISED" in capsys.readouterr().out
-    assert resolve_pair("/some/dir", tmp_path, texts, 64) == ("/some/dir", None)
+    assert resolve_demo_pair("/some/dir", tmp_path, texts, 64, say) == ("/some/dir", None)
