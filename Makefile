@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(BIN)/scalingfilter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ demo: $(BIN)/scalingfilter
 	$(BIN)/scalingfilter demo --output-dir $(DEMO_DIR)
 
 test: $(BIN)/scalingfilter
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: $(BIN)/scalingfilter
 	$(BIN)/python benchmarks/bench_score.py
+
+docs:  # README.md and BENCHMARKS.md are built from docs/ (tests/test_docs.py fails when they drift)
+	$(PYTHON) scripts/build_docs.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
