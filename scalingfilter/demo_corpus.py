@@ -123,7 +123,7 @@ def pydoc_topics(min_chars: int, max_chars: int) -> list[dict]:
     """The help topics of `pydoc_data` (the language reference text `help('if')` shows)."""
     try:
         from pydoc_data.topics import topics
-    except ImportError:
+    except ImportError:  # not a declared dependency: some distributions' Pythons leave pydoc_data out
         return []
     out = []
     for name in sorted(topics):
