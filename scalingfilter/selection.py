@@ -189,10 +189,6 @@ class ScoreTable:
     def scored(self) -> np.ndarray:
         return ~np.isnan(self.score)
 
-    @property
-    def quality_factor(self) -> np.ndarray:  # the name before --score-field existed
-        return self.score
-
 
 class _Grow:
     """A growable numpy array (amortised doubling) so pass 1 never holds Python lists of floats."""
@@ -752,8 +748,9 @@ def build_manifest(cfg: SelectConfig, table: ScoreTable, mask: np.ndarray, bound
 def _check_fields_present(table: ScoreTable) -> None:
     for name, n in table.with_field.items():
         if table.n and n == 0:
-            raise SelectionError(f"no document of {table.root!r} has the field {name!r}; choose another --score-field "
-                                 f"(default {DEFAULT_SCORE_FIELD!r})")
+            hint = ("perplexity-gating needs it" if name == GATE_FIELD and name != table.score_field
+                    else f"choose another --score-field (default {DEFAULT_SCORE_FIELD!r})")
+            raise SelectionError(f"no document of {table.root!r} has the field {name!r}; {hint}")
 
 
 def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, config: SelectConfig | None = None, **options: Any) -> dict[str, Any]:
