@@ -113,7 +113,7 @@ class ScoreWorker:
                 if item[2]:
                     self.job.assemble(unit.source)
                     done.append(("assembled", unit.source))
-            else:
+            elif not self.job.final_path(item[1]).exists():  # a retried assembly may have finished before its worker died
                 self.job.assemble(item[1])
                 done.append(("assembled", item[1]))
         return done
@@ -242,8 +242,13 @@ class _Dispatcher:
             self.start_worker()
 
     # ---- results
-    def requeue(self, items: list[tuple], why: str) -> None:
-        """Items of a batch whose worker died: what is durably done counts, the rest is retried alone."""
+    def requeue(self, items: list[tuple], why: str, charge: bool) -> None:
+        """Items of a batch whose worker died. What it finished counts as done; with `charge` (the batch it
+        was working on) the first unfinished item (a worker takes items in order) is charged an attempt and
+        retried alone, up to max_unit_retries; the other items go back to the queue as they were."""
+        front: list[list[tuple]] = []
+        rest: list[tuple] = []
+        charged = not charge
         for item in items:
             if item[0] == "score":
                 unit = Unit(*item[1])
@@ -254,25 +259,32 @@ class _Dispatcher:
                 if self.job.final_path(item[1]).exists():
                     continue
                 key = f"assemble {item[1]}"
+            if charged:
+                rest.append(item)
+                continue
+            charged = True
             self.attempts[key] += 1
             if self.attempts[key] > self.opts.max_unit_retries:
                 self.failed.append(key)
-                log.error("%s failed %d times; giving up on it", key, self.attempts[key])
+                log.error("%s: its worker died %d times; giving up on it (rerun the same command to retry)", key, self.attempts[key])
                 continue
             self.retries.append({"unit": key, "attempt": self.attempts[key], "error": why})
-            self.queue.appendleft([item])
+            front.append([item])
+        if rest:
+            front.append(rest)
+        self.queue.extendleft(reversed(front))
 
     def _finished_elsewhere(self, unit: Unit, assemble_after: bool) -> bool:
         """A unit of a failed batch that its worker finished before dying: count it as done."""
+        final = self.job.final_path(unit.source)
+        if final.exists() and unit.n_parts == 1:  # scored and assembled
+            self.unit_done(unit, read_json(final))
+            return True
         done = self.job.done_path(unit)
         if done.exists():
             self.unit_done(unit, read_json(done))
             if assemble_after:  # the worker died before or while assembling its file
                 self.queue.appendleft([("assemble", unit.source)])
-            return True
-        final = self.job.final_path(unit.source)
-        if final.exists() and unit.n_parts == 1:
-            self.unit_done(unit, read_json(final))
             return True
         return False
 
@@ -289,7 +301,7 @@ class _Dispatcher:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook: the driver dies mid-run
 
     def handle(self, ref) -> None:
-        actor, kind, items = self.inflight.pop(ref)
+        actor, kind, items = self.inflight[ref]
         exceptions = self.ray.exceptions
         try:
             result = self.ray.get(ref)
@@ -300,9 +312,14 @@ class _Dispatcher:
             raise
         except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError) as exc:
             why = type(exc).__name__
+            # all its calls failed: the oldest (the dict keeps submission order) was running and is charged
+            # an attempt, the others were waiting
+            batches = [self.inflight.pop(r)[2] for r, (a, _, _) in list(self.inflight.items()) if a is actor]
+            for i, batch in enumerate(batches):
+                self.requeue(batch, why, charge=(i == 0))
             self.worker_lost(actor, why)
-            self.requeue(items, why)
             return
+        del self.inflight[ref]
         info = self.workers.get(actor)
         if kind == "ready":
             if info is not None:
@@ -331,7 +348,8 @@ class _Dispatcher:
             if ready:
                 ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
             for ref in ready:
-                self.handle(ref)
+                if ref in self.inflight:  # not already failed with its dead worker's other calls
+                    self.handle(ref)
             bar.update(self.units_done - bar.n)
             elapsed = max(time.time() - self.t0, 1e-9)
             bar.set_postfix_str(f"{self.docs / elapsed:,.0f} doc/s, {self.tokens / elapsed:,.0f} tok/s, "

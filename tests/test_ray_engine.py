@@ -1,0 +1,196 @@
+"""The Ray engine (`score --engine ray`): same bytes as the local engine, crashes of a worker (mid-unit) and
+of the driver, a unit that keeps failing, and the one-line errors.
+
+One local Ray instance (2 CPUs) serves the whole module: the in-process tests drive it directly, the
+subprocess tests join it by address. Crashes are deterministic hooks (ray_engine's
+SCALINGFILTER_TEST_KILL_WORKER_AT_DOC / SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS), and each test checks
+that its crash landed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")  # CI installs the dev extra
+
+from scalingfilter.engines.ray_engine import TEST_KILL_DRIVER_ENV, TEST_KILL_WORKER_ENV, RayOptions, score_with_ray, worker_shape  # noqa: E402
+from scalingfilter.errors import RejectedRecordError, UsageError  # noqa: E402
+from scalingfilter.pipeline import TEST_SCORER_ENV, ScoreConfig, score_corpus  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+IGNORED = {"summary.json", "lock"}  # times and the lock holder differ between runs; everything else must not
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def write_corpus(root: Path, bad: bool = True) -> None:
+    """Several files in several formats, one big enough to be split into units, some bad records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "sub").mkdir(parents=True)
+    for f in range(6):
+        lines = [json.dumps({"id": i, "text": f"file {f} document {i} " + "word " * (i % 9)}) for i in range(30)]
+        if bad and f == 2:
+            lines.insert(5, "{not json")
+            lines.insert(9, json.dumps({"id": "no text"}))
+        (root / "sub" / f"part{f}.jsonl").write_text("\n".join(lines) + "\n")
+    with gzip.open(root / "g.jsonl.gz", "wt") as fh:
+        fh.writelines(json.dumps({"id": i, "raw_content": f"gz doc {i} " * 3}) + "\n" for i in range(25))
+    pq.write_table(pa.Table.from_pylist([{"id": i, "text": f"parquet row {i}"} for i in range(40)]), root / "t.parquet", row_group_size=9)
+    (root / "big.jsonl").write_text("".join(json.dumps({"id": i, "text": f"big {i} " + "x " * (i % 13)}) + "\n" for i in range(400)))
+
+
+SPLIT = dict(split_bytes=2000, unit_docs=90)  # big.jsonl (and the parquet file) are split into units
+
+
+def tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name not in IGNORED}
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    ta, tb = tree(a), tree(b)
+    assert sorted(ta) == sorted(tb)
+    assert [k for k in ta if ta[k] != tb[k]] == []
+
+
+def output_ids(out: Path, rel: str) -> list:
+    return [json.loads(line)["id"] for line in (out / rel).read_text().splitlines()]
+
+
+def test_ray_output_equals_local_byte_for_byte(tmp_path, ray_address, tiny_pair_dir):
+    write_corpus(tmp_path / "in")
+    options = dict(pair=str(tiny_pair_dir), max_len=32, show_progress=False, **SPLIT)
+    local = score_corpus(tmp_path / "in", tmp_path / "local", **options)
+    summary = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), **options), RayOptions(workers=2))
+    assert summary["failed_units"] == [] and summary["workers"] == 2 and summary["unit_retries"] == []
+    assert summary["units_this_run"] == 5 + 1 + 6 + 1  # big.jsonl: 400 records in units of 90; the parquet file, 6 small files, the gzip file
+    for k in ("documents", "scored", "rejected", "tokens", "files_done"):
+        assert summary[k] == local[k], k
+    assert local["rejected"] == 2 and summary["documents"] == 6 * 30 + 2 + 25 + 40 + 400
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
+    assert (tmp_path / "ray" / "summary.json").exists()
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text())["engine"] == "ray"
+
+
+def test_worker_killed_mid_unit_is_retried_elsewhere(tmp_path, ray_address, monkeypatch):
+    write_corpus(tmp_path / "in", bad=False)
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    monkeypatch.setenv(TEST_KILL_WORKER_ENV, "7")  # the first worker dies after writing 7 records of its first unit
+    summary = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, **SPLIT), RayOptions(workers=2))
+    # the crash landed: one worker lost, one unit retried once, and it had more than 7 records
+    assert summary["workers_lost"] == 1 and summary["workers_started"] == 3
+    assert len(summary["unit_retries"]) == 1 and summary["unit_retries"][0]["attempt"] == 1
+    assert "Actor" in summary["unit_retries"][0]["error"]
+    assert summary["failed_units"] == []
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
+    ids = output_ids(tmp_path / "ray", "big.jsonl")
+    assert ids == list(range(400))  # nothing dropped, nothing duplicated
+    assert not list((tmp_path / "ray" / ".scalingfilter" / "parts").rglob("*"))  # no temporary left behind
+
+
+def test_unit_that_keeps_failing_is_reported_and_a_rerun_finishes(tmp_path, ray_address, monkeypatch):
+    write_corpus(tmp_path / "in", bad=False)
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    monkeypatch.setenv(TEST_KILL_WORKER_ENV, "3")
+    cfg = ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, **SPLIT)
+    summary = score_with_ray(cfg, RayOptions(workers=2, max_unit_retries=0))
+    assert len(summary["failed_units"]) == 1 and summary["unit_retries"] == []
+    failed = summary["failed_units"][0]
+    assert "#" in failed and summary["files_done"] == summary["files"] - 1
+    assert not (tmp_path / "ray" / "summary.json").exists()  # unfinished: downstream stages refuse it
+    assert (tmp_path / "ray" / ".scalingfilter" / "summary.incomplete.json").exists()
+    monkeypatch.delenv(TEST_KILL_WORKER_ENV)
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    rerun = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, **SPLIT), RayOptions(workers=2))
+    assert rerun["failed_units"] == [] and rerun["units_this_run"] == 1
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
+
+
+def test_driver_killed_then_local_engine_finishes(tmp_path, ray_address, monkeypatch):
+    write_corpus(tmp_path / "in")
+    env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TEST_KILL_DRIVER_ENV: "4"})
+    args = ["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "ray"), "--split-bytes", "2000",
+            "--unit-docs", "90", "--engine", "ray", "--ray-address", ray_address, "--workers", "2", "--no-progress"]
+    proc = subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # the hook killed the driver
+    state = tmp_path / "ray" / ".scalingfilter"
+    assert len(list((state / "done").glob("*.json"))) + len(list((state / "final").glob("*.json"))) >= 1
+    assert not (tmp_path / "ray" / "summary.json").exists()
+    # Ray stops the dead driver's workers; wait for that so nothing writes beside the next run
+    pids = [int(p) for p in re.findall(r"worker pid (\d+) on", proc.stderr)]
+    assert pids, proc.stderr[-2000:]
+    deadline = time.time() + 30
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    finished = score_corpus(tmp_path / "in", tmp_path / "ray", show_progress=False, **SPLIT)
+    assert finished["files_done"] == finished["files"] and finished["documents_this_run"] < finished["documents"]
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
+
+
+def test_strict_mode_error_stops_the_job_with_its_message(tmp_path, ray_address, monkeypatch):
+    write_corpus(tmp_path / "in")
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    with pytest.raises(RejectedRecordError, match="part2.jsonl line 6"):
+        score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, strict=True, **SPLIT), RayOptions(workers=2))
+
+
+def test_worker_shape_from_the_cluster():
+    assert worker_shape({"CPU": 8}, RayOptions()) == (8, 0.0, 1)
+    assert worker_shape({"CPU": 64, "GPU": 8}, RayOptions()) == (8, 1.0, 1)
+    assert worker_shape({"CPU": 64, "GPU": 8}, RayOptions(gpus_per_worker=0.5, cpus_per_worker=4)) == (16, 0.5, 4)
+    assert worker_shape({"CPU": 8}, RayOptions(cpus_per_worker=3, workers=5)) == (5, 0.0, 3)
+    with pytest.raises(UsageError, match="has 0 GPU"):
+        worker_shape({"CPU": 8}, RayOptions(gpus_per_worker=1))
+    with pytest.raises(UsageError, match="has 8 CPU"):
+        worker_shape({"CPU": 8}, RayOptions(cpus_per_worker=9))
+
+
+def run_cli(args, env=None, timeout=60):
+    e = dict(os.environ, **{TEST_SCORER_ENV: "fixed"}, **(env or {}))
+    return subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def test_unreachable_address_is_one_line_within_30_s(tmp_path):
+    write_corpus(tmp_path / "in", bad=False)
+    t0 = time.time()
+    proc = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray",
+                    "--ray-address", "127.0.0.1:9"])  # the discard port: nothing listens there
+    assert time.time() - t0 < 30
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "cannot reach the Ray cluster at 127.0.0.1:9" in errors[0]
+
+
+def test_engine_ray_without_ray_installed_names_the_extra(tmp_path):
+    write_corpus(tmp_path / "in", bad=False)
+    blocker = tmp_path / "noray"
+    blocker.mkdir()
+    (blocker / "ray.py").write_text("raise ImportError('No module named ray (blocked by the test)')\n")
+    proc = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray"],
+                   env={"PYTHONPATH": str(blocker)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pip install 'scalingfilter[ray]'" in proc.stderr or 'pip install "scalingfilter[ray]"' in proc.stderr, proc.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
