@@ -1,0 +1,623 @@
+"""Distil the quality factor into a fastText classifier, and score a corpus with it at CPU speed.
+
+Stages and their invariants:
+
+* Labels (`label_pool`): from the quality factor over the WHOLE scored corpus, never a sample of it.
+  `top-k`: the global top KEEP fraction by quality factor is `__label__keep`, the rest `__label__drop`
+  (ties broken by corpus position, as `select --method top-k` breaks them). `tails`: the top and
+  bottom thirds only; the middle third is left out of training (and counted). Documents without a
+  usable score (unscorable, rejected upstream, null or NaN) are left out and counted by reason.
+  The keep DECISION that agreement is measured against is always the top-k one at KEEP.
+* Held-out split: by a seeded hash of the document's normalised text (`doc_hash`), so a document and
+  its exact duplicates land on the same side; held-out documents are never trained on. `--max-docs`
+  takes the documents with the smallest values of a second seeded hash: the same sample on every run.
+* Normalisation (`normalise`), identical at training and prediction time and recorded in the card:
+  `whitespace` = every run of fastText's own separators (space, \\n, \\t, \\v, \\f, \\r, NUL) becomes one
+  space, ends stripped; nothing else changes (case, punctuation, Unicode are kept). fastText would
+  split on these characters anyway, except that it reads \\n as an end-of-sentence token: so a model
+  trained this way gives the same tokens under datatrove's `FastTextClassifierFilter(...,
+  newline_replacement=" ")`. `lower` also lowercases and puts spaces around punctuation (not
+  datatrove-compatible). A `max_chars` prefix limit (cut back to a word boundary) is applied after.
+* Training file: written in the order of a seeded hash (a shuffle fastText needs, since its learning
+  rate decays along the file), through bucket files so that memory stays bounded.
+* Output: MODEL/model.bin (fastText's own format) and MODEL/card.json, each written atomically; the
+  card carries the SHA-256 of model.bin, so `classify` refuses a model that does not match its card.
+* `FastTextScorer` (the `classify` scorer): P(keep) = the probability fastText's `predict(text, k=-1)`
+  gives `__label__keep`, capped at 1 (fastText adds 1e-5 before its log), for every record, in order.
+  A record whose normalised text is empty gets `qf_distilled` null and `distill_error` "empty text".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from scalingfilter.errors import InputError, ModelLoadError, UsageError, require
+from scalingfilter.schema import SUMMARY_NAME
+
+LABEL_KEEP = "__label__keep"
+LABEL_DROP = "__label__drop"
+LABEL_MODES = ("top-k", "tails")
+MODEL_NAME = "model.bin"
+CARD_NAME = "card.json"
+CARD_FORMAT = "scalingfilter-distill/1"
+OUTPUT_FIELD = "qf_distilled"
+ERROR_FIELD = "distill_error"
+OUTPUT_FIELDS = {OUTPUT_FIELD: "float64", ERROR_FIELD: "string"}
+MIN_TRAIN_PER_LABEL = 2
+MIN_HELDOUT = 4
+EXTRA = "distill"
+
+# fastText's word separators (Dictionary::readWord); \n is also its end-of-sentence token
+_FASTTEXT_SPACE = re.compile(r"[ \t\n\v\f\r\x00]+")
+_PUNCT = re.compile(r"([^\w\s])")
+
+
+def _normalise_whitespace(text: str) -> str:
+    return _FASTTEXT_SPACE.sub(" ", text).strip(" ")
+
+
+def _normalise_lower(text: str) -> str:
+    return _normalise_whitespace(_PUNCT.sub(r" \1 ", text.lower()))
+
+
+NORMALISERS: dict[str, Callable[[str], str]] = {"whitespace": _normalise_whitespace, "lower": _normalise_lower}
+
+
+def normalise(text: str, mode: str = "whitespace", max_chars: int | None = None) -> str:
+    """The text fastText sees, at training and at prediction time (see the module docstring)."""
+    return cut_prefix(NORMALISERS[mode](text), max_chars)
+
+
+def cut_prefix(text: str, max_chars: int | None) -> str:
+    """The first `max_chars` characters of a normalised text, cut back to a word boundary where there is one."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cut = text.rfind(" ", 0, max_chars + 1)
+    return text[: cut if cut > 0 else max_chars]
+
+
+def _hash64(seed: int, salt: bytes, text: str) -> int:
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=f"{seed}".encode() + salt)
+    return int.from_bytes(h.digest(), "big")
+
+
+def doc_hash(text: str, seed: int) -> int:
+    """The held-out split's hash of a normalised text (uniform on [0, 2^64))."""
+    return _hash64(seed, b"heldout", text)
+
+
+def sample_hash(text: str, seed: int) -> int:
+    """The --max-docs sample's hash (independent of the split's)."""
+    return _hash64(seed, b"sample", text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Labels
+
+
+@dataclass
+class DistillSettings:
+    keep: float = 0.7
+    labels: str = "top-k"
+    max_docs: int | None = None
+    heldout: float = 0.1
+    seed: int = 0
+    text_field: str = "text"
+    normalisation: str = "whitespace"
+    max_chars: int | None = None
+    # fastText's own options (its names)
+    dim: int = 64
+    epoch: int = 5
+    lr: float = 0.1
+    word_ngrams: int = 2
+    min_count: int = 1
+    bucket: int = 2_000_000
+    minn: int = 0
+    maxn: int = 0
+    threads: int | None = None  # None: every core this process may use
+
+    def validate(self) -> None:
+        if not 0 < self.keep < 1:
+            raise UsageError(f"--keep must be in (0, 1) (got {self.keep})")
+        if not 0 < self.heldout < 1:
+            raise UsageError(f"--heldout must be in (0, 1) (got {self.heldout})")
+        if self.labels not in LABEL_MODES:
+            raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)} (got {self.labels!r})")
+        if self.normalisation not in NORMALISERS:
+            raise UsageError(f"--normalise must be one of {', '.join(NORMALISERS)} (got {self.normalisation!r})")
+        if self.maxn and self.minn > self.maxn:
+            raise UsageError(f"--minn ({self.minn}) must not exceed --maxn ({self.maxn})")
+
+    def fasttext_args(self) -> dict[str, Any]:
+        return {"dim": self.dim, "epoch": self.epoch, "lr": self.lr, "wordNgrams": self.word_ngrams, "minCount": self.min_count,
+                "bucket": self.bucket, "minn": self.minn, "maxn": self.maxn, "loss": "softmax", "seed": self.seed}
+
+
+def top_k_decision(qf: np.ndarray, keep: float) -> tuple[np.ndarray, float]:
+    """(keep mask over the scored positions of `qf` (NaN = unscored), the lowest kept quality factor):
+    the top round(keep x scored) documents, ties broken by corpus position (earlier first)."""
+    scored = np.flatnonzero(~np.isnan(qf))
+    k = int(math.floor(keep * len(scored) + 0.5))
+    order = scored[np.lexsort((scored, -qf[scored]))]  # descending QF, then position
+    mask = np.zeros(len(qf), dtype=bool)
+    mask[order[:k]] = True
+    return mask, (float(qf[order[k - 1]]) if k else math.inf)
+
+
+def tails_labels(qf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top third mask, bottom third mask) over the scored positions of `qf`."""
+    scored = np.flatnonzero(~np.isnan(qf))
+    order = scored[np.lexsort((scored, -qf[scored]))]
+    third = len(order) // 3
+    top, bottom = np.zeros(len(qf), dtype=bool), np.zeros(len(qf), dtype=bool)
+    top[order[:third]] = True
+    bottom[order[len(order) - third:]] = True
+    return top, bottom
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a scored directory
+
+
+def check_scored_dir(scored_dir: str | os.PathLike) -> dict[str, Any]:
+    """The summary of a finished `scalingfilter score` output directory, or a one-line InputError."""
+    from scalingfilter.storage import read_json
+
+    root = Path(scored_dir)
+    if not root.is_dir():
+        raise InputError(f"{str(root)!r} is not a directory")
+    summary_path = root / SUMMARY_NAME
+    if not summary_path.is_file():
+        raise InputError(f"{str(root)!r} has no {SUMMARY_NAME}: it was never scored, or scoring has not finished "
+                         f"(run `scalingfilter score --output-dir {root}` to the end first)")
+    try:
+        summary = read_json(summary_path)
+    except ValueError as exc:
+        raise InputError(f"{summary_path} is not valid JSON ({exc}); rerun `scalingfilter score` on it") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"{summary_path} is not a score summary")
+    return summary
+
+
+@dataclass
+class Pool:
+    """Pass 1 over a scored directory: one entry per record, in corpus order."""
+
+    files: list[str]
+    qf: np.ndarray  # float64, NaN where unscored
+    split_hash: np.ndarray  # uint64, of the normalised text (0 where unscored)
+    sample_hash: np.ndarray  # uint64
+    chars: np.ndarray  # int64, length of the raw text
+    unscored: Counter = field(default_factory=Counter)
+
+
+def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
+    from scalingfilter.documents import find_scored_files
+    from scalingfilter.selection import _reason_class, iter_scored, score_problem
+
+    files = find_scored_files(scored_dir)
+    if not files:
+        raise InputError(f"no scored data files under {str(scored_dir)!r} (expected the output directory of `scalingfilter score`)")
+    qf, h1, h2, chars = [], [], [], []
+    reasons: Counter = Counter()
+    for _fi, _rel, rec in iter_scored(scored_dir, files):
+        problem = score_problem(rec.data, rec.error)
+        text = None
+        if problem is None:
+            text = rec.data.get(s.text_field) if s.text_field in rec.data else rec.text
+            if not isinstance(text, str):
+                problem = f"no text in field {s.text_field!r}"
+        if problem is None:
+            norm = normalise(text, s.normalisation, s.max_chars)
+            if not norm:
+                problem = "empty text"
+        if problem is not None:
+            reasons[_reason_class(problem)] += 1
+            qf.append(math.nan), h1.append(0), h2.append(0), chars.append(0)
+            continue
+        value = float(rec.data["quality_factor"])
+        qf.append(value if value > 0 else math.nan)
+        if not value > 0:
+            reasons["quality_factor is not positive"] += 1
+        h1.append(doc_hash(norm, s.seed)), h2.append(sample_hash(norm, s.seed)), chars.append(len(text))
+    return Pool(files, np.asarray(qf, dtype=np.float64), np.asarray(h1, dtype=np.uint64), np.asarray(h2, dtype=np.uint64),
+                np.asarray(chars, dtype=np.int64), reasons)
+
+
+def iter_pool_texts(scored_dir: str | os.PathLike, files: list[str], s: DistillSettings) -> Iterator[tuple[int, str | None]]:
+    """Pass 2: (corpus position, normalised text or None) in the order of `read_pool`."""
+    from scalingfilter.selection import iter_scored, score_problem
+
+    for pos, (_fi, _rel, rec) in enumerate(iter_scored(scored_dir, files)):
+        if score_problem(rec.data, rec.error) is not None:
+            yield pos, None
+            continue
+        text = rec.data.get(s.text_field) if s.text_field in rec.data else rec.text
+        yield pos, (normalise(text, s.normalisation, s.max_chars) if isinstance(text, str) else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training and the held-out agreement
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Plan:
+    """Who is trained on, who is held out, and the keep decision."""
+
+    decision: np.ndarray  # bool: top-k keep decision at KEEP (over the whole corpus)
+    threshold: float
+    train_label: np.ndarray  # int8: 1 keep, 0 drop, -1 not trained on
+    heldout: np.ndarray  # bool
+    counts: dict[str, Any]
+
+
+def plan_split(pool: Pool, s: DistillSettings) -> Plan:
+    scored = ~np.isnan(pool.qf)
+    n_scored = int(scored.sum())
+    decision, threshold = top_k_decision(pool.qf, s.keep)
+    in_sample = scored.copy()
+    if s.max_docs is not None and n_scored > s.max_docs:
+        idx = np.flatnonzero(scored)
+        chosen = idx[np.lexsort((idx, pool.sample_hash[idx]))[: s.max_docs]]
+        in_sample[:] = False
+        in_sample[chosen] = True
+    cut = np.uint64(min(int(s.heldout * 2**64), 2**64 - 1))
+    heldout = in_sample & (pool.split_hash < cut)
+    trainable = in_sample & ~heldout
+    label = np.full(len(pool.qf), -1, dtype=np.int8)
+    if s.labels == "top-k":
+        label[trainable & decision] = 1
+        label[trainable & ~decision] = 0
+    else:
+        top, bottom = tails_labels(pool.qf)
+        label[trainable & top] = 1
+        label[trainable & bottom] = 0
+    n_keep, n_drop = int((label == 1).sum()), int((label == 0).sum())
+    counts = {
+        "records": len(pool.qf), "scored": n_scored, "unscored": int(len(pool.qf) - n_scored),
+        "unscored_reasons": dict(pool.unscored.most_common()), "sampled": int(in_sample.sum()),
+        "train": {"keep": n_keep, "drop": n_drop, "keep_fraction": round(n_keep / max(n_keep + n_drop, 1), 4)},
+        "left_out_middle": int((trainable & (label == -1)).sum()), "heldout": int(heldout.sum()),
+    }
+    if n_keep < MIN_TRAIN_PER_LABEL or n_drop < MIN_TRAIN_PER_LABEL or counts["heldout"] < MIN_HELDOUT:
+        raise InputError(
+            f"too few scored documents for the split: {n_scored} scored, {n_keep} keep / {n_drop} drop to train on and "
+            f"{counts['heldout']} held out (need at least {MIN_TRAIN_PER_LABEL} of each label and {MIN_HELDOUT} held out); "
+            f"score more documents, or change --heldout / --keep")
+    return Plan(decision, threshold, label, heldout, counts)
+
+
+def write_training_file(path: Path, scored_dir, pool: Pool, plan: Plan, s: DistillSettings, n_buckets: int = 16) -> list[int]:
+    """The training lines in seeded-hash order (through bucket files: bounded memory); returns the held-out
+    positions in corpus order and writes their texts, one a line, to `path`.heldout."""
+    tmp = path.parent
+    buckets = [open(tmp / f"bucket-{b:02d}.txt", "w", encoding="utf-8") for b in range(n_buckets)]
+    heldout_positions: list[int] = []
+    try:
+        with open(str(path) + ".heldout", "w", encoding="utf-8") as held:
+            for pos, text in iter_pool_texts(scored_dir, pool.files, s):
+                if text is None:
+                    continue
+                if plan.heldout[pos]:
+                    held.write(text + "\n")
+                    heldout_positions.append(pos)
+                elif plan.train_label[pos] >= 0:
+                    h = int(pool.sample_hash[pos])
+                    label = LABEL_KEEP if plan.train_label[pos] == 1 else LABEL_DROP
+                    buckets[h * n_buckets >> 64].write(f"{h:016x} {label} {text}\n")
+    finally:
+        for b in buckets:
+            b.close()
+    with open(path, "w", encoding="utf-8") as out:
+        for b in range(n_buckets):
+            bpath = tmp / f"bucket-{b:02d}.txt"
+            lines = bpath.read_text(encoding="utf-8").splitlines()
+            lines.sort()  # by the hash prefix: a seeded shuffle
+            for line in lines:
+                out.write(line[17:] + "\n")
+            bpath.unlink()
+    return heldout_positions
+
+
+def p_keep(model, texts: list[str]) -> list[float]:
+    """P(__label__keep) for each (normalised, newline-free) text: fastText's predict(k=-1), capped at 1."""
+    if not texts:
+        return []
+    labels, probs = model.predict(texts, k=-1, threshold=0.0)
+    out = []
+    for lab, pr in zip(labels, probs):
+        p = 0.0
+        for name, v in zip(lab, pr):
+            if name == LABEL_KEEP:
+                p = min(float(v), 1.0)
+                break
+        out.append(p)
+    return out
+
+
+def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, chars: np.ndarray | None = None) -> dict[str, Any]:
+    """Agreement of P(keep) with the quality factor on held-out documents."""
+    from scipy.stats import spearmanr
+
+    from scalingfilter.evaluation import auroc
+
+    n = len(p)
+    k = int(math.floor(keep * n + 0.5))
+    idx = np.arange(n)
+    by_p = set(idx[np.lexsort((idx, -p))][:k].tolist())
+    by_qf = set(idx[np.lexsort((idx, -qf))][:k].tolist())
+    out = {
+        "documents": n,
+        "auroc_vs_keep_decision": round(auroc(p, decision), 4) if 0 < decision.sum() < n else None,
+        "spearman_vs_log_qf": round(float(spearmanr(p, np.log(qf)).statistic), 4) if n > 2 else None,
+        "kept_overlap": round(len(by_p & by_qf) / k, 4) if k else None,
+        "kept_overlap_by_chance": round(k / n, 4) if n else None,
+        "keep_decision_fraction": round(float(decision.mean()), 4),
+    }
+    if k:
+        # the P(keep) above which KEEP of these documents lie: the threshold to filter with (datatrove's keep_labels)
+        out["p_keep_threshold_at_keep"] = round(float(np.sort(p)[::-1][k - 1]), 6)
+    if chars is not None and 0 < decision.sum() < n:
+        out["length_baseline_auroc"] = round(auroc(chars.astype(np.float64), decision), 4)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare_model_dir(model_dir: Path, force_overwrite: bool) -> None:
+    for name in (MODEL_NAME, CARD_NAME):
+        if (model_dir / name).exists() and not force_overwrite:
+            raise UsageError(f"{model_dir / name} exists; choose another --output-dir or pass --force-overwrite")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UsageError(f"--output-dir {str(model_dir)!r} is a file")
+
+
+def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, settings: DistillSettings | None = None,
+            force_overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train MODEL_DIR/model.bin on the scored corpus and write MODEL_DIR/card.json; returns the card.
+    Every check that can refuse the run happens before anything is written."""
+    from scalingfilter.storage import JobLock, atomic_path, write_json_atomic
+
+    s = settings or DistillSettings()
+    s.validate()
+    say = log or (lambda _m: None)
+    fasttext = require("fasttext", EXTRA, "scalingfilter distill")
+    scored_dir, model_dir = Path(scored_dir), Path(model_dir)
+    summary = check_scored_dir(scored_dir)
+    prepare_model_dir(model_dir, force_overwrite)
+    t0 = time.time()
+    pool = read_pool(scored_dir, s)
+    plan = plan_split(pool, s)
+    say(f"{plan.counts['scored']} scored documents; training on {plan.counts['train']['keep']} keep / "
+        f"{plan.counts['train']['drop']} drop, {plan.counts['heldout']} held out")
+    t_read = time.time() - t0
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with JobLock(model_dir, "distill"), tempfile.TemporaryDirectory(prefix=".tmp-distill-", dir=model_dir) as work:
+        train_path = Path(work) / "train.txt"
+        held_positions = write_training_file(train_path, scored_dir, pool, plan, s)
+        threads = s.threads or available_cores()
+        t1 = time.time()
+        model = fasttext.train_supervised(input=str(train_path), verbose=0, thread=threads, **s.fasttext_args())
+        t_train = time.time() - t1
+        with open(str(train_path) + ".heldout", encoding="utf-8") as fh:
+            texts = fh.read().splitlines()
+        t2 = time.time()
+        p = np.asarray(p_keep(model, texts), dtype=np.float64)
+        t_pred = time.time() - t2
+        pos = np.asarray(held_positions, dtype=np.int64)
+        heldout = agreement(p, pool.qf[pos], plan.decision[pos], s.keep, pool.chars[pos])
+        with atomic_path(model_dir / MODEL_NAME) as tmp:
+            model.save_model(str(tmp))
+        card = {
+            "format": CARD_FORMAT, "model": MODEL_NAME, "model_sha256": _sha256(model_dir / MODEL_NAME),
+            "output_field": OUTPUT_FIELD, "labels": {"keep": LABEL_KEEP, "drop": LABEL_DROP},
+            "prediction": {"normalisation": s.normalisation, "max_chars": s.max_chars, "text_field": s.text_field,
+                           "score": f"P({LABEL_KEEP}) from fastText predict(k=-1), capped at 1"},
+            "settings": {"keep": s.keep, "labels": s.labels, "max_docs": s.max_docs, "heldout": s.heldout, "seed": s.seed,
+                         "fasttext": {**s.fasttext_args(), "thread": threads}},
+            "source": {"scored_dir": str(scored_dir.resolve()), "score_settings": summary.get("settings")},
+            "documents": plan.counts,
+            "qf_threshold_at_keep": plan.threshold,
+            "heldout_agreement": heldout,
+            "vocabulary_words": len(model.words),
+            "time_s": {"read_and_label": round(t_read, 2), "train": round(t_train, 2), "heldout_predict": round(t_pred, 3),
+                       "total": round(time.time() - t0, 2)},
+            "fasttext_package": _package_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(model_dir / CARD_NAME, card)
+    return card
+
+
+def _package_version() -> str | None:
+    from importlib import metadata
+
+    for name in ("fasttext-community", "fasttext-numpy2-wheel", "fasttext-numpy2", "fasttext"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction: the `classify` scorer
+
+
+def load_card(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """The card of a `distill` output directory, checked against its model.bin; a one-line error if it is not one."""
+    from scalingfilter.storage import read_json
+
+    d = Path(model_dir)
+    card_path, model_path = d / CARD_NAME, d / MODEL_NAME
+    if not d.is_dir():
+        raise ModelLoadError(f"--model {str(d)!r} is not a directory (expected the output directory of `scalingfilter distill`)")
+    if not card_path.is_file() or not model_path.is_file():
+        missing = " and ".join(n for n, p in ((CARD_NAME, card_path), (MODEL_NAME, model_path)) if not p.is_file())
+        raise ModelLoadError(f"--model {str(d)!r} is not a distilled model: no {missing} (make one with `scalingfilter distill`)")
+    try:
+        card = read_json(card_path)
+    except ValueError as exc:
+        raise ModelLoadError(f"{card_path} is not valid JSON ({exc})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ModelLoadError(f"{card_path} is not a distilled model's card (format {CARD_FORMAT!r} expected)")
+    pred = card.get("prediction")
+    if not isinstance(pred, dict) or pred.get("normalisation") not in NORMALISERS:
+        raise ModelLoadError(f"{card_path}: unknown text normalisation {pred and pred.get('normalisation')!r}")
+    mc = pred.get("max_chars")
+    if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
+        raise ModelLoadError(f"{card_path}: max_chars must be a positive integer or null (got {mc!r})")
+    if verify and card.get("model_sha256") != _sha256(model_path):
+        raise ModelLoadError(f"{model_path} does not match {card_path} (SHA-256 differs): the model was replaced or damaged")
+    return card
+
+
+def load_model(model_dir: str | os.PathLike, card: dict[str, Any] | None = None):
+    fasttext = require("fasttext", EXTRA, "scalingfilter classify")
+    card = card or load_card(model_dir)
+    path = Path(model_dir) / MODEL_NAME
+    try:
+        model = fasttext.load_model(str(path))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{path} could not be loaded by fastText: {exc}") from None
+    if LABEL_KEEP not in model.labels:
+        raise ModelLoadError(f"{path} has no {LABEL_KEEP} label (labels: {', '.join(model.labels)})")
+    return model
+
+
+@dataclass
+class DistilledScore:
+    value: float | None
+    error: str | None = None
+    truncated: bool = False
+    n_tokens: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {OUTPUT_FIELD: self.value if self.error is None else None, ERROR_FIELD: self.error}
+
+
+# The model of a pool worker: set before the fork, so that workers share the parent's pages
+_WORKER_MODEL = None
+
+
+def _predict_chunk(texts: list[str]) -> list[float]:
+    return p_keep(_WORKER_MODEL, texts)
+
+
+class FastTextScorer:
+    """Scores records with a distilled model: `workers` processes predict chunks of `chunk_docs`
+    documents while this one reads and writes; outputs come back in input order."""
+
+    def __init__(self, model_dir: str | os.PathLike, workers: int = 1, chunk_docs: int = 512):
+        self.card = load_card(model_dir)
+        self.model = load_model(model_dir, self.card)
+        pred = self.card["prediction"]
+        self.mode, self.max_chars = pred["normalisation"], pred.get("max_chars")
+        self.workers, self.chunk_docs = max(1, workers), chunk_docs
+        self._pool = None
+
+    def _predict(self, texts: list[str]):
+        """A callable giving the chunk's scores: run now, or handed to a worker."""
+        if self.workers == 1:
+            result = p_keep(self.model, texts)
+            return lambda: result
+        if self._pool is None:
+            import multiprocessing as mp
+
+            global _WORKER_MODEL
+            _WORKER_MODEL = self.model
+            self._pool = mp.get_context("fork").Pool(self.workers)
+        handle = self._pool.apply_async(_predict_chunk, (texts,))
+        return handle.get
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def score_records(self, records: Iterable[Any], text_of: Callable[[Any], str | None]) -> Iterator[tuple[Any, DistilledScore]]:
+        from collections import deque
+
+        pending: deque = deque()  # (chunk of (record, normalised text or None, truncated), result getter)
+        chunk: list = []
+        max_pending = 2 * self.workers
+
+        def submit():
+            texts = [t for _r, t, _tr in chunk if t]
+            pending.append((list(chunk), self._predict(texts)))
+            chunk.clear()
+
+        def drain(chunk_items, get):
+            scores = iter(get())
+            for rec, text, truncated in chunk_items:
+                if text is None:
+                    yield rec, DistilledScore(None, "unreadable record")
+                elif not text:
+                    yield rec, DistilledScore(None, "empty text")
+                else:
+                    yield rec, DistilledScore(next(scores), None, truncated)
+
+        try:
+            for rec in records:
+                raw = text_of(rec)
+                if raw is None:
+                    chunk.append((rec, None, False))
+                else:
+                    full = NORMALISERS[self.mode](raw)
+                    text = cut_prefix(full, self.max_chars)
+                    chunk.append((rec, text, len(text) < len(full)))
+                if len(chunk) >= self.chunk_docs:
+                    submit()
+                    while len(pending) > max_pending or (self.workers == 1 and pending):
+                        yield from drain(*pending.popleft())
+            if chunk:
+                submit()
+            while pending:
+                yield from drain(*pending.popleft())
+        finally:
+            self.close()
+
+
+def classify_spec(model_dir: str | os.PathLike, workers: int | None = None):
+    """The `classify` job's scorer for the score engine: settings are the model's identity and its
+    text handling, so a rerun with another model is refused."""
+    from scalingfilter.pipeline import ScorerSpec
+
+    card = load_card(model_dir)
+    require("fasttext", EXTRA, "scalingfilter classify")
+    n = workers or default_workers()
+    settings = {"model_sha256": card["model_sha256"], "normalisation": card["prediction"]["normalisation"],
+                "max_chars": card["prediction"].get("max_chars")}
+    return ScorerSpec(name="classify", settings=settings, output_fields=dict(OUTPUT_FIELDS),
+                      load=lambda: FastTextScorer(model_dir, workers=n))
+
+
+def default_workers() -> int:
+    """Every core this process may use, shared among the processes of this node under torchrun."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cores() // max(local, 1))
