@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+import zstandard
 
 from scalingfilter.cli import main as cli_main
 from scalingfilter.documents import find_scored_files, read_records, write_records
@@ -380,10 +382,16 @@ def test_kept_records_are_the_original_bytes(tmp_path):
     lines = [member_line(MEMBERS[0]), member_line(MEMBERS[1], sep=", "), member_line(MEMBERS[2])]
     (root / "a.jsonl").write_bytes(b"".join(lines))
     (root / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines)))
+    (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
     mark_as_scored(root)
     select_corpus(root, tmp_path / "all", keep=1.0)
     assert (tmp_path / "all" / "a.jsonl").read_bytes() == b"".join(lines)
     assert gzip.decompress((tmp_path / "all" / "b.jsonl.gz").read_bytes()) == b"".join(lines)
+    with zstandard.ZstdDecompressor().stream_reader((tmp_path / "all" / "c.jsonl.zst").read_bytes()) as fh:
+        assert fh.read() == b"".join(lines)
+    (root / "c.jsonl.zst").unlink()  # the rest of the test counts on two files
+    shutil.rmtree(root / ".scalingfilter" / "final")
+    mark_as_scored(root)
     select_corpus(root, tmp_path / "top", keep=0.5)  # 3 of 6: both copies of line 1, the first copy of line 2
     assert (tmp_path / "top" / "a.jsonl").read_bytes() == lines[0] + lines[1]
     assert gzip.decompress((tmp_path / "top" / "b.jsonl.gz").read_bytes()) == lines[0]
