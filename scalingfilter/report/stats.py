@@ -53,7 +53,7 @@ def threshold_lines(manifest: dict[str, Any] | None, log_qf: np.ndarray, scored:
         lines["log_qf"], lines["log_qf_label"] = th["log_quality_factor"], f"top-k threshold (keep {m['keep']:g})"
     if m.get("method") == "perplexity-gating" and th.get("large_ppl_low") is not None:
         lines["ppl_low"], lines["ppl_high"] = th["large_ppl_low"], th.get("large_ppl_high")
-        lines["ppl_label"] = f"gates: {100 * (1 - m['keep']) / 2:g}th and {100 * (1 + m['keep']) / 2:g}th percentile"
+        lines["ppl_label"] = f"gates on the large model: {100 * (1 - m['keep']) / 2:g}th and {100 * (1 + m['keep']) / 2:g}th percentile"
         return lines
     if lines.get("log_qf") is None and scored.any():
         bounds = rank_interval(-log_qf, DEFAULT_KEEP)
