@@ -1,7 +1,7 @@
 """Benchmark of semantic diversity: our Vendi computation vs the direct n x n eigen-decomposition, and embedding throughput.
 
     .venv/bin/python benchmarks/bench_diversity.py [--n 10000] [--dim 384] [--groups 10] [--baseline-groups 1]
-        [--embed-docs 256] [--batch-sizes 16,64] [--seq-lengths 256,128] [--json OUT.json]
+        [--embed-docs 256] [--batch-sizes 16,64] [--seq-lengths 256,128] [--sampling-docs 0] [--json OUT.json]
 
 Part 1 times `vendi.vendi_score` ((d+1) x (d+1) Gram matrix, float64) on `--groups` groups of n x dim
 float32 embeddings, and the reference's way (n x n kernel matrix, numpy.linalg.eigvalsh in float64) on
@@ -13,6 +13,11 @@ embeddings): eigen-decomposition time does not depend on the values.
 Part 2 embeds `--embed-docs` real documents (../shared/corpora/train/gutenberg.jsonl.gz when present,
 else generated text) with the bundled all-MiniLM-L6-v2 on CPU (or GPU when there is one) at each batch
 size and maximum sequence length, and prints docs/s.
+
+Part 3 (with --sampling-docs N) runs `run_diversity` on a corpus of N real documents with
+--groups 1 --group-size 200 (--sampling-group-size): only the drawn documents are embedded. The way
+before that (embed every document, then draw the same group) is timed as a --full run, whose cache then
+holds every row: the group's score from those rows must equal the sampled run's. --n 0 skips part 1.
 """
 
 from __future__ import annotations
@@ -114,6 +119,34 @@ def bench_embedding(count: int, batch_sizes: list[int], seq_lengths: list[int]) 
     return out
 
 
+def bench_sampling(docs: int, group_size: int, seq: int = 128) -> dict:
+    import tempfile
+
+    from scalingfilter.diversity import DiversityConfig, plan_groups, run_diversity, score_groups
+    from scalingfilter.embedding import Cache, embedding_dim, load_model
+
+    texts = [t[:1500] for t in load_texts(docs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "in"
+        corpus.mkdir()
+        (corpus / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        row = {"documents": docs, "group_size": group_size, "max_seq_length": seq}
+        for mode, full in (("sampled", False), ("embed_all", True)):
+            cfg = DiversityConfig(str(corpus), str(Path(tmp) / mode), groups=1, group_size=group_size, full=full,
+                                  max_seq_length=seq, device="cpu", progress=False)
+            t = time.perf_counter()
+            res = run_diversity(cfg)
+            row[mode] = {"seconds": round(time.perf_counter() - t, 2), "encoded": res["embedding"]["encoded"], "scores": res["scores"]}
+            print(f"{mode}: {res['embedding']['encoded']} of {docs} documents embedded, {row[mode]['seconds']} s", flush=True)
+        rows = Cache(Path(tmp) / "embed_all").load(docs, embedding_dim(load_model(None, device="cpu", max_seq_length=seq)))
+        before = score_groups(rows.embeddings, plan_groups(docs, 1, group_size), seed=0)
+        row["score_embed_all_then_draw"] = before
+        row["relative_difference"] = abs(before[0] - row["sampled"]["scores"][0]) / before[0]
+        print(f"group score: sampled {row['sampled']['scores'][0]!r}, embed everything then draw {before[0]!r} "
+              f"(relative difference {row['relative_difference']:.1e})", flush=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
@@ -123,6 +156,8 @@ def main() -> int:
     ap.add_argument("--embed-docs", type=int, default=256, help="documents to embed (0: skip the embedding part)")
     ap.add_argument("--batch-sizes", default="16,64")
     ap.add_argument("--seq-lengths", default="256,128")
+    ap.add_argument("--sampling-docs", type=int, default=0, help="part 3: documents of the corpus (0: skip)")
+    ap.add_argument("--sampling-group-size", type=int, default=200)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -130,11 +165,13 @@ def main() -> int:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
           f"torch threads {torch.get_num_threads()}, numpy {np.__version__}, cuda {torch.cuda.is_available()}", flush=True)
-    result = {"vendi": bench_vendi(args.n, args.dim, args.groups, args.baseline_groups)}
+    result = {"vendi": bench_vendi(args.n, args.dim, args.groups, args.baseline_groups)} if args.n else {}
     if args.embed_docs:
         result["embedding"] = bench_embedding(
             args.embed_docs, [int(x) for x in args.batch_sizes.split(",")], [int(x) for x in args.seq_lengths.split(",")]
         )
+    if args.sampling_docs:
+        result["sampling"] = bench_sampling(args.sampling_docs, args.sampling_group_size)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -371,7 +371,7 @@ def _embed(run: _Run) -> _Embedded:
     cache = Cache(run.out_dir)
     reuse = cfg.load_from_cache and cache.exists()
     if cfg.load_from_cache and not reuse and procs.is_main:
-        log.info("no embedding cache in %s: computing the embeddings", run.out_dir)
+        log.info("no complete embedding cache in %s (a cache of an older format counts as none): computing the embeddings", run.out_dir)
     if cfg.full and not reuse:
         return _embed_everything(run, cache)
     fp, rejects = _count_usable(run)
