@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .packing import BatchLayout, document_mask, packed_layout, padded_layout, plan_packed_batches, resolve_packing
 from .schema import SCORE_FIELDS  # noqa: F401  (the fields, with their types, live in schema.py)
 
 # exp() of anything above this overflows float64; losses that large are nonsense anyway.
@@ -151,13 +152,8 @@ def plan_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask, padded only to the longest row."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids, mask
+    layout = padded_layout(seqs, range(len(seqs)), pad_id)
+    return layout.ids, layout.attention_mask
 
 
 def _needs_full_logits(model) -> bool:
@@ -166,32 +162,45 @@ def _needs_full_logits(model) -> bool:
     return bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0))
 
 
-@torch.inference_mode()
-def document_nll(model, ids: torch.Tensor, mask: torch.Tensor, chunk_elements: int = 1 << 26) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (sum of token NLL in float64, number of predicted tokens) for right-padded `ids`.
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+              chunk_tokens: int) -> torch.Tensor:
+    """-log softmax(hidden @ weight.T + bias)[target] for each row of `hidden`, in float32.
 
-    Position t predicts token t+1 where both are real tokens (mask[:, t+1] == 1). Only those
-    positions go through the output layer, in chunks of at most `chunk_elements` float32 logits
-    (256 MB: 1,335 positions at GPT-2's vocabulary of 50,257).
-    """
-    rows, width = ids.shape
-    valid = mask[:, 1:].bool()
-    targets = ids[:, 1:][valid]
-    row_of = torch.arange(rows, device=ids.device).unsqueeze(1).expand(rows, width - 1)[valid]
-    if _needs_full_logits(model):
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][valid]
-        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    The output layer, log-softmax and gather fused by chunks of `chunk_tokens` rows: the logits of one
+    chunk exist at a time (in the model's dtype, then float32 for the log-sum-exp), never the full
+    [n, vocabulary] float32 matrix, and no log-softmax matrix is written (logsumexp minus the target's logit)."""
+    n = targets.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    for s in range(0, n, chunk_tokens):
+        e = min(s + chunk_tokens, n)
+        logits = F.linear(hidden[s:e], weight, bias).float()
+        out[s:e] = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[s:e].unsqueeze(1)).squeeze(1)
+    return out
+
+
+@torch.inference_mode()
+def layout_nll(model, layout: BatchLayout, chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """Float32 NLL of each prediction of `layout` (aligned with `layout.predict_at`) under `model`.
+
+    Packed layouts go in with per-document positions and a block-diagonal causal mask; padded ones
+    with their 2D attention mask. Only the predicted positions reach the output layer, selected by
+    host-computed indices (no boolean-mask indexing on the device, hence no synchronisation), in
+    chunks of at most `chunk_elements` float32 logits (256 MB: 1,335 positions at GPT-2's 50,257)."""
+    if layout.packed:
+        impl = getattr(model.config, "_attn_implementation", "sdpa")
+        mask = document_mask(layout.segments, impl, model.dtype)
+        inputs = {"input_ids": layout.ids, "position_ids": layout.positions, "attention_mask": mask}
     else:
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][valid]
-        head = model.get_output_embeddings()
-        chunk_tokens = max(64, chunk_elements // head.weight.shape[0])
-        nll = torch.empty(targets.shape[0], dtype=torch.float32, device=ids.device)
-        for s in range(0, targets.shape[0], chunk_tokens):
-            e = min(s + chunk_tokens, targets.shape[0])
-            nll[s:e] = F.cross_entropy(head(hidden[s:e]).float(), targets[s:e], reduction="none")
-    sums = torch.zeros(rows, dtype=torch.float64, device=ids.device).index_add_(0, row_of, nll.double())
-    counts = valid.sum(dim=1)
-    return sums.cpu(), counts.cpu()
+        inputs = {"input_ids": layout.ids, "attention_mask": layout.attention_mask}
+    if _needs_full_logits(model):
+        logits = model(**inputs, use_cache=False).logits
+        picked = logits.reshape(-1, logits.shape[-1]).index_select(0, layout.predict_at)
+        return F.cross_entropy(picked.float(), layout.targets, reduction="none")
+    hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, layout.predict_at)
+    head = model.get_output_embeddings()
+    chunk_tokens = max(64, chunk_elements // head.weight.shape[0])
+    return token_nll(hidden, head.weight, head.bias, layout.targets, chunk_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +211,8 @@ class PairScorer:
     """Scores texts with a meta-model pair: `score_texts` for a list, `score_records` for a stream."""
 
     def __init__(self, pair, max_len: int = 1024, max_tokens_per_batch: int | None = None,
-                 prepend_bos: bool = False, window_docs: int = 2048, window_chars: int = 4_000_000):
+                 prepend_bos: bool = False, window_docs: int = 2048, window_chars: int = 4_000_000,
+                 packing: str = "auto"):
         from scalingfilter.models import max_positions
 
         self.pair = pair
@@ -217,9 +227,14 @@ class PairScorer:
         self.window_chars = window_chars  # bounds a window's text (long pages) as well as its count
         tok = pair.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        # padding-free packed rows where both models take them (--packing; see packing.resolve_packing)
+        self.packing = resolve_packing(packing, (pair.small, pair.large), pair.device)
 
     def score_tokenized(self, docs: Sequence[TokenizedDoc]) -> list[DocScore]:
-        """Scores of already tokenized documents, in the given order."""
+        """Scores of already tokenized documents, in the given order.
+
+        Both models see the same batch layouts; each batch's losses are summed per document on the
+        device, and the sums come back to the host once, at the end (one device-to-host copy)."""
         results: list[DocScore | None] = [None] * len(docs)
         scorable = []
         for i, d in enumerate(docs):
@@ -227,18 +242,30 @@ class PairScorer:
                 results[i] = DocScore(None, None, 0, d.truncated, f"too short to score: {len(d.ids)} token(s)")
             else:
                 scorable.append(i)
-        lengths = [len(docs[i].ids) for i in scorable]
+        if not scorable:
+            return results  # type: ignore[return-value]
+        seqs = [docs[i].ids for i in scorable]
         device = self.pair.device
-        for batch in plan_batches(lengths, self.max_tokens_per_batch):
-            idx = [scorable[b] for b in batch]
-            ids, mask = pad_batch([docs[i].ids for i in idx], self.pad_id)
-            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            s_sum, counts = document_nll(self.pair.small, ids, mask)
-            l_sum, _ = document_nll(self.pair.large, ids, mask)
-            for r, i in enumerate(idx):
-                n = int(counts[r])
-                results[i] = DocScore(float(s_sum[r]) / n, float(l_sum[r]) / n, n, docs[i].truncated)
+        sums = torch.zeros(2, len(seqs), dtype=torch.float64, device=device)
+        for layout in self._layouts(seqs):
+            # built on the host while the device still runs the previous batch (nothing here waits on it)
+            layout = layout.to(device)
+            for k, model in enumerate((self.pair.small, self.pair.large)):
+                sums[k].index_add_(0, layout.doc_of, layout_nll(model, layout).double())
+        small, large = sums.cpu().tolist()
+        for j, i in enumerate(scorable):
+            n = len(seqs[j]) - 1
+            results[i] = DocScore(small[j] / n, large[j] / n, n, docs[i].truncated)
         return results  # type: ignore[return-value]
+
+    def _layouts(self, seqs: Sequence[Sequence[int]]) -> Iterator[BatchLayout]:
+        lengths = [len(s) for s in seqs]
+        if self.packing:
+            for rows in plan_packed_batches(lengths, self.max_tokens_per_batch):
+                yield packed_layout(seqs, rows, self.pad_id)
+        else:
+            for batch in plan_batches(lengths, self.max_tokens_per_batch):
+                yield padded_layout(seqs, batch, self.pad_id)
 
     def score_texts(self, texts: Sequence[str]) -> list[DocScore]:
         return self.score_tokenized(self.tokenization.encode(texts))
