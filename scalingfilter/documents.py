@@ -6,10 +6,17 @@ memory: JSONL is read line by line, parquet one row group at a time.
 
 Bad records never stop a stream: they come out as `Record`s with `error` set, so that the caller can
 write them to a rejects file (or stop, in strict mode) and every input line is accounted for.
+
+Every path may be a URL of an object store (`locations`): the walker lists the prefix in one listing,
+JSONL streams through ranged reads (gzip and zstd decompressed on the fly), parquet is read row group by
+row group through the same seekable stream; a failure of the store is a StorageError (the job stops with
+one line), never a rejected record. Writers given a URL write a local temporary file and send it to the
+key when closed (nothing appears at the key before).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -68,6 +75,7 @@ def file_format(path: str | os.PathLike) -> str:
 
 
 from .schema import REJECTS_DIR, STATE_DIR  # noqa: E402
+from .locations import ObjectPath, location  # noqa: E402
 
 
 @dataclass
@@ -75,9 +83,11 @@ class CorpusFiles:
     """The input files found under a directory (relative POSIX paths, sorted) and every path passed
     over, with why (hidden, unsupported format, dangling link, symlink loop, unreadable directory)."""
 
-    root: Path
+    root: "Path | ObjectPath"
     files: list[str]
     skipped: list[tuple[str, str]]
+    # remote only: relative path -> the listing's ObjectStat (size, mtime, etag), so that no file is asked twice
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def skipped_summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -98,8 +108,10 @@ def walk_corpus(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_
     """The corpus walker every command uses: input files under `input_dir`, recursively, in sorted
     order. Directory symlinks are followed (a directory reached twice, e.g. through a loop, is read
     once); hidden names, other formats, dangling links, unreadable directories and top-level
-    `exclude_dirs` are passed over and listed in `skipped`, never silently."""
-    root = Path(input_dir)
+    `exclude_dirs` are passed over and listed in `skipped`, never silently. A URL is listed in one go."""
+    root = location(input_dir)
+    if isinstance(root, ObjectPath):
+        return _walk_objects(root, suffixes, exclude_dirs)
     if not root.is_dir():
         raise InputError(f"input directory {str(root)!r} does not exist or is not a directory")
     found: list[str] = []
@@ -144,6 +156,35 @@ def walk_corpus(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_
     return CorpusFiles(root, sorted(found), skipped)
 
 
+def _walk_objects(root: ObjectPath, suffixes: tuple[str, ...], exclude_dirs: tuple[str, ...]) -> CorpusFiles:
+    """`walk_corpus` for a prefix of an object store: one listing; no links there; the same rules for
+    hidden names (any path component starting with '.'), formats and excluded top-level directories."""
+    from .locations import ObjectStat
+
+    objects = root.find()
+    if not objects and not root.is_dir():
+        raise InputError(f"input location {str(root)!r} holds no objects (check the URL)")
+    found, skipped, stats = [], [], {}
+    hidden_dirs: set[str] = set()
+    for rel in sorted(objects):
+        parts = rel.split("/")
+        if len(parts) > 1 and parts[0] in exclude_dirs:
+            continue
+        hidden_at = next((i for i, p in enumerate(parts) if p.startswith(".")), None)
+        if hidden_at is not None:
+            shown = "/".join(parts[: hidden_at + 1])
+            if shown not in hidden_dirs:  # a hidden directory is one skipped path, not one per object in it
+                hidden_dirs.add(shown)
+                skipped.append((shown, SKIP_HIDDEN))
+            continue
+        if rel.endswith(suffixes):
+            found.append(rel)
+            stats[rel] = ObjectStat.from_info(objects[rel])
+        else:
+            skipped.append((rel, SKIP_FORMAT))
+    return CorpusFiles(root, found, skipped, stats)
+
+
 def _is_link_loop(path: Path) -> bool:
     try:
         path.resolve(strict=True)
@@ -182,17 +223,19 @@ def find_scored_files(scored_dir: str | os.PathLike) -> list[str]:
 
 
 def open_binary(path: str | os.PathLike) -> BinaryIO:
-    """Open a JSONL file for reading as decompressed bytes, whatever its compression."""
+    """Open a JSONL file for reading as decompressed bytes, whatever its compression (a URL streams)."""
     name = str(path)
+    where = location(path)
+    remote = isinstance(where, ObjectPath)
     if name.endswith(".gz"):
-        return gzip.open(name, "rb")
+        return gzip.open(where.open_read() if remote else name, "rb")
     if name.endswith(".zst"):
         import zstandard
 
-        raw = open(name, "rb")
+        raw = where.open_read() if remote else open(name, "rb")
         # read_across_frames: concatenated frames (as our own part files make) are one stream
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True))
-    return open(name, "rb")
+    return where.open_read() if remote else open(name, "rb")
 
 
 def open_binary_writer(path: str | os.PathLike) -> BinaryIO:
@@ -289,11 +332,15 @@ def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", s
 
 
 def open_parquet(path: str | os.PathLike):
-    """A pyarrow ParquetFile, or UnreadableFileError naming the file (truncated, not parquet, ...)."""
+    """A pyarrow ParquetFile, or UnreadableFileError naming the file (truncated, not parquet, ...).
+    A URL is read through a seekable stream: the footer, then each row group as it is asked for."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    where = location(path)
     try:
+        if isinstance(where, ObjectPath):
+            return pq.ParquetFile(where.open_read())
         return pq.ParquetFile(str(path))
     except (pa.ArrowException, OSError) as exc:
         raise UnreadableFileError(f"unreadable parquet file {os.fspath(path)}: {type(exc).__name__}: {exc}") from exc
@@ -364,17 +411,44 @@ def count_records(path: str | os.PathLike) -> int:
 def iter_corpus(input_dir: str | os.PathLike, text_field: str = "text", scored: bool = False) -> Iterator[Record]:
     """Every record of every input file under `input_dir`, files in sorted order
     (with `scored`, the data files of a `scalingfilter score` output directory)."""
-    root = Path(input_dir)
+    root = location(input_dir)
     for rel in (find_scored_files(root) if scored else find_input_files(root)):
         yield from read_records(root / rel, rel, text_field)
+
+
+class _RemoteTarget:
+    """A writer's target: a local path as given, or, for a URL, a local temporary file sent to the key
+    by `finish` (so the key holds the whole file or nothing)."""
+
+    def __init__(self, path):
+        self.target = location(path)
+        if isinstance(self.target, ObjectPath):
+            from .locations import spool_file
+
+            self.local = str(spool_file(self.target.name))
+        else:
+            self.local = str(path)
+
+    def finish(self) -> None:
+        """Send the file, unless an exception is on its way (a close in a `finally` of a failed write)."""
+        import sys
+
+        if isinstance(self.target, ObjectPath):
+            try:
+                if sys.exc_info()[0] is None:
+                    self.target.put_from(self.local)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.local)
 
 
 class JsonlWriter:
     """Writes records as JSONL (compressed as the file name says)."""
 
     def __init__(self, path: str | os.PathLike):
+        self._target = _RemoteTarget(path)
         self.path = str(path)
-        self._fh = open_binary_writer(self.path)
+        self._fh = open_binary_writer(self._target.local)
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(dumps_exact(record) + b"\n")
@@ -385,6 +459,7 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._fh.close()
+        self._target.finish()
 
 
 class ParquetWriter:
@@ -394,7 +469,8 @@ class ParquetWriter:
     def __init__(self, path: str | os.PathLike, rows_per_group: int = 10_000, schema=None):
         import pyarrow.parquet as pq
 
-        self.path = str(path)
+        self._target = _RemoteTarget(path)
+        self.path = self._target.local
         self.rows_per_group = rows_per_group
         self._rows: list[dict[str, Any]] = []
         self._schema = schema
@@ -427,6 +503,7 @@ class ParquetWriter:
             pq.write_table(pa.table({}), self.path)
         else:
             self._writer.close()
+        self._target.finish()
 
 
 def exact_record(rec: Record) -> dict[str, Any]:

@@ -19,6 +19,12 @@ Invariants a month-long job relies on:
 - the input's relative paths never collide with the tool's own files (`rejects/`, `.scalingfilter/`):
   such an input is refused, as is an output directory inside the input.
 
+Input and output may be URLs of an object store (s3://, gs://, ...; see `locations`): the state then lives
+in the bucket too (cluster workers share no disk), every file and marker is sent as one finished object
+(a local temporary file, then one PUT or a multipart upload completed at the end), the lock is an
+`ObjectLock`, and the next unit's input is fetched into a local spool file while the current one is
+scored (`InputPrefetch`, bounded by `prefetch_bytes`; bigger files stream).
+
 What scores a unit is pluggable (`ScorerSpec`): the meta-model pair by default, the distilled classifier
 for `classify`, a fixed no-model scorer for engine tests and benchmarks (SCALINGFILTER_TEST_SCORER=fixed).
 Engines (this module's local/torchrun engine, the Ray engine) share `ScoreJob`'s steps.
@@ -38,11 +44,12 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
-from scalingfilter import documents
+from scalingfilter import documents, locations
 from scalingfilter.errors import ConfigMismatchError, InputError, RejectedRecordError, ScalingFilterError, UsageError  # noqa: F401
 from scalingfilter.processes import Processes
 from scalingfilter.schema import REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
+from scalingfilter.locations import ObjectPath
 from scalingfilter.storage import JobLock, atomic_path, atomic_write, read_json, remove_stale_tmp, write_json_atomic
 
 log = logging.getLogger("scalingfilter")
@@ -116,6 +123,9 @@ class ScoreConfig:
     show_progress: bool = True
     window_docs: int = 2048
     scorer: ScorerSpec | None = None  # None: the meta-model pair (or the test hook's fixed scorer)
+    # URLs: options of their filesystem (--storage-option); None: this process's (locations.set_storage_options)
+    storage_options: dict[str, Any] | None = None
+    prefetch_bytes: int = 1 << 30  # remote inputs up to this size are fetched to a local spool one unit ahead
 
     def validate(self) -> None:
         """Refuse impossible numbers before any work (the CLI checks them too, for the API)."""
@@ -192,20 +202,20 @@ def _key(source: str) -> str:
     return f"{base}.{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
-def _concat_bytes(parts: list[Path], out) -> None:
+def _concat_bytes(parts: list, out) -> None:
     """Byte concatenation: valid for plain JSONL, gzip members and zstd frames alike."""
     for p in parts:
-        with open(p, "rb") as fh:
+        with p.open("rb") as fh:
             shutil.copyfileobj(fh, out, 1 << 20)
 
 
-def _concat_parquet(parts: list[Path], dest: Path) -> None:
+def _concat_parquet(parts: list, dest: Path) -> None:
     import pyarrow.parquet as pq
 
     writer = None
     try:
         for p in parts:
-            pf = pq.ParquetFile(str(p))
+            pf = documents.open_parquet(p)
             if writer is None:
                 writer = pq.ParquetWriter(str(dest), pf.schema_arrow)
             for g in range(pf.num_row_groups):
@@ -242,9 +252,68 @@ def splice_fields(raw: bytes, fields: dict[str, Any]) -> bytes | None:
     return line[:-1] + b"," + added[1:]
 
 
-def _fingerprint(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _fingerprint(path, stat=None) -> dict[str, Any]:
+    """Size and modification time of an input file; for an object also its etag (a listing and a HEAD
+    give the time at different precisions, so objects are compared by size and etag)."""
+    st = stat or path.stat()
+    fp: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if getattr(st, "etag", None):
+        fp["etag"] = st.etag
+    return fp
+
+
+def _same_file(old: dict[str, Any], fp: dict[str, Any]) -> bool:
+    if fp.get("etag") and old.get("etag"):
+        return (old.get("size"), old.get("etag")) == (fp["size"], fp["etag"])
+    return (old.get("size"), old.get("mtime_ns")) == (fp["size"], fp["mtime_ns"])
+
+
+class InputPrefetch:
+    """Local copies of remote input files, fetched by a background thread while the current unit is scored.
+
+    At most two files are held (the current unit's and the next one's), each at most `limit_bytes`; a bigger
+    file is not fetched (it streams through ranged reads). Consecutive units of one split file share a copy."""
+
+    def __init__(self, limit_bytes: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.limit = limit_bytes
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="scalingfilter-prefetch")
+        self.fetches: dict[str, Any] = {}  # source -> Future of the local Path, or None (streamed)
+
+    def want(self, source: str, remote: ObjectPath, size: int) -> None:
+        if source not in self.fetches:
+            self.fetches[source] = self.pool.submit(self._fetch, remote) if 0 < size <= self.limit else None
+
+    @staticmethod
+    def _fetch(remote: ObjectPath) -> Path:
+        local = locations.spool_file(remote.name)
+        try:
+            remote.get_to(local)
+        except BaseException:
+            local.unlink(missing_ok=True)
+            raise
+        return local
+
+    def local_copy(self, source: str) -> Path | None:
+        """The local copy of `source` (waiting for its fetch), or None when it streams."""
+        fetch = self.fetches.get(source)
+        return None if fetch is None else fetch.result()
+
+    def keep_only(self, sources: set[str]) -> None:
+        for source in [s for s in self.fetches if s not in sources]:
+            fetch = self.fetches.pop(source)
+            if fetch is not None:
+                fetch.add_done_callback(_discard_copy)
+
+    def close(self) -> None:
+        self.keep_only(set())
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _discard_copy(fetch) -> None:
+    if not fetch.cancelled() and fetch.exception() is None:
+        fetch.result().unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,14 +353,19 @@ class Plan:
 class ScoreJob:
     def __init__(self, config: ScoreConfig, spec: ScorerSpec | None = None):
         config.validate()
+        if config.storage_options is None:  # carried by the config to other processes (Ray workers)
+            config.storage_options = locations.storage_options()
         self.cfg = config
-        self.input_dir = Path(config.input_dir)
-        self.out = Path(config.output_dir)
+        self.input_dir = locations.location(config.input_dir, config.storage_options)
+        self.out = locations.location(config.output_dir, config.storage_options)
         self.state = self.out / STATE_DIR
         self.procs = Processes()
         self.reject_messages = 0
         self.units_done_here = 0
         self._spec = spec
+        self._input_stats: dict[str, Any] = {}  # remote inputs: the listing's stat of each file
+        self._upcoming: dict[Unit, Unit | None] = {}  # unit -> the next unit this process scores (prefetch)
+        self._prefetch: InputPrefetch | None = None
 
     @property
     def spec(self) -> ScorerSpec:
@@ -312,6 +386,9 @@ class ScoreJob:
     def final_path(self, source: str) -> Path:
         return self.state / "final" / f"{_key(source)}.json"
 
+    def input_path(self, source: str):
+        return self.input_dir / source
+
     def output_path(self, source: str) -> Path:
         return self.out / source
 
@@ -327,12 +404,12 @@ class ScoreJob:
     def walk(self, warn: bool = True) -> documents.CorpusFiles:
         suffixes = tuple(self.cfg.file_ext) if self.cfg.file_ext else documents.INPUT_SUFFIXES
         walk = documents.walk_corpus(self.input_dir, suffixes)
+        self._input_stats = dict(walk.stats)
         if warn:
             documents.warn_skipped(walk, log)
-        in_res, out_res = self.input_dir.resolve(), self.out.resolve()
-        if out_res == in_res:
+        if locations.contains(self.out, self.input_dir) and locations.contains(self.input_dir, self.out):
             raise InputError("the output directory must differ from the input directory")
-        if out_res.is_relative_to(in_res):
+        if locations.contains(self.input_dir, self.out):
             raise InputError(f"the output directory {str(self.out)!r} is inside the input directory {str(self.input_dir)!r}: "
                              "a later run would read its own output as input; choose an output directory outside it")
         clashing = [f for f in walk.files if f.split("/", 1)[0] in RESERVED_NAMES]
@@ -348,7 +425,7 @@ class ScoreJob:
         for s in sources:
             for p in (self.output_path(s), self.rejects_path(s), self.plan_path(s), self.final_path(s)):
                 p.unlink(missing_ok=True)
-            shutil.rmtree(self.parts_dir(s), ignore_errors=True)
+            locations.rmtree(self.parts_dir(s))
             for marker in (self.state / "done").glob(f"{_key(s)}.*.json"):
                 marker.unlink(missing_ok=True)
 
@@ -372,11 +449,11 @@ class ScoreJob:
         self.clear(removed)
         changed = []
         for s in mine:
-            fp = _fingerprint(self.input_dir / s)
+            fp = self.fingerprint(s)
             for marker in (self.final_path(s), self.plan_path(s)):
                 if marker.exists():
                     old = read_json(marker)
-                    if (old.get("size"), old.get("mtime_ns")) != (fp["size"], fp["mtime_ns"]):
+                    if not _same_file(old, fp):
                         changed.append(s)
                     break
         for s in changed:
@@ -409,14 +486,17 @@ class ScoreJob:
         if not path.exists():
             write_json_atomic(path, settings)
 
+    def fingerprint(self, source: str) -> dict[str, Any]:
+        return _fingerprint(self.input_path(source), self._input_stats.get(source))
+
     def plan(self, source: str) -> list[Unit]:
         """Units of one file, cached so that a restart splits the file exactly as before."""
-        path = self.input_dir / source
-        fp = _fingerprint(path)
+        path = self.input_path(source)
+        fp = self.fingerprint(source)
         cached = self.plan_path(source)
         if cached.exists():
             p = read_json(cached)
-            if (p["size"], p["mtime_ns"]) == (fp["size"], fp["mtime_ns"]) and p.get("unit_docs") == self.cfg.unit_docs and p.get("split_bytes") == self.cfg.split_bytes:
+            if _same_file(p, fp) and p.get("unit_docs") == self.cfg.unit_docs and p.get("split_bytes") == self.cfg.split_bytes:
                 return file_units(source, p["n_records"], p["unit_docs"])
             if any((self.state / "done").glob(f"{_key(source)}.*.json")):
                 raise ConfigMismatchError(f"input file {source} changed while it was being scored; rerun to rescore it")
@@ -440,10 +520,16 @@ class ScoreJob:
                 p.unlink()
         removed, changed = self.reconcile(walk.files, mine)
         self.check_settings(self.settings())
-        pending = [u for s in mine if not self.final_path(s).exists() for u in self.plan(s) if not self.done_path(u).exists()]
+        pending = self.pending_units(mine)
         for s in {u.source for u in pending}:
             remove_stale_tmp(self.parts_dir(s))
         return Plan(walk.files, mine, pending, walk, changed, removed)
+
+    def pending_units(self, mine: list[str]) -> list[Unit]:
+        """Units of these files not done yet; the markers are listed once (not one request per unit)."""
+        finals = locations.names_in(self.state / "final")
+        dones = locations.names_in(self.state / "done")
+        return [u for s in mine if self.final_path(s).name not in finals for u in self.plan(s) if self.done_path(u).name not in dones]
 
     def count_pending(self, pending: list[Unit]) -> int | None:
         """Documents left, for the progress bar: exact where the plan counted them; unsplit files are
@@ -457,6 +543,8 @@ class ScoreJob:
                 known += n - u.start
             else:
                 unknown.append(u.source)
+        if unknown and isinstance(self.input_dir, ObjectPath):
+            return None  # counting would read the objects twice
         if sum((self.input_dir / s).stat().st_size for s in unknown) > COUNT_FOR_PROGRESS_BYTES:
             return None
         return known + sum(documents.count_records(self.input_dir / s) for s in unknown)
@@ -465,8 +553,8 @@ class ScoreJob:
     def score_unit(self, unit: Unit, scorer: DocScorer, progress: Callable[[int, int], None] | None = None) -> UnitStats:
         """Score one unit into its part files and mark it done; `progress(documents, tokens)` as it goes."""
         cfg = self.cfg
-        src_path = self.input_dir / unit.source
-        fmt = documents.file_format(src_path)
+        src_path = self.read_path(unit)
+        fmt = documents.file_format(unit.source)
         parts = self.parts_dir(unit.source)
         parts.mkdir(parents=True, exist_ok=True)
         ext = "parquet" if fmt == "parquet" else Path(unit.source).name.split(".", 1)[1]
@@ -478,18 +566,44 @@ class ScoreJob:
             writer = documents.open_writer(data_tmp, fmt=fmt, schema=schema)
             rejects = documents.JsonlWriter(rej_tmp)
             try:
-                self._score_records(unit, scorer, writer, rejects, stats, fields, progress)
+                self._score_records(unit, src_path, scorer, writer, rejects, stats, fields, progress)
             finally:
                 writer.close()
                 rejects.close()
         self.mark_done(unit, stats)
         return stats
 
-    def _score_records(self, unit: Unit, scorer: DocScorer, writer, rejects, stats: UnitStats, fields: dict[str, str], progress) -> None:
+    def prefetch(self, units: list[Unit]) -> None:
+        """The units this process will score, in order: while one is scored, the next one's remote input is
+        fetched to a local spool (see InputPrefetch). Without it, remote inputs stream."""
+        self._upcoming = {u: (units[i + 1] if i + 1 < len(units) else None) for i, u in enumerate(units)}
+
+    def read_path(self, unit: Unit):
+        """Where to read this unit's input: a local input as it is; a remote one from its prefetched copy
+        (the next unit's fetch is started first), or streamed."""
+        remote = self.input_path(unit.source)
+        if not isinstance(remote, ObjectPath) or unit not in self._upcoming:
+            return remote
+        if self._prefetch is None:
+            self._prefetch = InputPrefetch(self.cfg.prefetch_bytes)
+        nxt = self._upcoming[unit]
+        keep = {unit.source} | ({nxt.source} if nxt is not None else set())
+        self._prefetch.keep_only(keep)
+        for source in [unit.source] + ([nxt.source] if nxt is not None else []):
+            stat = self._input_stats.get(source) or self.input_path(source).stat()
+            self._prefetch.want(source, self.input_path(source), stat.st_size)
+        return self._prefetch.local_copy(unit.source) or remote
+
+    def close_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
+
+    def _score_records(self, unit: Unit, src_path, scorer: DocScorer, writer, rejects, stats: UnitStats, fields: dict[str, str], progress) -> None:
         cfg = self.cfg
         seen_any = False
         pending_docs = pending_tokens = 0
-        records = documents.read_records(self.input_dir / unit.source, unit.source, cfg.text_field, unit.start, unit.stop)
+        records = documents.read_records(src_path, unit.source, cfg.text_field, unit.start, unit.stop)
         for rec, score in scorer.score_records(records, text_of=lambda r: r.text if r.error is None else None):
             seen_any = True
             stats.records += 1
@@ -555,10 +669,12 @@ class ScoreJob:
         rej_parts = sorted(parts.glob("rejects-*"))
         if len(data_parts) != len(units):
             raise RuntimeError(f"cannot assemble {source}: {len(data_parts)} part files for {len(units)} units in {parts}")
-        fmt = documents.file_format(self.input_dir / source)
+        fmt = documents.file_format(source)
         dest = self.output_path(source)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "parquet" and len(data_parts) > 1:
+        if isinstance(dest, ObjectPath) and isinstance(data_parts[0], ObjectPath) and len(data_parts) == 1:
+            dest.copy_from(data_parts[0])  # one part: a server-side copy, complete or absent like any PUT
+        elif fmt == "parquet" and len(data_parts) > 1:
             with atomic_path(dest) as tmp:
                 _concat_parquet(data_parts, tmp)
         else:
@@ -571,8 +687,9 @@ class ScoreJob:
             with atomic_write(self.rejects_path(source)) as fh:
                 _concat_bytes(rej_parts, fh)
         plan = read_json(self.plan_path(source))
-        write_json_atomic(self.final_path(source), {"source": source, "size": plan["size"], "mtime_ns": plan["mtime_ns"], **asdict(stats)})
-        shutil.rmtree(parts, ignore_errors=True)
+        etag = {"etag": plan["etag"]} if plan.get("etag") else {}
+        write_json_atomic(self.final_path(source), {"source": source, "size": plan["size"], "mtime_ns": plan["mtime_ns"], **etag, **asdict(stats)})
+        locations.rmtree(parts)
         for u in units:
             self.done_path(u).unlink(missing_ok=True)
 
@@ -658,8 +775,7 @@ class ScoreJob:
         walk = self.walk(warn=False)
         mine = node_files(walk.files, cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
         self.check_settings(self.settings())
-        pending = [u for s in mine if not self.final_path(s).exists() for u in self.plan(s) if not self.done_path(u).exists()]
-        return Plan(walk.files, mine, pending, walk)
+        return Plan(walk.files, mine, self.pending_units(mine), walk)
 
     def score_units(self, units: list[Unit], plan: Plan) -> UnitStats:
         from tqdm import tqdm
@@ -679,12 +795,14 @@ class ScoreJob:
             bar.update(docs)
             bar.set_postfix_str(f"{tokens / max(time.time() - t_start, 1e-9):,.0f} tok/s", refresh=False)
 
+        self.prefetch(units)
         try:
             for i, unit in enumerate(units):
                 bar.set_description_str(f"scoring unit {i + 1}/{len(units)}", refresh=False)
                 total.add(self.score_unit(unit, scorer, progress))
         finally:
             bar.close()
+            self.close_prefetch()
         return total
 
 

@@ -9,6 +9,12 @@ a crash leaves at most a temporary file that the next writer of that name does n
 `JobLock` is an advisory lock on a directory (an `flock` on DIR/.scalingfilter/lock): the kernel drops
 it when its holder dies, so a lock left by a killed run is never stale. The file also records who holds
 it (pid, host, command, start time), so that a refused run can name the holder.
+
+Object stores (any URL, see `locations`): `atomic_path` / `atomic_write` write a local temporary file and
+send it to the final key in one PUT (or a multipart upload completed only at the end), so a key holds a
+finished object or nothing. `JobLock` on a URL is `ObjectLock`: a lock object created with a conditional
+PUT (If-None-Match), refreshed by a heartbeat while the run lives; a lock whose holder died on this host,
+or whose heartbeat is older than SCALINGFILTER_LOCK_TTL_S (default 120 s), is taken over.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, BinaryIO, Iterator
 import orjson
 
 from .errors import LockedError, StorageError
+from .locations import ObjectPath, location, spool_file
 from .schema import STATE_DIR
 
 TMP_PREFIX = ".tmp-"
@@ -61,8 +68,18 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, make_parents: bool = True) -> Iterator[Path]:
     """Yields a temporary path beside `path`; the caller writes (and closes) it; on a clean exit it
-    is fsync'ed and renamed over `path`, on an exception it is removed."""
-    path = Path(path)
+    is fsync'ed and renamed over `path`, on an exception it is removed. For a URL the temporary path is a
+    local file, sent to the key in one go when the block ends cleanly."""
+    path = location(path)
+    if isinstance(path, ObjectPath):
+        tmp = spool_file(path.name)
+        try:
+            yield tmp
+            path.put_from(tmp)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
@@ -103,11 +120,15 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return orjson.loads(Path(path).read_bytes())
+    return orjson.loads(location(path).read_bytes())
 
 
 def remove_stale_tmp(directory: str | os.PathLike) -> None:
-    """Remove temporary files a killed writer left in `directory` (not recursive)."""
+    """Remove temporary files a killed writer left in `directory` (not recursive). An object store holds
+    none (temporaries are local; an interrupted multipart upload is invisible and expires by the bucket's
+    lifecycle rule)."""
+    if isinstance(location(directory), ObjectPath):
+        return
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for p in Path(directory).iterdir():
             if p.name.startswith(TMP_PREFIX) and p.is_file():
@@ -146,6 +167,11 @@ class JobLock:
     other processes of the same job work under it. `name` separates independent jobs that may share a
     directory on purpose (e.g. node parts of a multi-node score job)."""
 
+    def __new__(cls, directory: str | os.PathLike, command: str, name: str = LOCK_NAME):
+        if cls is JobLock and isinstance(location(directory), ObjectPath):
+            return ObjectLock(directory, command, name)
+        return super().__new__(cls)
+
     def __init__(self, directory: str | os.PathLike, command: str, name: str = LOCK_NAME):
         self.path = Path(directory) / STATE_DIR / name
         self.command = command
@@ -171,8 +197,7 @@ class JobLock:
                 f"{self.path.parent.parent} is in use by another run ({holder}); wait for it to finish, "
                 f"or stop it (a killed run's lock is released at once)"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                "argv": " ".join(sys.argv[:1] + sys.argv[1:])[:300], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = _holder_info(self.command)
         os.ftruncate(fd, 0)
         os.pwrite(fd, orjson.dumps(info), 0)
         self._fd = fd
@@ -181,10 +206,13 @@ class JobLock:
     @staticmethod
     def _holder(fd: int) -> str:
         try:
-            info = orjson.loads(os.pread(fd, 4096, 0) or b"{}")
-            return f"{info.get('command', '?')} pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+            return JobLock._describe(orjson.loads(os.pread(fd, 4096, 0) or b"{}"))
         except (OSError, orjson.JSONDecodeError):
             return "holder unknown"
+
+    @staticmethod
+    def _describe(info: dict[str, Any]) -> str:
+        return f"{info.get('command', '?')} pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
 
     def release(self) -> None:
         if self._fd is not None:
@@ -196,3 +224,112 @@ class JobLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+LOCK_TTL_ENV = "SCALINGFILTER_LOCK_TTL_S"
+
+
+def _holder_info(command: str) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "argv": " ".join(sys.argv[:1] + sys.argv[1:])[:300], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ObjectLock:
+    """`JobLock` for an output prefix in an object store (which cannot flock).
+
+    Taken by creating DIR/.scalingfilter/<name> with a conditional PUT (If-None-Match: *), so that of two
+    runs starting together exactly one wins; a heartbeat thread rewrites it every TTL/4 while the run lives;
+    release deletes it. A lock left by a run that died is taken over when its holder was on this host and its
+    pid is gone, or when its heartbeat is older than the TTL (a holder on another host that stopped).
+    A store without conditional PUTs falls back to look-then-write (a warning says that two runs started in
+    the same instant are then not told apart)."""
+
+    def __init__(self, directory: str | os.PathLike, command: str, name: str = LOCK_NAME):
+        self.path = location(directory) / STATE_DIR / name
+        self.command = command
+        self.ttl = float(os.environ.get(LOCK_TTL_ENV) or 120)
+        self._stop = None
+        self._thread = None
+
+    def _stale(self, info: dict[str, Any], age_s: float) -> bool:
+        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) and not _pid_alive(info["pid"]):
+            return True
+        return age_s > self.ttl
+
+    def acquire(self) -> "ObjectLock":
+        import threading
+
+        body = orjson.dumps(_holder_info(self.command))
+        for attempt in range(2):
+            try:
+                self._create(body)
+                break
+            except FileExistsError:
+                try:
+                    info = orjson.loads(self.path.read_bytes() or b"{}")
+                    age = time.time() - self.path.stat().st_mtime_ns / 1e9
+                except (StorageError, orjson.JSONDecodeError):
+                    continue  # released (or rewritten) meanwhile: try again
+                if attempt == 0 and self._stale(info, age):
+                    log_warning(f"taking over the lock of a run that is gone ({JobLock._describe(info)}; last heartbeat {age:.0f} s ago)")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise LockedError(f"{self.path.parent.parent} is in use by another run ({JobLock._describe(info)}; last heartbeat "
+                                  f"{age:.0f} s ago); wait for it to finish, or stop it (the lock of a run that died is taken over "
+                                  f"at once on its host, elsewhere after {self.ttl:.0f} s without a heartbeat)") from None
+        else:
+            raise LockedError(f"{self.path.parent.parent}: could not take the lock (another run took it first)")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, args=(body,), daemon=True, name="scalingfilter-lock-heartbeat")
+        self._thread.start()
+        return self
+
+    def _create(self, body: bytes) -> None:
+        try:
+            self.path.create(body)
+        except StorageError as exc:
+            if "notimplemented" not in str(exc).lower().replace(" ", "") and "501" not in str(exc):
+                raise
+            if self.path.exists():  # no conditional PUT on this store: look, then write
+                raise FileExistsError(str(self.path)) from None
+            log_warning(f"{self.path}: the store has no conditional writes; two runs started at the same instant are not told apart")
+            self.path.write_bytes(body)
+
+    def _heartbeat(self, body: bytes) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self.path.write_bytes(body)
+            except Exception as exc:  # a store hiccup: the next beat tries again; the run itself goes on
+                log_warning(f"lock heartbeat failed: {exc}")
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=30)
+            self._stop = None
+            try:
+                self.path.unlink(missing_ok=True)
+            except StorageError as exc:
+                log_warning(f"could not remove the lock {self.path}: {exc}; the next run takes it over")
+
+    def __enter__(self) -> "ObjectLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def log_warning(message: str) -> None:
+    import logging
+
+    logging.getLogger("scalingfilter").warning("%s", message)
