@@ -32,6 +32,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:  # only the chosen command's module is imported
             importlib.import_module(f"scalingfilter.commands.{name}").add_arguments(p)
+            from .locations import add_storage_option_flag
+
+            add_storage_option_flag(p)  # every path argument may be a URL (s3://, gs://, ...)
     return parser
 
 
@@ -43,6 +46,9 @@ def run_command(prog: str, run, args: argparse.Namespace) -> int:
     from .storage import storage_error
 
     try:
+        from .locations import apply_storage_options
+
+        apply_storage_options(args)
         return int(run(args) or 0)
     except ScalingFilterError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
