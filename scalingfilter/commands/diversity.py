@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "batch-size", type=positive_int, default=d["batch_size"], help="encoding batch size (default: 64 on CPU, 256 on GPU)")
     flag(parser, "load-from-cache", action="store_true", default=d["load_from_cache"], help="reuse the embeddings cached in the output directory (refused if made with another model or input); only missing rows are embedded")
     flag(parser, "groups", type=positive_int, default=d["groups"], help=f"number of disjoint groups (default {d['groups']})")
-    flag(parser, "group-size", type=positive_int, default=d["group_size"], help=f"documents per group (default {d['group_size']:,}, the paper's is {PAPER_GROUP_SIZE:,}; scores are comparable only at equal size)")
+    flag(parser, "group-size", type=positive_int, default=d["group_size"], help=f"documents per group (default {d['group_size']:,}; the paper used {PAPER_GROUP_SIZE:,}, and scores are comparable only at equal size)")
     flag(parser, "seed", type=non_negative_int, default=d["seed"], help=f"seed of the shuffle that forms the groups (default {d['seed']})")
     flag(parser, "full", action="store_true", default=d["full"], help="score all documents as one group (every document is embedded)")
     flag(parser, "q", type=vendi_order, default=d["q"], help="order of the Vendi score: 1 (default, the paper's), 0, 2, inf or any number >= 0")
