@@ -2,22 +2,25 @@
 
 Stages and their invariants:
 
-* Labels (`label_pool`): from the quality factor over the WHOLE scored corpus, never a sample of it.
+* Labels (`top_k_decision`, `tails_labels`): from the quality factor over the WHOLE scored corpus, never a sample of it.
   `top-k`: the global top KEEP fraction by quality factor is `__label__keep`, the rest `__label__drop`
   (ties broken by corpus position, as `select --method top-k` breaks them). `tails`: the top and
   bottom thirds only; the middle third is left out of training (and counted). Documents without a
   usable score (unscorable, rejected upstream, null or NaN) are left out and counted by reason.
   The keep DECISION that agreement is measured against is always the top-k one at KEEP.
-* Held-out split: by a seeded hash of the document's normalised text (`doc_hash`), so a document and
-  its exact duplicates land on the same side; held-out documents are never trained on. `--max-docs`
-  takes the documents with the smallest values of a second seeded hash: the same sample on every run.
+* Held-out split (`plan_split`): by a seeded hash of the document's text with whitespace runs collapsed
+  (`doc_hash`), so a document and its exact duplicates land on the same side, whatever the normalisation
+  settings; held-out documents are never trained on. `--max-docs` takes the documents with the smallest
+  values of a second seeded hash: the same sample on every run.
 * Normalisation (`normalise`), identical at training and prediction time and recorded in the card:
-  `whitespace` = every run of fastText's own separators (space, \\n, \\t, \\v, \\f, \\r, NUL) becomes one
-  space, ends stripped; nothing else changes (case, punctuation, Unicode are kept). fastText would
-  split on these characters anyway, except that it reads \\n as an end-of-sentence token: so a model
-  trained this way gives the same tokens under datatrove's `FastTextClassifierFilter(...,
-  newline_replacement=" ")`. `lower` also lowercases and puts spaces around punctuation (not
-  datatrove-compatible). A `max_chars` prefix limit (cut back to a word boundary) is applied after.
+  `whitespace` = newlines become spaces and the ends are stripped of fastText's separators (space, \\n,
+  \\t, \\v, \\f, \\r, NUL); nothing else changes (case, punctuation, Unicode are kept). fastText splits on
+  those separators and skips their runs, so it sees the tokens of the text with every whitespace run
+  collapsed to one space, except that it would read a \\n as an end-of-sentence token. datatrove's
+  `FastTextClassifierFilter(..., newline_replacement=" ")` therefore feeds the model the same tokens.
+  `lower` also lowercases and puts spaces around punctuation (not datatrove-compatible). `max_chars`
+  keeps the raw text's first MAX_CHARS characters (cut back to a space or newline) BEFORE normalising,
+  which bounds the cost of a huge page.
 * Training file: written in the order of a seeded hash (a shuffle fastText needs, since its learning
   rate decays along the file), through bucket files so that memory stays bounded.
 * Output: MODEL/model.bin (fastText's own format) and MODEL/card.json, each written atomically; the
@@ -58,13 +61,14 @@ MIN_TRAIN_PER_LABEL = 2
 MIN_HELDOUT = 4
 EXTRA = "distill"
 
-# fastText's word separators (Dictionary::readWord); \n is also its end-of-sentence token
-_FASTTEXT_SPACE = re.compile(r"[ \t\n\v\f\r\x00]+")
+# fastText's word separators (Dictionary::readWord); it reads \n as an end-of-sentence token as well
+FASTTEXT_SPACE = " \t\n\v\f\r\x00"
 _PUNCT = re.compile(r"([^\w\s])")
 
 
 def _normalise_whitespace(text: str) -> str:
-    return _FASTTEXT_SPACE.sub(" ", text).strip(" ")
+    # Newlines become spaces; runs of separators need no collapsing: fastText's tokenizer skips them.
+    return text.replace("\n", " ").strip(FASTTEXT_SPACE)
 
 
 def _normalise_lower(text: str) -> str:
@@ -74,17 +78,18 @@ def _normalise_lower(text: str) -> str:
 NORMALISERS: dict[str, Callable[[str], str]] = {"whitespace": _normalise_whitespace, "lower": _normalise_lower}
 
 
-def normalise(text: str, mode: str = "whitespace", max_chars: int | None = None) -> str:
-    """The text fastText sees, at training and at prediction time (see the module docstring)."""
-    return cut_prefix(NORMALISERS[mode](text), max_chars)
-
-
 def cut_prefix(text: str, max_chars: int | None) -> str:
-    """The first `max_chars` characters of a normalised text, cut back to a word boundary where there is one."""
+    """The first `max_chars` characters of a raw text, cut back to its last space or newline if it has one."""
     if max_chars is None or len(text) <= max_chars:
         return text
-    cut = text.rfind(" ", 0, max_chars + 1)
+    cut = max(text.rfind(" ", 0, max_chars + 1), text.rfind("\n", 0, max_chars + 1))
     return text[: cut if cut > 0 else max_chars]
+
+
+def normalise(text: str, mode: str = "whitespace", max_chars: int | None = None) -> str:
+    """The text fastText sees, at training and at prediction time (see the module docstring): the raw
+    text's prefix of at most `max_chars` characters, then normalised (so a huge page costs no more)."""
+    return NORMALISERS[mode](cut_prefix(text, max_chars))
 
 
 def _hash64(seed: int, salt: bytes, text: str) -> int:
@@ -92,14 +97,20 @@ def _hash64(seed: int, salt: bytes, text: str) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
+def hash_form(text: str) -> str:
+    """What the split and sample hashes read: the raw text with whitespace runs collapsed. It does not
+    depend on --normalise or --max-chars, so models trained with other settings share their held-out set."""
+    return " ".join(text.split())
+
+
 def doc_hash(text: str, seed: int) -> int:
-    """The held-out split's hash of a normalised text (uniform on [0, 2^64))."""
-    return _hash64(seed, b"heldout", text)
+    """The held-out split's hash of a raw text (uniform on [0, 2^64))."""
+    return _hash64(seed, b"heldout", hash_form(text))
 
 
 def sample_hash(text: str, seed: int) -> int:
-    """The --max-docs sample's hash (independent of the split's)."""
-    return _hash64(seed, b"sample", text)
+    """The --max-docs sample's hash of a raw text (independent of the split's)."""
+    return _hash64(seed, b"sample", hash_form(text))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,10 +126,13 @@ class DistillSettings:
     seed: int = 0
     text_field: str = "text"
     normalisation: str = "whitespace"
-    max_chars: int | None = None
-    # fastText's own options (its names)
+    # the raw text's first characters that fastText sees: covers the prefix a score with max_len <= ~1,000 tokens
+    # saw, and bounds prediction time on huge pages (None: all of it)
+    max_chars: int | None = 4000
+    # fastText's own options (its names); epoch 25, not fastText's 5: on the measured pools (documents of
+    # hundreds of words) 5 epochs left P(keep) at the label prior (held-out AUROC ~0.5)
     dim: int = 64
-    epoch: int = 5
+    epoch: int = 25
     lr: float = 0.1
     word_ngrams: int = 2
     min_count: int = 1
@@ -230,7 +244,7 @@ def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
         qf.append(value if value > 0 else math.nan)
         if not value > 0:
             reasons["quality_factor is not positive"] += 1
-        h1.append(doc_hash(norm, s.seed)), h2.append(sample_hash(norm, s.seed)), chars.append(len(text))
+        h1.append(doc_hash(text, s.seed)), h2.append(sample_hash(text, s.seed)), chars.append(len(text))
     return Pool(files, np.asarray(qf, dtype=np.float64), np.asarray(h1, dtype=np.uint64), np.asarray(h2, dtype=np.uint64),
                 np.asarray(chars, dtype=np.int64), reasons)
 
@@ -532,8 +546,11 @@ class FastTextScorer:
     """Scores records with a distilled model: `workers` processes predict chunks of `chunk_docs`
     documents while this one reads and writes; outputs come back in input order."""
 
-    def __init__(self, model_dir: str | os.PathLike, workers: int = 1, chunk_docs: int = 512):
-        self.card = load_card(model_dir)
+    def __init__(self, model_dir: str | os.PathLike, workers: int = 1, chunk_docs: int = 512, model_sha256: str | None = None):
+        # `model_sha256`: the job already checked model.bin against the card (hashing it once is enough)
+        self.card = load_card(model_dir, verify=model_sha256 is None)
+        if model_sha256 is not None and self.card.get("model_sha256") != model_sha256:
+            raise ModelLoadError(f"{model_dir}: the model changed while the job started; rerun")
         self.model = load_model(model_dir, self.card)
         pred = self.card["prediction"]
         self.mode, self.max_chars = pred["normalisation"], pred.get("max_chars")
@@ -588,9 +605,8 @@ class FastTextScorer:
                 if raw is None:
                     chunk.append((rec, None, False))
                 else:
-                    full = NORMALISERS[self.mode](raw)
-                    text = cut_prefix(full, self.max_chars)
-                    chunk.append((rec, text, len(text) < len(full)))
+                    text = normalise(raw, self.mode, self.max_chars)
+                    chunk.append((rec, text, self.max_chars is not None and len(raw) > self.max_chars))
                 if len(chunk) >= self.chunk_docs:
                     submit()
                     while len(pending) > max_pending or (self.workers == 1 and pending):
@@ -614,7 +630,7 @@ def classify_spec(model_dir: str | os.PathLike, workers: int | None = None):
     settings = {"model_sha256": card["model_sha256"], "normalisation": card["prediction"]["normalisation"],
                 "max_chars": card["prediction"].get("max_chars")}
     return ScorerSpec(name="classify", settings=settings, output_fields=dict(OUTPUT_FIELDS),
-                      load=lambda: FastTextScorer(model_dir, workers=n))
+                      load=lambda: FastTextScorer(model_dir, workers=n, model_sha256=card["model_sha256"]))
 
 
 def default_workers() -> int:
