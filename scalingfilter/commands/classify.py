@@ -2,7 +2,7 @@
 
 It runs on the score job engine, so it promises what `score` promises: streaming, units, output by
 rename, done markers, restart after kill -9, rejects, the same exit statuses, torchrun / several
-nodes. Each process predicts with WORKERS worker processes (default: every core it may use, shared
+nodes, or the Ray engine (`--engine ray`). Each process predicts with WORKERS worker processes (default: every core it may use, shared
 among torchrun's processes on the node). Needs `pip install 'scalingfilter[distill]'`.
 """
 
@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.flag(parser, "model", required=True, help="a `scalingfilter distill` output directory (model.bin and card.json)")
     flags.flag(parser, "text-field", default=d.text_field, help="field holding the text (RedPajama's raw_content is read when 'text' is absent)")
     flags.flag(parser, "workers", type=flags.positive_int, default=None,
-               help="prediction processes per job process (default: every core this process may use, divided among torchrun's local processes)")
+               help="local engine: prediction processes per job process (default: every core this process may use, divided "
+                    "among torchrun's local processes); --engine ray: Ray workers (default: one per CPU of the cluster)")
+    flags.flag(parser, "engine", choices=("local", "ray"), default="local",
+               help="local (default: this process, or torchrun's processes) or ray (a Ray cluster: pip install 'scalingfilter[ray]')")
+    flags.flag(parser, "ray-address", default=None, help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)")
     flags.flag(parser, "nparts", type=flags.positive_int, default=d.nparts, help="split the sorted files into NPARTS contiguous parts (for several nodes)")
     flags.flag(parser, "rank-part-start", type=flags.non_negative_int, default=d.rank_part_start, help="first part this node takes")
     flags.flag(parser, "rank-nparts", type=flags.positive_int, default=d.rank_nparts, help="number of parts this node takes")
@@ -43,13 +47,19 @@ def run(args: argparse.Namespace) -> int:
     from .score import quiet_libraries, report_summary
 
     quiet_libraries()
-    spec = classify_spec(args.model, workers=args.workers)
+    # under Ray, Ray's workers are the parallelism: each predicts in its own process
+    spec = classify_spec(args.model, workers=1 if args.engine == "ray" else args.workers)
     cfg = ScoreConfig(args.input_dir, args.output_dir, text_field=args.text_field, nparts=args.nparts,
                       rank_part_start=args.rank_part_start, rank_nparts=args.rank_nparts, unit_docs=args.unit_docs,
                       split_bytes=args.split_bytes, file_ext=tuple(args.file_ext) if args.file_ext else None,
                       force_overwrite=args.force_overwrite, strict=args.strict, show_progress=not args.no_progress,
                       device="cpu", scorer=spec)
-    summary = ScoreJob(cfg).run()
+    if args.engine == "ray":
+        from ..engines.ray_engine import RayOptions, score_with_ray
+
+        summary = score_with_ray(cfg, RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=0, cpus_per_worker=1))
+    else:
+        summary = ScoreJob(cfg).run()
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK  # rank 0 speaks for the job
     return report_summary(summary, "scalingfilter classify")
