@@ -1,0 +1,499 @@
+"""Object storage (issue 11): every test talks to a real S3 API server, moto's standalone `moto_server`,
+started on 127.0.0.1 by the fixtures (no mock of the client library). Where a connection must drop, a
+small TCP proxy sits between the client and the server and cuts it at a fixed byte count.
+
+Runs score with input and output in buckets and compares the bytes with the same run on local paths."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MOTO = shutil.which("moto_server") or str(Path(PY).parent / "moto_server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, **(env or {})))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server for this module; yields its endpoint URL."""
+    proc, endpoint = start_moto()
+    try:
+        yield endpoint
+    finally:
+        stop(proc)
+
+
+def s3fs_for(endpoint: str, **kw):
+    import s3fs
+
+    return s3fs.S3FileSystem(key=CREDS["AWS_ACCESS_KEY_ID"], secret=CREDS["AWS_SECRET_ACCESS_KEY"], endpoint_url=endpoint,
+                             use_listings_cache=False, skip_instance_cache=True, **kw)
+
+
+_bucket_no = [0]
+
+
+@pytest.fixture
+def bucket(s3):
+    """A fresh bucket name on the module's server."""
+    _bucket_no[0] += 1
+    name = f"bucket-{os.getpid()}-{_bucket_no[0]}"
+    s3fs_for(s3).mkdir(name)
+    return name
+
+
+def env_for(endpoint: str, tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(CREDS, AWS_ENDPOINT_URL=endpoint, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               SCALINGFILTER_SPOOL_DIR=str(tmp_path / "spool"))
+    env.update(extra)
+    return env
+
+
+def run_cli(args, env, timeout=240):
+    return subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def make_corpus(root: Path, n: int = 60) -> None:
+    """JSONL (plain, gzip, zstd, in a subdirectory), parquet of several row groups, a bad line, a hidden file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    root.mkdir(parents=True)
+    words = "the quick brown fox jumps over a lazy dog while seven wise owls watch".split()
+    texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(5 + i % 23)) for i in range(n)]
+    lines = [json.dumps({"id": i, "text": t, "big": 2**70 + i}) for i, t in enumerate(texts)]
+    (root / "a.jsonl").write_text("\n".join(lines[:25]) + "\nnot json\n")
+    (root / "sub").mkdir()
+    (root / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines[25:40]) + "\n").encode(), mtime=0))
+    (root / "sub" / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines[40:]) + "\n").encode()))
+    pq.write_table(pa.table({"text": texts[:33], "id": list(range(33))}), root / "d.parquet", row_group_size=8)
+    (root / ".hidden.jsonl").write_text(lines[0] + "\n")
+
+
+def upload(endpoint: str, local: Path, url: str) -> None:
+    fs = s3fs_for(endpoint)
+    for p in sorted(local.rglob("*")):
+        if p.is_file():
+            fs.put_file(str(p), f"{url.removeprefix('s3://')}/{p.relative_to(local).as_posix()}")
+
+
+def bucket_files(endpoint: str, url: str) -> dict[str, bytes]:
+    """Every object under a prefix: relative path -> bytes."""
+    fs = s3fs_for(endpoint)
+    prefix = url.removeprefix("s3://").rstrip("/")
+    return {k[len(prefix) + 1:]: fs.cat_file(k) for k in fs.find(prefix)}
+
+
+def local_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def results(files: dict[str, bytes]) -> dict[str, bytes]:
+    """What a score run promises to be identical: data files, rejects files, final markers' counts."""
+    out = {}
+    for rel, data in files.items():
+        if rel.startswith(".scalingfilter/final/"):
+            marker = json.loads(data)
+            out[rel] = json.dumps({k: v for k, v in marker.items() if k not in ("size", "mtime_ns", "etag")}, sort_keys=True).encode()
+        elif not rel.startswith(".scalingfilter") and rel != "summary.json":
+            out[rel] = data
+    return out
+
+
+SCORE_FIXED = {"SCALINGFILTER_TEST_SCORER": "fixed"}
+SPLIT = ["--unit-docs", "10", "--split-bytes", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "in"
+    make_corpus(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_reference(corpus, tmp_path_factory):
+    """The fixed-scorer run on local paths that bucket runs must equal."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(out), *SPLIT], env=dict(os.environ, **SCORE_FIXED))
+    assert r.returncode == 3, r.stderr  # one bad line rejected
+    return local_files(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# score in buckets
+
+
+def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3, bucket, corpus, tiny_pair_dir, tmp_path):
+    args = ["--pair", str(tiny_pair_dir), "--max-len", "64", "--device", "cpu", *SPLIT]
+    local = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "local"), *args], env=env_for(s3, tmp_path))
+    assert local.returncode == 3, local.stderr
+    upload(s3, corpus, f"s3://{bucket}/in")
+    remote = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", f"s3://{bucket}/out", *args], env=env_for(s3, tmp_path))
+    assert remote.returncode == 3, remote.stderr
+    got, expected = bucket_files(s3, f"s3://{bucket}/out"), local_files(tmp_path / "local")
+    assert results(got) == results(expected)
+    assert {"a.jsonl", "sub/b.jsonl.gz", "sub/c.jsonl.zst", "d.parquet", "rejects/a.jsonl.rejects.jsonl"} <= set(got)
+    assert not any(k.startswith(".scalingfilter/parts/") or k.startswith(".scalingfilter/done/") for k in got)  # cleaned up
+    assert ".scalingfilter/lock" not in got  # released
+    summary = json.loads(got["summary.json"])
+    assert summary["documents"] == 61 + 33 and summary["rejected"] == 1 and summary["files_done"] == 4
+    assert summary["input_dir"] == f"s3://{bucket}/in"
+    assert summary["skipped_paths"] == {"hidden (name starts with '.')": 1}
+    assert not list((tmp_path / "spool").glob("*"))  # prefetched copies and temporaries removed
+
+
+def test_input_in_bucket_output_local_and_the_reverse(s3, bucket, corpus, local_reference, tmp_path):
+    upload(s3, corpus, f"s3://{bucket}/in")
+    env = env_for(s3, tmp_path, **SCORE_FIXED)
+    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", str(tmp_path / "out"), *SPLIT], env=env)
+    assert r.returncode == 3, r.stderr
+    assert results(local_files(tmp_path / "out")) == results(local_reference)
+    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out2", *SPLIT], env=env)
+    assert r.returncode == 3, r.stderr
+    assert results(bucket_files(s3, f"s3://{bucket}/out2")) == results(local_reference)
+
+
+def test_kill_9_mid_run_then_restart_gives_identical_output(s3, bucket, corpus, local_reference, tmp_path):
+    """The documented hook SIGKILLs the run right after it marked N units done (in the bucket); the lock object
+    the dead run left is taken over (its pid is gone on this host); the restart does only what was left."""
+    upload(s3, corpus, f"s3://{bucket}/in")
+    out = f"s3://{bucket}/out"
+    args = ["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", out, *SPLIT]
+    killed = run_cli(args, env=env_for(s3, tmp_path, SCALINGFILTER_TEST_KILL_AFTER_UNITS="3", **SCORE_FIXED))
+    assert killed.returncode == -signal.SIGKILL
+    left = bucket_files(s3, out)
+    assert ".scalingfilter/lock" in left and "summary.json" not in left  # died mid-job, holding the lock
+    markers = [json.loads(v) for k, v in left.items() if k.startswith((".scalingfilter/done/", ".scalingfilter/final/"))]
+    done_before = sum(m["records"] for m in markers)
+    assert len([k for k in left if k.startswith(".scalingfilter/done/")]) + len([m for m in markers if "source" in m]) >= 1
+    assert 0 < done_before < 94
+    final = run_cli(args, env=env_for(s3, tmp_path, **SCORE_FIXED))
+    assert final.returncode == 3, final.stderr
+    assert "taking over the lock" in final.stderr
+    got = bucket_files(s3, out)
+    assert results(got) == results(local_reference)
+    summary = json.loads(got["summary.json"])
+    assert summary["documents"] == 94 and summary["documents_this_run"] == 94 - done_before  # only what was left
+
+
+def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
+    """The lock object is created with a conditional PUT: a second holder is refused, naming the first."""
+    from scalingfilter.errors import LockedError
+    from scalingfilter.locations import location
+    from scalingfilter.storage import JobLock, ObjectLock
+
+    for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
+        monkeypatch.setenv(k, v)
+    out = location(f"s3://{bucket}/out")
+    first = JobLock(out, "score")
+    assert isinstance(first, ObjectLock)
+    with first:
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            JobLock(out, "select").acquire()
+        corpus = tmp_path / "in"
+        corpus.mkdir()
+        (corpus / "x.jsonl").write_text('{"text": "a b"}\n')
+        r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(out), "--no-progress"], env=env_for(s3, tmp_path, **SCORE_FIXED))
+        assert r.returncode == 2 and "in use by another run" in r.stderr and "Traceback" not in r.stderr
+    assert not (out / ".scalingfilter" / "lock").exists()
+    with JobLock(out, "score"):  # released: free again
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing half-written
+
+
+def test_missing_bucket_is_one_line(s3, tmp_path, corpus):
+    env = env_for(s3, tmp_path, **SCORE_FIXED)
+    r = run_cli(["score", "--input-dir", "s3://no-such-bucket/in", "--output-dir", str(tmp_path / "out"), "--no-progress"], env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the bucket 'no-such-bucket' does not exist" in r.stderr.strip().splitlines()[-1]
+    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", "s3://no-such-bucket/out", "--no-progress"], env=env)
+    assert r.returncode == 2 and "the bucket 'no-such-bucket' does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_url_of_a_missing_filesystem_names_the_extra(tmp_path):
+    r = run_cli(["score", "--input-dir", "gs://some-bucket/in", "--output-dir", str(tmp_path / "out"), "--no-progress"],
+                env=dict(os.environ, **SCORE_FIXED))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "pip install 'scalingfilter[gcs]'" in r.stderr
+
+
+def test_storage_option_reaches_the_filesystem(s3, bucket, corpus, local_reference, tmp_path):
+    """No endpoint in the environment: --storage-option endpoint_url=... (as for MinIO or Ceph) finds the server."""
+    upload(s3, corpus, f"s3://{bucket}/in")
+    env = env_for(s3, tmp_path, **SCORE_FIXED)
+    del env["AWS_ENDPOINT_URL"]
+    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", f"s3://{bucket}/out", *SPLIT,
+                 "--storage-option", f"endpoint_url={s3}", "--storage-option", "client_kwargs.region_name=us-east-1"], env=env)
+    assert r.returncode == 3, r.stderr
+    assert results(bucket_files(s3, f"s3://{bucket}/out")) == results(local_reference)
+    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", f"s3://{bucket}/out3", "--storage-option", "novalue"], env=env)
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth():
+    """A second server that checks credentials (IAM): the first requests (the set-up) go unchecked."""
+    proc, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "5"})
+    try:
+        import boto3
+
+        kw = dict(endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1")
+        boto3.client("s3", **kw).create_bucket(Bucket="guarded")  # 1
+        boto3.client("s3", **kw).put_object(Bucket="guarded", Key="in/x.jsonl", Body=b'{"text": "one two"}\n')  # 2
+        iam = boto3.client("iam", **kw)
+        iam.create_user(UserName="reader")  # 3
+        key = iam.create_access_key(UserName="reader")["AccessKey"]  # 4
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}
+        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))  # 5
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        stop(proc)
+
+
+def test_wrong_credentials_and_no_write_permission_are_one_line(s3_with_auth, tmp_path):
+    endpoint, key_id, secret = s3_with_auth
+    env = env_for(endpoint, tmp_path, **SCORE_FIXED)
+    wrong = dict(env, AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG0", AWS_SECRET_ACCESS_KEY="wrong")
+    r = run_cli(["score", "--input-dir", "s3://guarded/in", "--output-dir", str(tmp_path / "out"), "--no-progress"], env=wrong)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "permission denied" in r.stderr and "check the credentials" in r.stderr
+    # a user whose policy allows reading only (moto's IAM checks it)
+    reader = dict(env, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    (corpus / "x.jsonl").write_text('{"text": "one two"}\n')
+    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", "s3://guarded/out", "--no-progress"], env=reader)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot write s3://guarded/out/.scalingfilter/lock: permission denied" in r.stderr
+
+
+class CuttingProxy:
+    """A TCP proxy to the S3 server that, once `limit` bytes went one way (`upstream`: requests; else
+    responses), cuts every connection and stops listening: to the client, the server went away mid-transfer.
+    `limit=None` passes everything; `cut_once` cuts that one connection only and goes on serving."""
+
+    def __init__(self, target: str, limit: int | None, upstream: bool, cut_once: bool = False):
+        self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
+        self.limit, self.upstream, self.cut_once = limit, upstream, cut_once
+        self.count = 0
+        self.cuts = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.conns += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, upstream):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream == self.upstream and self.limit is not None:
+                    with self.lock:
+                        room = self.limit - self.count
+                        self.count += len(data)
+                    if room < len(data):
+                        dst.sendall(data[:max(room, 0)])
+                        self.cuts += 1
+                        if self.cut_once:
+                            self.limit = None
+                            for s in (src, dst):
+                                s.close()
+                        else:
+                            self.stop()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.stopped = True
+        for s in [self.listener, *self.conns]:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def test_an_upload_cut_by_the_server_going_away_leaves_no_partial_object(s3, bucket, tmp_path):
+    """The run writes its outputs through a proxy that goes away after 200 kB of requests, in the middle of
+    the upload of a 600 kB output file: a one-line error, exit 2, and no object at a final key that is not
+    the complete file (the same run to the end is the reference)."""
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    lines = [json.dumps({"text": f"document {i} " + "word " * 40}) + "\n" for i in range(2000)]
+    (corpus / "a.jsonl").write_text("".join(lines[:200]))
+    (corpus / "b.jsonl").write_text("".join(lines))
+    ref = tmp_path / "ref"
+    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(ref), "--no-progress"], env=env_for(s3, tmp_path, **SCORE_FIXED))
+    assert r.returncode == 0, r.stderr
+    proxy = CuttingProxy(s3, limit=200_000, upstream=True)
+    try:
+        r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", "--no-progress"], env=env_for(proxy.url, tmp_path, **SCORE_FIXED))
+    finally:
+        proxy.stop()
+    assert proxy.cuts >= 1  # the cut landed
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("scalingfilter score: error: cannot write s3://")
+    left = bucket_files(s3, f"s3://{bucket}/out")
+    expected = local_files(ref)
+    for rel, data in left.items():
+        if not rel.startswith(".scalingfilter/"):
+            assert data == expected[rel], rel  # whatever is at a final key is complete
+    assert "b.jsonl" not in left and "summary.json" not in left
+    assert results(left).keys() <= results(expected).keys()
+    # the server is back (the proxy gone, straight to it): the same command finishes the job
+    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", "--no-progress"], env=env_for(s3, tmp_path, **SCORE_FIXED))
+    assert r.returncode == 0, r.stderr
+    assert results(bucket_files(s3, f"s3://{bucket}/out")) == results(expected)
+
+
+def test_a_read_cut_mid_file_is_retried_then_a_clear_error_naming_the_object(s3, bucket, tmp_path):
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    (corpus / "big.jsonl").write_text("".join(json.dumps({"text": f"document {i} " + "word " * 40}) + "\n" for i in range(3000)))
+    upload(s3, corpus, f"s3://{bucket}/in")
+    ref = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "ref"), "--no-progress"], env=env_for(s3, tmp_path, **SCORE_FIXED))
+    assert ref.returncode == 0
+    # one connection cut in the middle of the object's bytes: retried, and the output is the same
+    once = CuttingProxy(s3, limit=300_000, upstream=False, cut_once=True)
+    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", str(tmp_path / "once"), "--no-progress"], env=env_for(once.url, tmp_path, **SCORE_FIXED))
+    once.stop()
+    assert once.cuts == 1 and r.returncode == 0, r.stderr
+    assert local_files(tmp_path / "once")["big.jsonl"] == local_files(tmp_path / "ref")["big.jsonl"]
+    # the server gone for good mid-file: retried, then one line naming the object, nothing at the final key
+    gone = CuttingProxy(s3, limit=300_000, upstream=False)
+    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", str(tmp_path / "gone"), "--no-progress"], env=env_for(gone.url, tmp_path, **SCORE_FIXED))
+    gone.stop()
+    assert gone.cuts >= 1
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"s3://{bucket}/in/big.jsonl" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "gone" / "big.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The location layer itself
+
+
+def test_remote_reader_streams_parquet_by_row_group_and_compressed_jsonl(s3, bucket, corpus, monkeypatch):
+    from scalingfilter import documents
+
+    for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
+        monkeypatch.setenv(k, v)
+    upload(s3, corpus, f"s3://{bucket}/in")
+    walk = documents.walk_corpus(f"s3://{bucket}/in")
+    local = documents.walk_corpus(corpus)
+    assert walk.files == local.files and walk.skipped == local.skipped
+    for rel in walk.files:
+        a = [(r.index, r.data, r.error is None) for r in documents.read_records(walk.root / rel, rel, start=3, stop=20)]
+        b = [(r.index, r.data, r.error is None) for r in documents.read_records(corpus / rel, rel, start=3, stop=20)]
+        assert a == b and a, rel
+    assert [r.data for r in documents.iter_corpus(f"s3://{bucket}/in")] == [r.data for r in documents.iter_corpus(corpus)]
+
+
+def test_writers_and_atomic_write_on_urls_put_only_finished_objects(s3, bucket, monkeypatch):
+    from scalingfilter import documents, storage
+    from scalingfilter.locations import location
+
+    for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
+        monkeypatch.setenv(k, v)
+    target = location(f"s3://{bucket}/w/x.jsonl.gz")
+    with pytest.raises(RuntimeError):
+        with storage.atomic_write(target) as fh:
+            fh.write(b"half")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    with pytest.raises(RuntimeError):
+        writer = documents.open_writer(target)
+        try:
+            writer.write({"text": "x"})
+            raise RuntimeError("crash mid-write")
+        finally:
+            writer.close()
+    assert not target.exists()
+    documents.write_records(target, [{"text": "a"}, {"text": "b"}])
+    assert [r.text for r in documents.read_records(target, "x")] == ["a", "b"]
+    storage.write_json_atomic(f"s3://{bucket}/w/m.json", {"k": 1})
+    assert storage.read_json(f"s3://{bucket}/w/m.json") == {"k": 1}
+
+
+def test_parse_storage_options():
+    from scalingfilter.errors import UsageError
+    from scalingfilter.locations import parse_storage_options
+
+    assert parse_storage_options(["anon=true", "client_kwargs.region_name=eu-west-1", "max_concurrency=4", "endpoint_url=http://h:9000"]) == {
+        "anon": True, "client_kwargs": {"region_name": "eu-west-1"}, "max_concurrency": 4, "endpoint_url": "http://h:9000"}
+    with pytest.raises(UsageError):
+        parse_storage_options(["=x"])
