@@ -20,6 +20,7 @@ COMMANDS = {
     "report": "An HTML report with figures of a scored (and selected) corpus.",
     "diversity": "Semantic diversity (Vendi score of sentence embeddings) of a corpus.",
     "demo": "Score, select and report a demo corpus built from text the installation brings.",
+    "slurm": "Print an sbatch script that runs score on a Slurm cluster (job array with torchrun, or a Ray cluster).",
     "distill": "Train a fastText classifier that imitates the quality factor (to filter a whole pool on CPUs).",
     "classify": "Add qf_distilled (P(keep) of a distilled fastText model) to every document of a corpus.",
 }

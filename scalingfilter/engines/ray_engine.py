@@ -152,7 +152,9 @@ def connect(ray, opts: RayOptions) -> bool:
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray instance"
-        raise ScalingFilterError(f"cannot start or join {where}: {first}") from None
+        hint = ("; a cluster started with `ray start` checks a token: set RAY_AUTH_MODE=token and make its token "
+                "available (~/.ray/auth_token or RAY_AUTH_TOKEN)") if opts.address else ""
+        raise ScalingFilterError(f"cannot start or join {where}: {first}{hint}") from None
     return True
 
 
