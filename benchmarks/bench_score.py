@@ -10,6 +10,12 @@ Prints docs/s, tokens/s, peak RSS and the speed ratio for two corpora, beside th
 
   python benchmarks/bench_score.py [--dclm-docs 150] [--pages 48] [--threads 2]
   python benchmarks/bench_score.py --memory   # peak RSS of the score job on a 10 MB and a 1 GB file
+
+GPU (the paper's gpt2 / gpt2-large shapes, random weights, bf16; one script of a few minutes):
+  python benchmarks/bench_score.py --prepare-kit        # here: copy ../shared/gpu + a corpus file + wheels to gpu_kit/
+  python benchmarks/bench_score.py --gpu --tiny         # here: the same script end to end on tiny shapes, on the CPU
+  python benchmarks/bench_score.py --gpu                # on the GPU machine (carry gpu_kit): reference cost model,
+                                                        # raw-forward ceiling, ours packed / padded, whole process, profile
 """
 
 from __future__ import annotations
@@ -25,14 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "eval"
 # small CPU models: ~2M and ~9M parameters with an 8k vocabulary
 SIZES = {"small": (4, 128, 4), "large": (8, 256, 8)}
 
 
 def load_texts(name: str, n: int, key=lambda r: True) -> list[str]:
+    import orjson
+
     texts = []
     with gzip.open(SHARED / name, "rb") as fh:
         for line in fh:
@@ -165,6 +171,8 @@ def memory_job(input_dir: str, out_dir: str, pair_dir: str) -> dict:
 
 
 def memory(args) -> None:
+    import orjson
+
     """Peak RSS of the whole score job (read, tokenise, score, write) on a 10 MB and a 1 GB file of the
     same documents. Documents are long pages, so scoring cost per byte is low and the I/O path dominates."""
     pages = load_texts("cleaneval-pairs.jsonl.gz", 400)
@@ -205,10 +213,26 @@ def main() -> None:
     p.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
     p.add_argument("--big-mb", type=int, nargs="+", default=[1024])
     p.add_argument("--tmp", default=None)
+    p.add_argument("--prepare-kit", action="store_true", help="copy what --gpu needs into gpu_kit/ (run where ../shared is)")
+    p.add_argument("--gpu", action="store_true", help="the GPU benchmark (gpt2 / gpt2-large shapes, bf16)")
+    p.add_argument("--tiny", action="store_true", help="with --gpu: tiny shapes and few documents, to try the script on a CPU")
+    p.add_argument("--docs", type=int, default=None, help="--gpu: documents for ours (default 4000; --tiny 64)")
+    p.add_argument("--ref-docs", type=int, default=None, help="--gpu: documents for the reference cost model (default 1000; --tiny 24)")
+    p.add_argument("--flex", action="store_true", help="--gpu: also packed rows through flex_attention (compiles: slow to start)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="--gpu: the chip's dense bf16 peak (default: by GPU name)")
+    p.add_argument("--json", default=None, help="--gpu: also write the results here (default $OUT/bench_score_gpu.json when $OUT is set)")
     args = p.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if args.prepare_kit:
+        from bench_score_gpu import prepare_kit
+
+        return prepare_kit()
+    if args.gpu:
+        from bench_score_gpu import gpu
+
+        return gpu(args)
     if not SHARED.is_dir():
         sys.exit(f"needs {SHARED} (the shared corpora)")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     memory(args) if args.memory else speed(args)
 
 
