@@ -323,10 +323,12 @@ def write_training_file(path: Path, scored_dir, pool: Pool, plan: Plan, s: Disti
     """The training lines in seeded-hash order (through bucket files: bounded memory); returns the held-out
     positions in corpus order and writes their texts, one a line, to `path`.heldout."""
     tmp = path.parent
-    buckets = [open(tmp / f"bucket-{b:02d}.txt", "w", encoding="utf-8") for b in range(n_buckets)]
+    # newline="": a text may hold \r, \u2028 and other characters Python would otherwise read as line ends;
+    # every line written here ends with \n, the only line end fastText reads, and is split on \n only
+    buckets = [open(tmp / f"bucket-{b:02d}.txt", "w", encoding="utf-8", newline="") for b in range(n_buckets)]
     heldout_positions: list[int] = []
     try:
-        with open(str(path) + ".heldout", "w", encoding="utf-8") as held:
+        with open(str(path) + ".heldout", "w", encoding="utf-8", newline="") as held:
             for pos, text in iter_pool_texts(scored_dir, pool.files, s):
                 if text is None:
                     continue
@@ -340,10 +342,11 @@ def write_training_file(path: Path, scored_dir, pool: Pool, plan: Plan, s: Disti
     finally:
         for b in buckets:
             b.close()
-    with open(path, "w", encoding="utf-8") as out:
+    with open(path, "w", encoding="utf-8", newline="") as out:
         for b in range(n_buckets):
             bpath = tmp / f"bucket-{b:02d}.txt"
-            lines = bpath.read_text(encoding="utf-8").splitlines()
+            with open(bpath, encoding="utf-8", newline="") as fh:
+                lines = fh.read().split("\n")[:-1]
             lines.sort()  # by the hash prefix: a seeded shuffle
             for line in lines:
                 out.write(line[17:] + "\n")
@@ -437,8 +440,8 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
         t1 = time.time()
         model = fasttext.train_supervised(input=str(train_path), verbose=0, thread=threads, **s.fasttext_args())
         t_train = time.time() - t1
-        with open(str(train_path) + ".heldout", encoding="utf-8") as fh:
-            texts = fh.read().splitlines()
+        with open(str(train_path) + ".heldout", encoding="utf-8", newline="") as fh:
+            texts = fh.read().split("\n")[:-1]
         t2 = time.time()
         p = np.asarray(p_keep(model, texts), dtype=np.float64)
         t_pred = time.time() - t2

@@ -26,7 +26,7 @@ PY = sys.executable
 WORDS = ("river stone garden letter morning window history market music winter summer village teacher "
          "doctor engine forest island mountain paper table kitchen bridge harbour station lantern").split()
 MARKERS = ["subscribe to our newsletter", "click here", "cookie policy", "all rights reserved"]
-FT = dict(dim=16, epoch=10, bucket=20_000, threads=1)  # small and reproducible
+FT = dict(dim=16, bucket=20_000, threads=1)  # small and reproducible; the default 25 epochs
 
 
 def synthetic_text(rng: random.Random, boilerplate: bool) -> str:
@@ -35,7 +35,8 @@ def synthetic_text(rng: random.Random, boilerplate: bool) -> str:
         for m in rng.sample(MARKERS, 2):
             words.insert(rng.randrange(len(words)), m)
     lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
-    return "\n".join(lines)
+    # line ends of every kind: only \n is special to fastText, but Python would split on the others too
+    return "".join(line + rng.choice(["\n", "\r\n", "\u2028", "\n\n"]) for line in lines).rstrip()
 
 
 def write_scored(root: Path, n: int, seed: int = 0, unscored: int = 0, name: str = "part.jsonl") -> list[dict]:
@@ -44,7 +45,7 @@ def write_scored(root: Path, n: int, seed: int = 0, unscored: int = 0, name: str
     rng = random.Random(seed)
     records = []
     for i in range(n):
-        bad = rng.random() < 0.3
+        bad = i % 10 < 3  # exactly 30%: the top 70% by quality factor (the keep decision) is exactly the clean ones
         qf = math.exp(rng.uniform(-0.5, -0.1) if bad else rng.uniform(0.1, 0.5))
         records.append({"id": i, "text": synthetic_text(rng, bad), "boilerplate": bad, "small_loss": 3.0, "large_loss": 3.0 - math.log(qf),
                         "small_ppl": 20.0, "large_ppl": 20.0 / qf, "quality_factor": qf, "n_tokens": 50, "truncated": False, "score_error": None})
