@@ -165,14 +165,15 @@ def test_datatrove_filter_keeps_and_drops_like_the_model(trained, monkeypatch):
     assert right >= 36  # it keeps the clean pages and drops the boilerplate ones
 
 
-def classify_corpus(root: Path) -> Path:
+def classify_corpus(root: Path, bad_record: bool = True) -> Path:
     rng = random.Random(5)
     inp = root / "in"
     (inp / "sub").mkdir(parents=True)
     a = [{"id": i, "text": synthetic_text(rng, i % 3 == 0)} for i in range(120)]
     a[7]["text"] = " \n\t "  # no usable text
     lines = [orjson.dumps(r) for r in a]
-    lines.insert(20, b"{not json")  # a rejected record
+    if bad_record:
+        lines.insert(20, b"{not json")  # a rejected record
     (inp / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     import gzip
 
@@ -295,3 +296,24 @@ def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path):
         ray.shutdown()
     assert summary["failed_units"] == [] and summary["rejected"] == 1
     assert read_output(tmp_path / "ray") == read_output(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_classify_under_torchrun_matches_one_process(trained, tmp_path):
+    import socket
+
+    root, _records, _card = trained
+    inp = classify_corpus(tmp_path, bad_record=False)
+    args = ["classify", "--input-dir", str(inp), "--model", str(root / "model"), "--no-progress", "--unit-docs", "20", "--split-bytes", "0"]
+    one = run_cli([*args, "--output-dir", str(tmp_path / "one"), "--workers", "1"])
+    assert one.returncode == 0, one.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "scalingfilter.cli",
+                          *args, "--output-dir", str(tmp_path / "two")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert read_output(tmp_path / "two") == read_output(tmp_path / "one")
+    summary = orjson.loads((tmp_path / "two" / "summary.json").read_bytes())
+    assert summary["processes"] == 2 and summary["documents"] == 165 and summary["unscorable"] == 1
