@@ -146,7 +146,7 @@ def connect(ray, opts: RayOptions) -> bool:
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     try:
         if opts.address is None:
-            ray.init(object_store_memory=opts.object_store_mb << 20, **kwargs)
+            ray.init(address="local", object_store_memory=opts.object_store_mb << 20, **kwargs)  # never a stray running cluster
         else:
             ray.init(address=opts.address, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
@@ -195,7 +195,10 @@ class _Dispatcher:
         self.failed: list[str] = []
         self.workers: dict[Any, dict[str, Any]] = {}  # actor -> {"ready": bool, "busy": int, "pid", "host"}
         self.inflight: dict[Any, tuple[Any, str, list[tuple]]] = {}  # ref -> (actor, kind, items)
-        self.started = self.lost = 0
+        self.t0 = time.time()
+        self.started = self.lost = self.ready_count = 0
+        self.first_ready_at: float | None = None  # work starts
+        self.all_ready_at: float | None = None  # the first n_workers workers are all ready: startup is over
         self.replacements_left = opts.replacement_budget if opts.replacement_budget is not None else self.n_workers * (opts.max_unit_retries + 1)
         kill_driver = os.environ.get(TEST_KILL_DRIVER_ENV)
         self.kill_driver_after = int(kill_driver) if kill_driver else None
@@ -327,6 +330,10 @@ class _Dispatcher:
             if info is not None:
                 info.update(ready=True, pid=result[0], host=result[1])
                 log.info("worker pid %d on %s ready", result[0], result[1])
+                self.ready_count += 1
+                self.first_ready_at = self.first_ready_at or time.time()
+                if self.ready_count == self.n_workers:
+                    self.all_ready_at = time.time()
             return
         if info is not None:
             info["busy"] -= 1
@@ -353,7 +360,7 @@ class _Dispatcher:
                 if ref in self.inflight:  # not already failed with its dead worker's other calls
                     self.handle(ref)
             bar.update(self.units_done - bar.n)
-            elapsed = max(time.time() - self.t0, 1e-9)
+            elapsed = max(time.time() - (self.first_ready_at or self.t0), 1e-9)
             bar.set_postfix_str(f"{self.docs / elapsed:,.0f} doc/s, {self.tokens / elapsed:,.0f} tok/s, "
                                 f"workers {sum(w['ready'] for w in self.workers.values())}/{self.n_workers}", refresh=False)
         for batch in self.queue:
@@ -390,7 +397,6 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
         try:
             shape = worker_shape(ray.cluster_resources(), opts)
             dispatcher = _Dispatcher(ray, job, plan, opts, shape)
-            dispatcher.t0 = time.time()
             bar = tqdm(desc="scoring units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
                        dynamic_ncols=True, mininterval=1.0, smoothing=0)
             try:
@@ -399,7 +405,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
                 bar.close()
                 for actor in list(dispatcher.workers):
                     ray.kill(actor)
-            dispatch_s = time.time() - dispatcher.t0
+            work_s = time.time() - (dispatcher.first_ready_at or dispatcher.t0)
         finally:
             if started_ray:
                 ray.shutdown()
@@ -407,8 +413,10 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
             "engine": "ray", "ray_address": opts.address or "local", "workers": shape[0], "gpus_per_worker": shape[1],
             "cpus_per_worker": shape[2], "workers_started": dispatcher.started, "workers_lost": dispatcher.lost,
             "units_this_run": dispatcher.units_total, "units_done_this_run": dispatcher.units_done,
-            "units_per_s": round(dispatcher.units_done / dispatch_s, 2) if dispatch_s > 0 else None,
+            "work_s": round(work_s, 3),  # from the first worker ready to the last unit done (no startup)
+            "units_per_s": round(dispatcher.units_done / work_s, 2) if work_s > 0 else None,
             "unit_retries": dispatcher.retries, "failed_units": dispatcher.failed,
+            "workers_ready_s": round(dispatcher.all_ready_at - t0, 3) if dispatcher.all_ready_at else None,
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         summary = job.summarise(plan, time.time() - t0, [dispatcher.docs, dispatcher.tokens], shape[0], extra)
