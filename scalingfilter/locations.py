@@ -183,6 +183,8 @@ def storage_failure(exc: BaseException, url: str, doing: str) -> StorageError:
     """A one-line StorageError for a failure of the store while `doing` something with `url`."""
     text = _error_text(exc)
     low = text.lower()
+    if isinstance(exc, TypeError) and "keyword argument" in low:
+        return StorageError(f"cannot {doing} {url}: the filesystem does not take an option given ({text}); check --storage-option")
     if "bucket does not exist" in low or "nosuchbucket" in low:
         bucket = url.split("://", 1)[-1].split("/", 1)[0]
         return StorageError(f"cannot {doing} {url}: the bucket {bucket!r} does not exist (check the URL, or create the bucket)")
@@ -475,3 +477,23 @@ def names_in(directory: "Path | ObjectPath") -> set[str]:
         return {e.name for e in os.scandir(directory) if e.is_file()}
     except (FileNotFoundError, NotADirectoryError):
         return set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared --storage-option flag (every command gets it from cli.build_parser)
+
+
+def add_storage_option_flag(parser) -> None:
+    if any("--storage-option" in a.option_strings for a in parser._actions):
+        return
+    parser.add_argument("--storage-option", "--storage_option", dest="storage_option", action="append", default=None, metavar="KEY=VALUE",
+                        help="an option of the filesystem of s3:// / gs:// / ... URLs (repeatable), e.g. endpoint_url=http://minio:9000 "
+                             "or client_kwargs.region_name=eu-west-1; credentials and endpoints otherwise come from the "
+                             "filesystem's standard configuration (AWS_ENDPOINT_URL, ~/.aws, GOOGLE_APPLICATION_CREDENTIALS, ...)")
+
+
+def apply_storage_options(args) -> None:
+    """Make --storage-option the options of every URL this process opens (called by cli.run_command)."""
+    pairs = getattr(args, "storage_option", None)
+    if pairs:
+        set_storage_options(parse_storage_options(pairs))

@@ -151,6 +151,8 @@ def results(files: dict[str, bytes]) -> dict[str, bytes]:
 
 SCORE_FIXED = {"SCALINGFILTER_TEST_SCORER": "fixed"}
 SPLIT = ["--unit-docs", "10", "--split-bytes", "0", "--no-progress"]
+# where the server goes away: botocore's retries bounded, so that giving up takes a second, not half a minute
+FEW_RETRIES = ["--storage-option", "config_kwargs.retries.max_attempts=2"]
 
 
 @pytest.fixture(scope="module")
@@ -173,33 +175,45 @@ def local_reference(corpus, tmp_path_factory):
 # score in buckets
 
 
-def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3, bucket, corpus, tiny_pair_dir, tmp_path):
-    args = ["--pair", str(tiny_pair_dir), "--max-len", "64", "--device", "cpu", *SPLIT]
-    local = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "local"), *args], env=env_for(s3, tmp_path))
-    assert local.returncode == 3, local.stderr
+@pytest.fixture
+def s3_env(s3, tmp_path, monkeypatch):
+    """This process talks to the module's server (in-process runs: no interpreter start per run)."""
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3, "SCALINGFILTER_SPOOL_DIR": str(tmp_path / "spool")}.items():
+        monkeypatch.setenv(k, v)
+    return s3
+
+
+def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3_env, bucket, corpus, tiny_pair_dir, tmp_path):
+    from scalingfilter.pipeline import score_corpus
+
+    s3 = s3_env
+    options = dict(pair=str(tiny_pair_dir), max_len=64, device="cpu", unit_docs=10, split_bytes=0, show_progress=False)
+    score_corpus(corpus, tmp_path / "local", **options)
     upload(s3, corpus, f"s3://{bucket}/in")
-    remote = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", f"s3://{bucket}/out", *args], env=env_for(s3, tmp_path))
-    assert remote.returncode == 3, remote.stderr
+    summary = score_corpus(f"s3://{bucket}/in", f"s3://{bucket}/out", **options)
     got, expected = bucket_files(s3, f"s3://{bucket}/out"), local_files(tmp_path / "local")
     assert results(got) == results(expected)
     assert {"a.jsonl", "sub/b.jsonl.gz", "sub/c.jsonl.zst", "d.parquet", "rejects/a.jsonl.rejects.jsonl"} <= set(got)
     assert not any(k.startswith(".scalingfilter/parts/") or k.startswith(".scalingfilter/done/") for k in got)  # cleaned up
     assert ".scalingfilter/lock" not in got  # released
-    summary = json.loads(got["summary.json"])
+    assert json.loads(got["summary.json"]) == json.loads(json.dumps(summary))
     assert summary["documents"] == 61 + 33 and summary["rejected"] == 1 and summary["files_done"] == 4
     assert summary["input_dir"] == f"s3://{bucket}/in"
     assert summary["skipped_paths"] == {"hidden (name starts with '.')": 1}
     assert not list((tmp_path / "spool").glob("*"))  # prefetched copies and temporaries removed
 
 
-def test_input_in_bucket_output_local_and_the_reverse(s3, bucket, corpus, local_reference, tmp_path):
+def test_input_in_bucket_output_local_and_the_reverse(s3_env, bucket, corpus, local_reference, tmp_path):
+    from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
+
+    s3 = s3_env
     upload(s3, corpus, f"s3://{bucket}/in")
-    env = env_for(s3, tmp_path, **SCORE_FIXED)
-    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", str(tmp_path / "out"), *SPLIT], env=env)
-    assert r.returncode == 3, r.stderr
+    options = dict(unit_docs=10, split_bytes=0, show_progress=False, scorer=fixed_scorer_spec())
+    score_corpus(f"s3://{bucket}/in", tmp_path / "out", **options)
     assert results(local_files(tmp_path / "out")) == results(local_reference)
-    r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out2", *SPLIT], env=env)
-    assert r.returncode == 3, r.stderr
+    score_corpus(corpus, f"s3://{bucket}/out2", **options)
     assert results(bucket_files(s3, f"s3://{bucket}/out2")) == results(local_reference)
 
 
@@ -364,7 +378,10 @@ class CuttingProxy:
                         if self.cut_once:
                             self.limit = None
                             for s in (src, dst):
-                                s.close()
+                                try:
+                                    s.shutdown(socket.SHUT_RDWR)
+                                except OSError:
+                                    pass
                         else:
                             self.stop()
                         return
@@ -381,6 +398,10 @@ class CuttingProxy:
     def stop(self):
         self.stopped = True
         for s in [self.listener, *self.conns]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # the peer sees the connection end now, not when the fd is freed
+            except OSError:
+                pass
             try:
                 s.close()
             except OSError:
@@ -401,7 +422,8 @@ def test_an_upload_cut_by_the_server_going_away_leaves_no_partial_object(s3, buc
     assert r.returncode == 0, r.stderr
     proxy = CuttingProxy(s3, limit=200_000, upstream=True)
     try:
-        r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", "--no-progress"], env=env_for(proxy.url, tmp_path, **SCORE_FIXED))
+        r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", "--no-progress", *FEW_RETRIES],
+                    env=env_for(proxy.url, tmp_path, **SCORE_FIXED))
     finally:
         proxy.stop()
     assert proxy.cuts >= 1  # the cut landed
@@ -435,7 +457,8 @@ def test_a_read_cut_mid_file_is_retried_then_a_clear_error_naming_the_object(s3,
     assert local_files(tmp_path / "once")["big.jsonl"] == local_files(tmp_path / "ref")["big.jsonl"]
     # the server gone for good mid-file: retried, then one line naming the object, nothing at the final key
     gone = CuttingProxy(s3, limit=300_000, upstream=False)
-    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", str(tmp_path / "gone"), "--no-progress"], env=env_for(gone.url, tmp_path, **SCORE_FIXED))
+    r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", str(tmp_path / "gone"), "--no-progress", *FEW_RETRIES],
+                env=env_for(gone.url, tmp_path, **SCORE_FIXED))
     gone.stop()
     assert gone.cuts >= 1
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
