@@ -74,7 +74,8 @@ def data_tree(out: Path) -> dict[str, bytes]:
 SCORE = ["--split-bytes", "1000", "--unit-docs", "60", "--device", "cpu", "--no-progress"]
 
 
-def test_array_script_scores_node_parts_and_resubmission_continues(tmp_path):
+def test_array_script_scores_node_parts_and_resubmission_continues(tmp_path, monkeypatch):
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
     write_corpus(tmp_path / "in")
     out = tmp_path / "out"
     text = script_for(["--nodes", "2", "--gpus-per-node", "0", "--partition", "cpu", "--time", "1:00:00", "--",
@@ -96,12 +97,11 @@ def test_array_script_scores_node_parts_and_resubmission_continues(tmp_path):
     part1 = json.loads((out / "summary.parts-1-1.json").read_text())
     assert 0 < part0["documents_this_run"] < part0["documents"]
     assert part0["files"] + part1["files"] == 6 and part0["rejected"] + part1["rejected"] == 1
-    os.environ[TEST_SCORER_ENV] = "fixed"
-    try:
-        score_corpus(tmp_path / "in", tmp_path / "local", split_bytes=1000, unit_docs=60, show_progress=False)
-    finally:
-        del os.environ[TEST_SCORER_ENV]
+    score_corpus(tmp_path / "in", tmp_path / "local", split_bytes=1000, unit_docs=60, show_progress=False)
     assert data_tree(out) == data_tree(tmp_path / "local")
+    # one plain score run afterwards finds everything done and writes the whole directory's summary.json
+    whole = score_corpus(tmp_path / "in", out, split_bytes=1000, unit_docs=60, show_progress=False)
+    assert whole["documents_this_run"] == 0 and whole["files_done"] == 6 and (out / "summary.json").exists()
     # a task resubmitted after it finished does nothing and succeeds
     again = run_script(script, tmp_path, {**task, "SLURM_ARRAY_TASK_ID": "1"})
     assert again.returncode == 0 and json.loads((out / "summary.parts-1-1.json").read_text())["documents_this_run"] == 0
@@ -114,8 +114,9 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_script_starts_a_cluster_and_scores(tmp_path):
+def test_ray_script_starts_a_cluster_and_scores(tmp_path, monkeypatch):
     pytest.importorskip("ray")
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
     write_corpus(tmp_path / "in")
     text = script_for(["--nodes", "1", "--gpus-per-node", "0", "--mode", "ray", "--ray-port", str(free_port()), "--",
                        "--input-dir", "in", "--output-dir", "out", *SCORE], cwd=tmp_path)
@@ -126,11 +127,7 @@ def test_ray_script_starts_a_cluster_and_scores(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["engine"] == "ray" and summary["files_done"] == 6 and summary["rejected"] == 1
-    os.environ[TEST_SCORER_ENV] = "fixed"
-    try:
-        score_corpus(tmp_path / "in", tmp_path / "local", split_bytes=1000, unit_docs=60, show_progress=False)
-    finally:
-        del os.environ[TEST_SCORER_ENV]
+    score_corpus(tmp_path / "in", tmp_path / "local", split_bytes=1000, unit_docs=60, show_progress=False)
     assert data_tree(tmp_path / "out") == data_tree(tmp_path / "local")
 
 
