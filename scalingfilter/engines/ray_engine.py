@@ -123,7 +123,22 @@ class ScoreWorker:
 # Joining or starting Ray
 
 
-def _check_reachable(address: str) -> None:
+def _resolve_auto() -> str:
+    """The cluster `auto` means (RAY_ADDRESS, else the last `ray start` on this machine), found as ray.init
+    would find it, so that its reachability can be checked first."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        address = canonicalize_bootstrap_address("auto")
+    except Exception:  # a private helper of Ray's: any failure means nothing was found
+        address = None
+    if not address:
+        raise ScalingFilterError("--ray-address auto: no running Ray cluster found on this machine (RAY_ADDRESS is not set and no "
+                                 "`ray start` ran here); start one, pass HOST:PORT, or leave out --ray-address for a local instance")
+    return address
+
+
+def _check_reachable(address: str, what: str = "") -> None:
     """HOST:PORT must accept a connection quickly: ray.init would otherwise retry for minutes."""
     host, _, port = address.rpartition(":")
     host = host.removeprefix("ray://")
@@ -133,7 +148,7 @@ def _check_reachable(address: str) -> None:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise ScalingFilterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it "
+        raise ScalingFilterError(f"{what}cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it "
                                  f"(`ray start --head`) or pass the head's address, or leave out --ray-address for a local instance") from None
 
 
@@ -141,7 +156,9 @@ def connect(ray, opts: RayOptions) -> bool:
     """Join the cluster at opts.address or start a local instance; True when this call started Ray."""
     if ray.is_initialized():
         return False  # an embedding program (or a test) runs Ray already
-    if opts.address not in (None, "auto"):
+    if opts.address == "auto":
+        _check_reachable(_resolve_auto(), "--ray-address auto: ")
+    elif opts.address is not None:
         _check_reachable(opts.address)
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     try:
