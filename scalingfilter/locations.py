@@ -205,7 +205,7 @@ def translated(url: str, doing: str) -> Iterator[None]:
 
     try:
         yield
-    except (ScalingFilterError, KeyboardInterrupt, FileExistsError):
+    except (ScalingFilterError, KeyboardInterrupt, FileExistsError, NotImplementedError):
         raise
     except Exception as exc:  # the stores raise OSError subclasses, botocore/aiohttp/google errors, ...
         raise storage_failure(exc, url, doing) from exc
@@ -396,9 +396,18 @@ class ObjectPath:
             self.fs.copy(other.path, self.path)
 
     def create(self, data: bytes) -> None:
-        """Write `data` only if no object exists at this key (a conditional PUT); FileExistsError if one does."""
+        """Write `data` only if no object exists at this key (a conditional PUT); FileExistsError if one does,
+        NotImplementedError where the filesystem or the server has no conditional writes."""
         with translated(str(self), "write"):
-            self.fs.pipe_file(self.path, data, mode="create")
+            try:
+                self.fs.pipe_file(self.path, data, mode="create")
+            except (TypeError, NotImplementedError) as exc:  # a filesystem without the mode argument
+                raise NotImplementedError(str(exc)) from exc
+            except OSError as exc:
+                text = str(exc).lower().replace(" ", "")
+                if "notimplemented" in text or "501" in text:  # a server that refuses If-None-Match
+                    raise NotImplementedError(str(exc)) from exc
+                raise
 
     def write_bytes(self, data: bytes) -> None:
         with translated(str(self), "write"):
