@@ -4,6 +4,7 @@ are one-line errors with nothing written."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -107,7 +108,6 @@ def test_learns_a_textual_rule_on_heldout_documents(trained):
     assert docs["train"]["keep"] + docs["train"]["drop"] + docs["heldout"] == 700
     # the held-out documents are a seeded hash split: recompute it independently of the plan
     cut = int(0.2 * 2**64)
-    import hashlib
 
     def split_hash(text):  # blake2b keyed by seed 0 and the split's salt, of the whitespace-collapsed text
         return int.from_bytes(hashlib.blake2b(" ".join(text.split()).encode(), digest_size=8, key=b"0heldout").digest(), "big")
@@ -119,6 +119,21 @@ def test_learns_a_textual_rule_on_heldout_documents(trained):
     fresh = write_scored(root / "fresh", 200, seed=7)
     p = [D.p_keep(model, [D.normalise(r["text"])])[0] for r in fresh]
     assert auroc(p, [not r["boilerplate"] for r in fresh]) >= 0.95
+
+
+def test_max_docs_samples_but_labels_come_from_the_whole_corpus(tmp_path):
+    write_scored(tmp_path / "scored", 400)
+    full = D.DistillSettings(heldout=0.2)
+    pool = D.read_pool(tmp_path / "scored", full)
+    whole = D.plan_split(pool, full)
+    sampled = D.plan_split(pool, D.DistillSettings(heldout=0.2, max_docs=150))
+    again = D.plan_split(pool, D.DistillSettings(heldout=0.2, max_docs=150))
+    assert sampled.counts["sampled"] == 150 and whole.counts["sampled"] == 400
+    used = (sampled.train_label >= 0) | sampled.heldout
+    assert used.sum() == 150 and np.array_equal(used, (again.train_label >= 0) | again.heldout)  # the same sample each run
+    assert sampled.threshold == whole.threshold and np.array_equal(sampled.decision, whole.decision)
+    # a sampled document keeps the label the whole corpus gives it
+    assert np.array_equal(sampled.train_label[sampled.train_label >= 0], whole.decision[sampled.train_label >= 0].astype(np.int8))
 
 
 def test_tails_labels_leave_the_middle_out(tmp_path):
