@@ -35,6 +35,7 @@ from scalingfilter.evaluation import auroc, pair_win_rate  # noqa: E402
 
 GRID = {
     "fasttext-defaults": dict(epoch=5, lr=0.1, normalisation="whitespace"),
+    "defaults": dict(),  # distill's own defaults (25 epochs, whitespace, 4,000 characters)
     "epoch25": dict(epoch=25, normalisation="whitespace"),
     "lower": dict(epoch=25, normalisation="lower"),
     "lower-2000": dict(epoch=25, normalisation="lower", max_chars=2000),
@@ -75,7 +76,7 @@ def eval_labelled(model, eval_scored: Path, s: D.DistillSettings) -> dict:
     return out
 
 
-def run_one(name: str, scored: Path, eval_scored: Path | None, opts: dict, n_scored: int, base: dict) -> dict:
+def run_one(name: str, scored: Path, eval_scored: Path | None, opts: dict, n_scored: int, base: dict, save_to: Path | None = None) -> dict:
     import fasttext
 
     opts = dict(opts)
@@ -108,6 +109,10 @@ def run_one(name: str, scored: Path, eval_scored: Path | None, opts: dict, n_sco
                "documents": card["documents"], "by_source": by_source, "time_s": round(elapsed, 1)}
         if eval_scored is not None:
             row["labelled"] = eval_labelled(model, eval_scored, s)
+        if save_to is not None:
+            import shutil
+
+            shutil.copytree(Path(tmp) / "m", save_to / name, ignore=shutil.ignore_patterns(".scalingfilter"), dirs_exist_ok=True)
     return row
 
 
@@ -121,12 +126,13 @@ def main() -> None:
     ap.add_argument("--bucket", type=int, default=200_000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="append each result as a JSON line here")
+    ap.add_argument("--save-models", type=Path, default=None, help="keep each model as SAVE_MODELS/NAME (model.bin, card.json)")
     args = ap.parse_args()
     base = dict(keep=args.keep, heldout=args.heldout, bucket=args.bucket, threads=args.threads)
     n_scored = sum(1 for q in field_per_record(args.scored, "quality_factor") if q)
     print(f"pool: {args.scored} ({n_scored} scored documents)")
     for name in args.grid.split(","):
-        row = run_one(name, args.scored, args.eval_scored, GRID[name], n_scored, base)
+        row = run_one(name, args.scored, args.eval_scored, GRID[name], n_scored, base, args.save_models)
         h = row["heldout"]
         print(f"{name:22s} heldout AUROC {h['auroc_vs_keep_decision']:.3f} (train {row['train_auroc']:.3f})  Spearman {h['spearman_vs_log_qf']:.3f}  "
               f"overlap {h['kept_overlap']:.3f} (chance {h['kept_overlap_by_chance']:.3f})  length AUROC {h.get('length_baseline_auroc')}  "
