@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -34,7 +35,7 @@ IGNORED = {"summary.json", "lock"}  # times and the lock holder differ between r
 
 @pytest.fixture(scope="module")
 def ray_address():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -195,3 +196,21 @@ def test_engine_ray_without_ray_installed_names_the_extra(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "pip install 'scalingfilter[ray]'" in proc.stderr or 'pip install "scalingfilter[ray]"' in proc.stderr, proc.stderr
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_ray_encoder_gives_one_process_embeddings(ray_address, sample_texts):
+    """The embedding step of diversity on Ray workers: same rows, same order, to 1e-6."""
+    from scalingfilter.embedding import encode_stream, load_model
+    from scalingfilter.engines.ray_embed import RayEncoder
+
+    docs = [(f"d{i}", f"{sample_texts[i % len(sample_texts)]} ({i})") for i in range(50)]
+    model = load_model(None, device="cpu")
+    local, local_ids, _ = encode_stream(model, docs, batch_size=8, chunk_texts=16, progress=False)
+    encoder = RayEncoder(model, None, opts=RayOptions(workers=2))
+    try:
+        assert len(encoder.workers) == 2
+        remote, remote_ids, _ = encode_stream(encoder, docs, batch_size=8, chunk_texts=16, progress=False)
+    finally:
+        encoder.close()
+    assert remote_ids == local_ids and remote.shape == local.shape == (50, 384)
+    np.testing.assert_allclose(remote, local, atol=1e-6, rtol=0)

@@ -250,9 +250,6 @@ class _Dispatcher:
         self.inflight[actor.ready.remote()] = (actor, "ready", [])
         self.started += 1
 
-    def alive(self) -> int:
-        return len(self.workers)
-
     def worker_lost(self, actor, why: str) -> None:
         info = self.workers.pop(actor, None)
         if info is None:
