@@ -56,6 +56,12 @@ def build_pair(root: Path, texts: list[str]) -> Path:
     return build_random_pair(root / "pair", texts, vocab_size=8192, n_positions=1024, sizes=SIZES)
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process (user + system): less sensitive than wall time to other jobs on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -78,7 +84,7 @@ def run_baseline(pair_dir: str, texts: list[str], max_len: int, dtype: str, thre
     tok.pad_token = tok.eos_token
     models = [AutoModelForCausalLM.from_pretrained(f"{pair_dir}/{s}", dtype=dt).eval() for s in ("small", "large")]
     loss_fn = CrossEntropyLoss(ignore_index=tok.pad_token_id, reduction="none")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     tokens = 0
     losses = []
     with torch.no_grad():
@@ -93,10 +99,15 @@ def run_baseline(pair_dir: str, texts: list[str], max_len: int, dtype: str, thre
                 keep = (ids[:, 1:] != tok.pad_token_id).float()
                 losses.append((nll * keep).sum(1) / keep.sum(1).clamp(min=1))
     dt_s = time.perf_counter() - t0
-    return {"seconds": dt_s, "docs": len(texts), "tokens": tokens, "peak_rss_mb": _peak_rss_mb()}
+    return {"seconds": dt_s, "cpu_s": _cpu_s() - c0, "docs": len(texts), "tokens": tokens, "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_ours(pair_dir: str, texts: list[str], max_len: int, dtype: str, threads: int, budget: int) -> dict:
+def run_ours(pair_dir: str, texts: list[str], max_len: int, dtype: str, threads: int, budget: int,
+             packing: str | None = None, tree: str | None = None) -> dict:
+    """Our engine; `tree`: a directory holding another version's `scalingfilter/` (before/after runs);
+    `packing` None: that version's default (versions before --packing take no such argument)."""
+    if tree:
+        sys.path.insert(0, tree)
     import torch
 
     from scalingfilter.models import load_pair
@@ -105,7 +116,8 @@ def run_ours(pair_dir: str, texts: list[str], max_len: int, dtype: str, threads:
     torch.set_num_threads(threads)
     _quiet()
     pair = load_pair(pair_dir, device="cpu", dtype=dtype)
-    scorer = PairScorer(pair, max_len=max_len, max_tokens_per_batch=budget)
+    extra = {"packing": packing} if packing else {}
+    scorer = PairScorer(pair, max_len=max_len, max_tokens_per_batch=budget, **extra)
 
     class R:  # a record as the reader yields it
         __slots__ = ("text",)
@@ -113,12 +125,12 @@ def run_ours(pair_dir: str, texts: list[str], max_len: int, dtype: str, threads:
         def __init__(self, t):
             self.text = t
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     tokens = 0
     for _, s in scorer.score_records(R(t) for t in texts):
         tokens += s.n_tokens
     dt_s = time.perf_counter() - t0
-    return {"seconds": dt_s, "docs": len(texts), "tokens": tokens, "peak_rss_mb": _peak_rss_mb()}
+    return {"seconds": dt_s, "cpu_s": _cpu_s() - c0, "docs": len(texts), "tokens": tokens, "peak_rss_mb": _peak_rss_mb()}
 
 
 def in_child(fn, *args) -> dict:
@@ -137,23 +149,32 @@ def padding_limit(pair_dir: str, texts: list[str], max_len: int) -> tuple[float,
 
 
 def fmt(r: dict) -> str:
-    return f"{r['docs'] / r['seconds']:7.2f} docs/s {r['tokens'] / r['seconds']:9.0f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  ({r['seconds']:.1f} s)"
+    return (f"{r['docs'] / r['seconds']:7.2f} docs/s {r['tokens'] / r['seconds']:9.0f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+            f"({r['seconds']:.1f} s wall, {r['cpu_s']:.1f} s CPU)")
 
 
 def speed(args) -> None:
-    dclm = load_texts("dclm-human-dev.jsonl.gz", args.dclm_docs)
-    pages = load_texts("cleaneval-pairs.jsonl.gz", args.pages, key=lambda r: r["label"] == 0)
+    dclm = load_texts("dclm-human-dev.jsonl.gz", args.dclm_docs) if args.dclm_docs else []
+    pages = load_texts("cleaneval-pairs.jsonl.gz", args.pages, key=lambda r: r["label"] == 0) if args.pages else []
     with tempfile.TemporaryDirectory() as tmp:
         pair_dir = str(build_pair(Path(tmp), dclm + pages))
         print(f"models: random GPT-2 pair {SIZES}, vocab 8192; max_len {args.max_len}; {args.threads} threads; CPU")
         for name, texts in (("DCLM mix", dclm), ("cleaneval pages", pages)):
+            if not texts:
+                continue
             limit, median = padding_limit(pair_dir, texts, args.max_len)
             print(f"\n== {name}: {len(texts)} docs, median {median} tokens; padding limit (baseline compute / real tokens) {limit:.2f}x")
             base = in_child(run_baseline, pair_dir, texts, args.max_len, "float32", args.threads)
             ours = in_child(run_ours, pair_dir, texts, args.max_len, "float32", args.threads, args.budget)
             print(f"baseline float32 : {fmt(base)}")
             print(f"ours     float32 : {fmt(ours)}")
-            print(f"ratio (docs/s)   : {base['seconds'] / ours['seconds']:.2f}x   (padding limit {limit:.2f}x)")
+            print(f"ratio (docs/s)   : {base['seconds'] / ours['seconds']:.2f}x wall, {base['cpu_s'] / ours['cpu_s']:.2f}x CPU time   (padding limit {limit:.2f}x)")
+            if args.packing_on:
+                packed = in_child(run_ours, pair_dir, texts, args.max_len, "float32", args.threads, args.budget, "on")
+                print(f"ours packed fp32 : {fmt(packed)}   (packed / padded time {packed['seconds'] / ours['seconds']:.2f})")
+            if args.before:
+                before = in_child(run_ours, pair_dir, texts, args.max_len, "float32", args.threads, args.budget, None, args.before)
+                print(f"before   float32 : {fmt(before)}   (after / before speed {before['seconds'] / ours['seconds']:.2f}x wall, {before['cpu_s'] / ours['cpu_s']:.2f}x CPU)")
             if args.bf16:
                 ours16 = in_child(run_ours, pair_dir, texts, args.max_len, "bfloat16", args.threads, args.budget)
                 print(f"ours     bfloat16: {fmt(ours16)}")
@@ -211,6 +232,9 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=16384, help="our token budget per batch")
     p.add_argument("--bf16", action="store_true", help="also run ours in bfloat16")
     p.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
+    p.add_argument("--packing-on", action="store_true", help="also run ours with --packing on")
+    p.add_argument("--before", default=None,
+                   help="also run ours from DIR/scalingfilter, e.g. DIR made by `git archive REV scalingfilter | tar -x -C DIR`")
     p.add_argument("--big-mb", type=int, nargs="+", default=[1024])
     p.add_argument("--tmp", default=None)
     p.add_argument("--prepare-kit", action="store_true", help="copy what --gpu needs into gpu_kit/ (run where ../shared is)")

@@ -92,6 +92,15 @@ class BatchLayout:
     def packed(self) -> bool:
         return self.segments is not None
 
+    def document_mask(self, attn_implementation: str, dtype: torch.dtype):
+        """`document_mask` of this layout's segments, built once per (implementation, dtype) and
+        shared by both models of the pair."""
+        cache = self.__dict__.setdefault("_masks", {})
+        key = (attn_implementation, dtype)
+        if key not in cache:
+            cache[key] = document_mask(self.segments, attn_implementation, dtype)
+        return cache[key]
+
     def to(self, device) -> "BatchLayout":
         """The same layout on `device`: pinned host memory and non-blocking copies on CUDA."""
         device = torch.device(device)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .packing import BatchLayout, document_mask, packed_layout, padded_layout, plan_packed_batches, resolve_packing
+from .packing import BatchLayout, packed_layout, padded_layout, plan_packed_batches, resolve_packing
 from .schema import SCORE_FIELDS  # noqa: F401  (the fields, with their types, live in schema.py)
 
 # exp() of anything above this overflows float64; losses that large are nonsense anyway.
@@ -189,7 +189,7 @@ def layout_nll(model, layout: BatchLayout, chunk_elements: int = 1 << 26) -> tor
     chunks of at most `chunk_elements` float32 logits (256 MB: 1,335 positions at GPT-2's 50,257)."""
     if layout.packed:
         impl = getattr(model.config, "_attn_implementation", "sdpa")
-        mask = document_mask(layout.segments, impl, model.dtype)
+        mask = layout.document_mask(impl, model.dtype)
         inputs = {"input_ids": layout.ids, "position_ids": layout.positions, "attention_mask": mask}
     else:
         inputs = {"input_ids": layout.ids, "attention_mask": layout.attention_mask}

@@ -261,3 +261,15 @@ def test_gpt2_conv1d_becomes_linear_with_the_same_function(long_pair_dir):
         torch.testing.assert_close(converted(input_ids=ids).logits, original(input_ids=ids).logits, rtol=REL, atol=1e-5)
     loaded = load_pair(str(long_pair_dir), device="cpu", dtype="float32")
     assert not any(isinstance(m, Conv1D) for m in loaded.large.modules())
+
+
+def test_layout_moves_every_field_to_the_device():
+    seqs = [[1, 2, 3], [4, 5], [6]]
+    for layout in (padded_layout(seqs, [0, 1, 2], 0), packed_layout(seqs, [[0, 1], [2]], 0)):
+        moved = layout.to("meta")
+        for name in ("ids", "predict_at", "targets", "doc_of", "attention_mask", "positions", "segments"):
+            before, after = getattr(layout, name), getattr(moved, name)
+            assert (before is None) == (after is None)
+            if after is not None:
+                assert after.device.type == "meta" and after.shape == before.shape and after.dtype == before.dtype
+        assert layout.to("cpu") is layout
