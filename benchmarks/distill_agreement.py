@@ -35,17 +35,24 @@ from scalingfilter.evaluation import auroc, pair_win_rate  # noqa: E402
 
 GRID = {
     "fasttext-defaults": dict(epoch=5, lr=0.1, normalisation="whitespace"),
-    "defaults": dict(),  # distill's own defaults (25 epochs, whitespace, 4,000 characters)
-    "epoch25": dict(epoch=25, normalisation="whitespace"),
-    "lower": dict(epoch=25, normalisation="lower"),
+    "defaults": dict(),  # distill's own defaults (25 epochs, whitespace, max_chars auto: 5 x the score's max_len)
+    "whole-text": dict(max_chars=None),
+    "epoch25": dict(epoch=25, normalisation="whitespace", max_chars=4000),
+    "lower": dict(epoch=25, normalisation="lower", max_chars=4000),
     "lower-2000": dict(epoch=25, normalisation="lower", max_chars=2000),
     "lower-600": dict(epoch=25, normalisation="lower", max_chars=600),
-    "lower-unigram": dict(epoch=25, normalisation="lower", word_ngrams=1),
-    "lower-subword": dict(epoch=25, normalisation="lower", minn=3, maxn=6),
-    "lower-tails": dict(epoch=25, normalisation="lower", labels="tails"),
-    "lower-dim16-ep50": dict(epoch=50, normalisation="lower", dim=16),
-    "lower-half-sample": dict(epoch=25, normalisation="lower", max_docs=0.5),
-    "lower-quarter-sample": dict(epoch=25, normalisation="lower", max_docs=0.25),
+    "lower-unigram": dict(epoch=25, normalisation="lower", word_ngrams=1, max_chars=4000),
+    "lower-subword": dict(epoch=25, normalisation="lower", minn=3, maxn=6, max_chars=4000),
+    "lower-tails": dict(epoch=25, normalisation="lower", labels="tails", max_chars=4000),
+    "lower-dim16-ep50": dict(epoch=50, normalisation="lower", dim=16, max_chars=4000),
+    "lower-half-sample": dict(epoch=25, normalisation="lower", max_docs=0.5, max_chars=4000),
+    "lower-quarter-sample": dict(epoch=25, normalisation="lower", max_docs=0.25, max_chars=4000),
+    "tails": dict(labels="tails"),
+    "unigram": dict(word_ngrams=1),
+    "subword": dict(minn=3, maxn=6),
+    "lower-auto": dict(normalisation="lower"),
+    "half-sample": dict(max_docs=0.5),
+    "quarter-sample": dict(max_docs=0.25),
 }
 
 
@@ -82,7 +89,7 @@ def run_one(name: str, scored: Path, eval_scored: Path | None, opts: dict, n_sco
     opts = dict(opts)
     if isinstance(opts.get("max_docs"), float):
         opts["max_docs"] = int(opts["max_docs"] * n_scored)
-    s = D.DistillSettings(**{**base, **opts})
+    s = D.DistillSettings(**{**base, **opts}).resolved(D.check_scored_dir(scored))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         card = D.distill(scored, Path(tmp) / "m", s)

@@ -32,6 +32,7 @@ Stages and their invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -57,6 +58,8 @@ CARD_FORMAT = "scalingfilter-distill/1"
 OUTPUT_FIELD = "qf_distilled"
 ERROR_FIELD = "distill_error"
 OUTPUT_FIELDS = {OUTPUT_FIELD: "float64", ERROR_FIELD: "string"}
+CHARS_PER_SCORED_TOKEN = 5  # a little more than English text has per BPE token (GPT-2 ~4.3, the bundled pair ~3.4)
+FALLBACK_MAX_CHARS = 4000
 MIN_TRAIN_PER_LABEL = 2
 MIN_HELDOUT = 4
 EXTRA = "distill"
@@ -126,9 +129,10 @@ class DistillSettings:
     seed: int = 0
     text_field: str = "text"
     normalisation: str = "whitespace"
-    # the raw text's first characters that fastText sees: covers the prefix a score with max_len <= ~1,000 tokens
-    # saw, and bounds prediction time on huge pages (None: all of it)
-    max_chars: int | None = 4000
+    # the raw text's first characters that fastText sees (None: all of it). "auto": about the prefix the quality
+    # factor was computed on, CHARS_PER_SCORED_TOKEN x the score's max_len (measured: the largest lever on
+    # agreement), else FALLBACK_MAX_CHARS; either way it bounds prediction time on huge pages
+    max_chars: int | None | str = "auto"
     # fastText's own options (its names); epoch 25, not fastText's 5: on the measured pools (documents of
     # hundreds of words) 5 epochs left P(keep) at the label prior (held-out AUROC ~0.5)
     dim: int = 64
@@ -150,8 +154,18 @@ class DistillSettings:
             raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)} (got {self.labels!r})")
         if self.normalisation not in NORMALISERS:
             raise UsageError(f"--normalise must be one of {', '.join(NORMALISERS)} (got {self.normalisation!r})")
+        if not (self.max_chars is None or self.max_chars == "auto" or (isinstance(self.max_chars, int) and self.max_chars > 0)):
+            raise UsageError(f"--max-chars must be a positive integer, 'auto' or None (got {self.max_chars!r})")
         if self.maxn and self.minn > self.maxn:
             raise UsageError(f"--minn ({self.minn}) must not exceed --maxn ({self.maxn})")
+
+    def resolved(self, summary: dict[str, Any]) -> "DistillSettings":
+        """These settings with max_chars "auto" made a number from the score's summary (its max_len)."""
+        if self.max_chars != "auto":
+            return self
+        max_len = (summary.get("settings") or {}).get("max_len") if isinstance(summary, dict) else None
+        ok = isinstance(max_len, int) and not isinstance(max_len, bool) and max_len > 0
+        return dataclasses.replace(self, max_chars=CHARS_PER_SCORED_TOKEN * max_len if ok else FALLBACK_MAX_CHARS)
 
     def fasttext_args(self) -> dict[str, Any]:
         return {"dim": self.dim, "epoch": self.epoch, "lr": self.lr, "wordNgrams": self.word_ngrams, "minCount": self.min_count,
@@ -220,6 +234,7 @@ def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
     from scalingfilter.documents import find_scored_files
     from scalingfilter.selection import _reason_class, iter_scored, score_problem
 
+    s = s.resolved(check_scored_dir(scored_dir))
     files = find_scored_files(scored_dir)
     if not files:
         raise InputError(f"no scored data files under {str(scored_dir)!r} (expected the output directory of `scalingfilter score`)")
@@ -253,6 +268,7 @@ def iter_pool_texts(scored_dir: str | os.PathLike, files: list[str], s: DistillS
     """Pass 2: (corpus position, normalised text or None) in the order of `read_pool`."""
     from scalingfilter.selection import iter_scored, score_problem
 
+    s = s.resolved(check_scored_dir(scored_dir))
     for pos, (_fi, _rel, rec) in enumerate(iter_scored(scored_dir, files)):
         if score_problem(rec.data, rec.error) is not None:
             yield pos, None
@@ -425,6 +441,8 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
     fasttext = require("fasttext", EXTRA, "scalingfilter distill")
     scored_dir, model_dir = Path(scored_dir), Path(model_dir)
     summary = check_scored_dir(scored_dir)
+    max_chars_setting = s.max_chars
+    s = s.resolved(summary)
     prepare_model_dir(model_dir, force_overwrite)
     t0 = time.time()
     pool = read_pool(scored_dir, s)
@@ -452,7 +470,8 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
         card = {
             "format": CARD_FORMAT, "model": MODEL_NAME, "model_sha256": _sha256(model_dir / MODEL_NAME),
             "output_field": OUTPUT_FIELD, "labels": {"keep": LABEL_KEEP, "drop": LABEL_DROP},
-            "prediction": {"normalisation": s.normalisation, "max_chars": s.max_chars, "text_field": s.text_field,
+            "prediction": {"normalisation": s.normalisation, "max_chars": s.max_chars, "max_chars_setting": max_chars_setting,
+                           "text_field": s.text_field,
                            "score": f"P({LABEL_KEEP}) from fastText predict(k=-1), capped at 1"},
             "settings": {"keep": s.keep, "labels": s.labels, "max_docs": s.max_docs, "heldout": s.heldout, "seed": s.seed,
                          "fasttext": {**s.fasttext_args(), "thread": threads}},

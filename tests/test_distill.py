@@ -103,6 +103,8 @@ def test_learns_a_textual_rule_on_heldout_documents(trained):
     root, records, card = trained
     heldout = card["heldout_agreement"]
     assert heldout["auroc_vs_keep_decision"] >= 0.95, card
+    # max_chars auto: 5 characters per token the score read (summary.json says max_len 128)
+    assert card["prediction"]["max_chars"] == 640 and card["prediction"]["max_chars_setting"] == "auto"
     docs = card["documents"]
     assert docs["unscored"] == 5 and docs["scored"] == 700 and docs["unscored_reasons"] == {"empty text": 5}
     assert docs["train"]["keep"] + docs["train"]["drop"] + docs["heldout"] == 700

@@ -14,7 +14,7 @@ from . import flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..distill import LABEL_MODES, NORMALISERS, DistillSettings
+    from ..distill import CHARS_PER_SCORED_TOKEN, FALLBACK_MAX_CHARS, LABEL_MODES, NORMALISERS, DistillSettings
 
     d = DistillSettings()
     flags.flag(parser, "input-dir", required=True, help="a finished `scalingfilter score` output directory (the labelled sample)")
@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                help="whitespace: fastText's separators (newlines included) become one space, nothing else changes "
                     "(default; datatrove's FastTextClassifierFilter with newline_replacement=' ' sees the same tokens); "
                     "lower: also lowercase and split punctuation off words")
-    flags.flag(parser, "max-chars", type=flags.non_negative_int, default=d.max_chars,
-               help=f"train and predict on the first MAX_CHARS characters of each text (default {d.max_chars:,}: more than "
-                    "a score with max_len up to ~1,000 tokens saw, and a bound on prediction time); 0: the whole text")
+    flags.flag(parser, "max-chars", type=_max_chars, default=d.max_chars,
+               help=f"train and predict on the first MAX_CHARS characters of each text; 0: the whole text; default auto: "
+                    f"{CHARS_PER_SCORED_TOKEN} x the score's max_len (about the prefix the quality factor was computed on), "
+                    f"or {FALLBACK_MAX_CHARS:,} where the summary does not say")
     flags.flag(parser, "dim", type=flags.positive_int, default=d.dim, help=f"fastText vector size (default {d.dim})")
     flags.flag(parser, "epoch", type=flags.positive_int, default=d.epoch, help=f"fastText epochs (default {d.epoch})")
     flags.flag(parser, "lr", type=flags.positive_float, default=d.lr, help=f"fastText learning rate (default {d.lr:g})")
@@ -49,11 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.flag(parser, "force-overwrite", action="store_true", help="replace a model already in --output-dir")
 
 
+def _max_chars(text: str):
+    """'auto', or a number of characters (0: the whole text)."""
+    return "auto" if text == "auto" else flags.non_negative_int(text)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..distill import DistillSettings, distill
 
     settings = DistillSettings(keep=args.keep, labels=args.labels, max_docs=args.max_docs, heldout=args.heldout, seed=args.seed,
-                               text_field=args.text_field, normalisation=args.normalise, max_chars=args.max_chars or None, dim=args.dim,
+                               text_field=args.text_field, normalisation=args.normalise, max_chars=args.max_chars if args.max_chars == "auto" else (args.max_chars or None), dim=args.dim,
                                epoch=args.epoch, lr=args.lr, word_ngrams=args.word_ngrams, min_count=args.min_count,
                                bucket=args.bucket, minn=args.minn, maxn=args.maxn, threads=args.threads)
     card = distill(args.input_dir, args.output_dir, settings, force_overwrite=args.force_overwrite,
