@@ -25,8 +25,8 @@ Without an address the driver starts a local Ray instance over this machine's co
 at the same paths and have scalingfilter installed).
 
 Test hooks (used by tests/test_ray_engine.py; harmless when unset):
-- SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N: the first worker SIGKILLs itself after writing N documents of
-  a unit (a crash in the middle of a unit); its replacement does not inherit the hook;
+- SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N: the first worker to write N documents of a unit SIGKILLs itself
+  there (a crash in the middle of a unit); once per job (a marker file in the temporary directory);
 - SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N: the driver SIGKILLs itself once N units are reported done;
 - SCALINGFILTER_TEST_SCORER=fixed (pipeline's hook): score with the fixed no-model scorer.
 """
@@ -39,12 +39,14 @@ import os
 import resource
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scalingfilter.errors import ScalingFilterError, UsageError
-from scalingfilter.pipeline import Plan, ScoreConfig, ScoreJob, ScorerSpec, UnitStats
+from scalingfilter.pipeline import Plan, ScoreConfig, ScoreJob, ScorerSpec
 from scalingfilter.sharding import Unit
 from scalingfilter.storage import JobLock, read_json, write_json_atomic
 
@@ -75,22 +77,28 @@ class RayOptions:
 
 
 class _KillAtDoc:
-    """Test hook: SIGKILL this process after N records of a unit were written (a crash mid-unit)."""
+    """Test hook: SIGKILL this process after N records of a unit were written (a crash mid-unit), once per
+    job: the first worker to get there creates `marker` (exclusively) and dies; the others carry on."""
 
-    def __init__(self, scorer, n: int):
-        self.scorer, self.n = scorer, n
+    def __init__(self, scorer, n: int, marker: str):
+        self.scorer, self.n, self.marker = scorer, n, marker
 
     def score_records(self, records, text_of):
         for i, item in enumerate(self.scorer.score_records(records, text_of)):
             if i == self.n:
-                os.kill(os.getpid(), signal.SIGKILL)
+                try:
+                    os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    pass
+                else:
+                    os.kill(os.getpid(), signal.SIGKILL)
             yield item
 
 
 class ScoreWorker:
     """Scores and assembles what the driver sends it; loads the scorer once, in `ready`."""
 
-    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, kill_at_doc: int | None = None):
+    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, kill_at_doc: tuple[int, str] | None = None):
         cfg.show_progress = False  # one progress display: the driver's
         self.job = ScoreJob(cfg, spec)
         self.kill_at_doc = kill_at_doc
@@ -98,7 +106,7 @@ class ScoreWorker:
 
     def ready(self) -> tuple[int, str]:
         scorer = self.job.spec.load()
-        self.scorer = _KillAtDoc(scorer, self.kill_at_doc) if self.kill_at_doc is not None else scorer
+        self.scorer = _KillAtDoc(scorer, *self.kill_at_doc) if self.kill_at_doc is not None else scorer
         return os.getpid(), socket.gethostname()
 
     def run(self, items: list[tuple]) -> list[tuple]:
@@ -217,6 +225,8 @@ class _Dispatcher:
         self.first_ready_at: float | None = None  # work starts
         self.all_ready_at: float | None = None  # the first n_workers workers are all ready: startup is over
         self.replacements_left = opts.replacement_budget if opts.replacement_budget is not None else self.n_workers * (opts.max_unit_retries + 1)
+        kill_worker = os.environ.get(TEST_KILL_WORKER_ENV)
+        self.kill_at_doc = (int(kill_worker), os.path.join(tempfile.gettempdir(), f"scalingfilter-test-kill-{os.getpid()}-{time.time_ns()}")) if kill_worker else None
         kill_driver = os.environ.get(TEST_KILL_DRIVER_ENV)
         self.kill_driver_after = int(kill_driver) if kill_driver else None
         self._batch(plan)
@@ -243,9 +253,9 @@ class _Dispatcher:
             self.queue.append(batch)
 
     # ---- workers
-    def start_worker(self, kill_at_doc: int | None = None) -> None:
+    def start_worker(self) -> None:
         actor = self.remote_cls.options(num_cpus=self.cpw, num_gpus=self.gpw, max_restarts=0, max_task_retries=0,
-                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, kill_at_doc)
+                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, self.kill_at_doc)
         self.workers[actor] = {"ready": False, "busy": 0, "pid": None, "host": None}
         self.inflight[actor.ready.remote()] = (actor, "ready", [])
         self.started += 1
@@ -360,9 +370,8 @@ class _Dispatcher:
     # ---- the loop
     def run(self, bar) -> None:
         ray = self.ray
-        kill_at = os.environ.get(TEST_KILL_WORKER_ENV)
-        for i in range(self.n_workers):
-            self.start_worker(int(kill_at) if (kill_at and i == 0) else None)
+        for _ in range(self.n_workers):
+            self.start_worker()
         while self.queue or any(kind != "ready" for _, kind, _ in self.inflight.values()):
             self.fill()
             if not self.workers:
@@ -419,6 +428,8 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
                 bar.close()
                 for actor in list(dispatcher.workers):
                     ray.kill(actor)
+                if dispatcher.kill_at_doc:
+                    Path(dispatcher.kill_at_doc[1]).unlink(missing_ok=True)
             work_s = time.time() - (dispatcher.first_ready_at or dispatcher.t0)
         finally:
             if started_ray:
