@@ -353,8 +353,12 @@ class ObjectPath:
                 yield self / name
 
     def iterdir(self) -> Iterator["ObjectPath"]:
-        for name in sorted(self.names()):
+        """Objects directly under this prefix and its "subdirectories" (first components of deeper keys)."""
+        for name in sorted({rel.split("/", 1)[0] for rel in self.find()}):
             yield self / name
+
+    def is_symlink(self) -> bool:
+        return False
 
     # ---- reading
     def open(self, mode: str = "rb", buffering: int = READ_BLOCK):
@@ -506,3 +510,29 @@ def apply_storage_options(args) -> None:
     pairs = getattr(args, "storage_option", None)
     if pairs:
         set_storage_options(parse_storage_options(pairs))
+
+
+def publish_dir(local: Path, remote: "ObjectPath", last: tuple[str, ...] = ()) -> None:
+    """Send every file of a finished local directory to the prefix `remote`, each as one whole object; the
+    files named in `last` (relative paths: the marker that says the output is complete) go after all others."""
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    for rel in sorted(files, key=lambda r: (r in last, r)):
+        (remote / rel).put_from(local / rel)
+
+
+@contextlib.contextmanager
+def staged_output(where: "str | os.PathLike | ObjectPath", last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A local directory to write an output directory into: `where` itself when it is local; for a URL a
+    temporary directory, published to the prefix (`publish_dir`) when the block ends cleanly, then removed."""
+    target = location(where)
+    if not isinstance(target, ObjectPath):
+        yield target
+        return
+    import shutil
+
+    local = Path(tempfile.mkdtemp(prefix=".tmp-out-", dir=spool_dir()))
+    try:
+        yield local
+        publish_dir(local, target, last)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
