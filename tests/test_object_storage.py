@@ -264,6 +264,25 @@ def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
         pass
 
 
+def test_a_lock_of_another_host_is_taken_over_only_after_its_heartbeat_stopped(s3_env, bucket, monkeypatch):
+    from scalingfilter.errors import LockedError
+    from scalingfilter.locations import location
+    from scalingfilter.storage import LOCK_TTL_ENV, JobLock
+
+    out = location(f"s3://{bucket}/out")
+    lock = out / ".scalingfilter" / "lock"
+    lock.write_bytes(json.dumps({"pid": 1, "host": "another-host", "command": "score", "started": "then"}).encode())
+    monkeypatch.setenv(LOCK_TTL_ENV, "60")
+    with pytest.raises(LockedError, match="another-host"):
+        JobLock(out, "score").acquire()  # its heartbeat is fresh: it may be alive
+    monkeypatch.setenv(LOCK_TTL_ENV, "1")
+    time.sleep(2.1)  # the store's clock counts in whole seconds
+    held = JobLock(out, "score").acquire()  # no heartbeat for longer than the TTL: taken over
+    assert json.loads(lock.read_bytes())["pid"] == os.getpid()
+    held.release()
+    assert not lock.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, nothing half-written
 
@@ -520,3 +539,62 @@ def test_parse_storage_options():
         "anon": True, "client_kwargs": {"region_name": "eu-west-1"}, "max_concurrency": 4, "endpoint_url": "http://h:9000"}
     with pytest.raises(UsageError):
         parse_storage_options(["=x"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The other commands on URLs
+
+
+def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, corpus, tmp_path):
+    """The whole chain with every input and output in the bucket gives what it gives on local paths."""
+    from scalingfilter import cli
+
+    s3 = s3_env
+    upload(s3, corpus, f"s3://{bucket}/in")
+    local, remote = tmp_path / "local", f"s3://{bucket}"
+    os.environ["SCALINGFILTER_TEST_SCORER"] = "fixed"
+    try:
+        for root, src in ((str(local), str(corpus)), (remote, f"{remote}/in")):
+            assert cli.main(["score", "--input-dir", src, "--output-dir", f"{root}/scored", *SPLIT]) == 3
+            assert cli.main(["select", "--input-dir", f"{root}/scored", "--output-dir", f"{root}/selected", "--keep", "0.5",
+                             "--method", "random", "--seed", "3"]) == 0
+            assert cli.main(["report", "--input-dir", f"{root}/scored", "--output-dir", f"{root}/report", "--selected", f"{root}/selected",
+                             "--examples", "2"]) == 0
+            assert cli.main(["diversity", "--input-dir", f"{root}/selected", "--output-dir", f"{root}/diversity", "--groups", "2",
+                             "--group-size", "8", "--max-seq-length", "32", "--no-progress"]) == 0
+    finally:
+        del os.environ["SCALINGFILTER_TEST_SCORER"]
+    got = bucket_files(s3, remote)
+    want = {f"{d}/{k}": v for d in ("scored", "selected", "report", "diversity") for k, v in local_files(local / d).items()}
+    assert results({k[len("scored/"):]: v for k, v in got.items() if k.startswith("scored/")}) == \
+        results({k[len("scored/"):]: v for k, v in want.items() if k.startswith("scored/")})
+    for name in ("a.jsonl", "sub/b.jsonl.gz", "sub/c.jsonl.zst", "d.parquet", ".scalingfilter/selection.npz"):
+        assert got[f"selected/{name}"] == want[f"selected/{name}"], name  # the same records kept, the same bytes
+    assert {k for k in got if k.startswith("report/") and not k.startswith("report/.")} == \
+        {k for k in want if k.startswith("report/") and not k.startswith("report/.")}
+    div_local, div_remote = json.loads(want["diversity/results.json"]), json.loads(got["diversity/results.json"])
+    assert div_remote["vendi"] == pytest.approx(div_local["vendi"]) if "vendi" in div_local else div_remote.keys() == div_local.keys()
+    assert not any(k.endswith("/.scalingfilter/lock") for k in got)
+
+
+@pytest.mark.slow
+def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference, tmp_path, monkeypatch):
+    """Ray workers share no disk: the filesystem options travel with the job's configuration (no AWS
+    environment in the workers), the state lives in the bucket, and the output is the local engine's."""
+    ray = pytest.importorskip("ray")
+    from scalingfilter.engines.ray_engine import RayOptions, score_with_ray
+    from scalingfilter.pipeline import ScoreConfig, fixed_scorer_spec
+
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    upload(s3, corpus, f"s3://{bucket}/in")
+    options = {"key": CREDS["AWS_ACCESS_KEY_ID"], "secret": CREDS["AWS_SECRET_ACCESS_KEY"], "endpoint_url": s3}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
+    try:
+        cfg = ScoreConfig(f"s3://{bucket}/in", f"s3://{bucket}/ray", unit_docs=10, split_bytes=0, show_progress=False,
+                          scorer=fixed_scorer_spec(), storage_options=options)
+        summary = score_with_ray(cfg, RayOptions(workers=2))
+    finally:
+        ray.shutdown()
+    assert summary["failed_units"] == [] and summary["documents"] == 94
+    assert results(bucket_files(s3, f"s3://{bucket}/ray")) == results(local_reference)
