@@ -131,10 +131,37 @@ def spool_dir() -> Path:
 
 
 def spool_file(name: str) -> Path:
-    """A new, unique local file name for `name` (its extension kept last, as writers read it)."""
-    fd, tmp = tempfile.mkstemp(dir=spool_dir(), prefix=".tmp-", suffix=f"-{name}")
+    """A new, unique local file name for `name` (its extension kept last, as writers read it); the pid in
+    the name lets `clean_spool` remove what a killed process left."""
+    fd, tmp = tempfile.mkstemp(dir=spool_dir(), prefix=f".tmp-{os.getpid()}-", suffix=f"-{name}")
     os.close(fd)
     return Path(tmp)
+
+
+def clean_spool() -> None:
+    """Remove spool files and directories of processes of this host that are gone (a kill -9 mid-unit)."""
+    import shutil
+
+    try:
+        entries = list(os.scandir(spool_dir()))
+    except OSError:
+        return
+    for entry in entries:
+        parts = entry.name.split("-")
+        if len(parts) < 3 or parts[0] != ".tmp" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # alive (or not ours to judge)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +557,7 @@ def staged_output(where: "str | os.PathLike | ObjectPath", last: tuple[str, ...]
         return
     import shutil
 
-    local = Path(tempfile.mkdtemp(prefix=".tmp-out-", dir=spool_dir()))
+    local = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-out-", dir=spool_dir()))
     try:
         yield local
         publish_dir(local, target, last)

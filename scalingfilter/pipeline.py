@@ -523,6 +523,8 @@ class ScoreJob:
         pending = self.pending_units(mine)
         for s in {u.source for u in pending}:
             remove_stale_tmp(self.parts_dir(s))
+        if isinstance(self.input_dir, ObjectPath) or isinstance(self.out, ObjectPath):
+            locations.clean_spool()  # local copies and temporaries a killed run left
         return Plan(walk.files, mine, pending, walk, changed, removed)
 
     def pending_units(self, mine: list[str]) -> list[Unit]:

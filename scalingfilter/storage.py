@@ -316,9 +316,16 @@ class ObjectLock:
             self._thread.join(timeout=30)
             self._stop = None
             try:
+                held = orjson.loads(self.path.read_bytes() or b"{}")
+                if (held.get("pid"), held.get("host")) != (os.getpid(), socket.gethostname()):
+                    log_warning(f"{self.path} was taken over by another run ({JobLock._describe(held)}); leaving it")
+                    return
+                self.path.unlink(missing_ok=True)
+            except orjson.JSONDecodeError:
                 self.path.unlink(missing_ok=True)
             except StorageError as exc:
-                log_warning(f"could not remove the lock {self.path}: {exc}; the next run takes it over")
+                if "no such object" not in str(exc):
+                    log_warning(f"could not remove the lock {self.path}: {exc}; the next run takes it over")
 
     def __enter__(self) -> "ObjectLock":
         return self.acquire()

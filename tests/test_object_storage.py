@@ -227,6 +227,7 @@ def test_kill_9_mid_run_then_restart_gives_identical_output(s3, bucket, corpus, 
     assert killed.returncode == -signal.SIGKILL
     left = bucket_files(s3, out)
     assert ".scalingfilter/lock" in left and "summary.json" not in left  # died mid-job, holding the lock
+    assert list((tmp_path / "spool").glob(".tmp-*"))  # and its local copy of the input it was reading
     markers = [json.loads(v) for k, v in left.items() if k.startswith((".scalingfilter/done/", ".scalingfilter/final/"))]
     done_before = sum(m["records"] for m in markers)
     assert len([k for k in left if k.startswith(".scalingfilter/done/")]) + len([m for m in markers if "source" in m]) >= 1
@@ -234,6 +235,7 @@ def test_kill_9_mid_run_then_restart_gives_identical_output(s3, bucket, corpus, 
     final = run_cli(args, env=env_for(s3, tmp_path, **SCORE_FIXED))
     assert final.returncode == 3, final.stderr
     assert "taking over the lock" in final.stderr
+    assert not list((tmp_path / "spool").glob(".tmp-*"))  # the dead run's spool files removed, and the restart's own
     got = bucket_files(s3, out)
     assert results(got) == results(local_reference)
     summary = json.loads(got["summary.json"])
