@@ -55,6 +55,7 @@ log = logging.getLogger("scalingfilter")
 TEST_KILL_WORKER_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
 TEST_KILL_DRIVER_ENV = "SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS"
 FAILED_SUMMARY_NAME = "summary.incomplete.json"  # in the state directory: an unfinished job has no summary.json
+PROGRESS_EVERY_S = 2.0  # a worker reports its documents and tokens to the driver's counter this often
 CONNECT_TIMEOUT_S = 20.0  # HOST:PORT must accept a TCP connection this fast (the issue's bound is 30 s)
 
 
@@ -95,14 +96,41 @@ class _KillAtDoc:
             yield item
 
 
+class ProgressCounter:
+    """A Ray actor (no CPU of its own) adding up the documents and tokens the workers report as they go,
+    so that the driver's rates move during long units, not only when one finishes."""
+
+    def __init__(self):
+        self.docs = self.tokens = 0
+
+    def add(self, docs: int, tokens: int) -> None:
+        self.docs += docs
+        self.tokens += tokens
+
+    def read(self) -> tuple[int, int]:
+        return self.docs, self.tokens
+
+
 class ScoreWorker:
     """Scores and assembles what the driver sends it; loads the scorer once, in `ready`."""
 
-    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, kill_at_doc: tuple[int, str] | None = None):
+    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, kill_at_doc: tuple[int, str] | None = None, counter=None):
         cfg.show_progress = False  # one progress display: the driver's
         self.job = ScoreJob(cfg, spec)
         self.kill_at_doc = kill_at_doc
         self.scorer = None
+        self.counter = counter
+        self.unreported = [0, 0]
+        self.reported_at = time.time()
+
+    def progress(self, docs: int, tokens: int) -> None:
+        """score_unit's progress callback: sent on to the counter every PROGRESS_EVERY_S at most."""
+        self.unreported[0] += docs
+        self.unreported[1] += tokens
+        if self.counter is not None and time.time() - self.reported_at >= PROGRESS_EVERY_S:
+            self.counter.add.remote(*self.unreported)  # fire and forget
+            self.unreported = [0, 0]
+            self.reported_at = time.time()
 
     def ready(self) -> tuple[int, str]:
         scorer = self.job.spec.load()
@@ -116,7 +144,7 @@ class ScoreWorker:
         for item in items:
             if item[0] == "score":
                 unit = Unit(*item[1])
-                stats = self.job.score_unit(unit, self.scorer)
+                stats = self.job.score_unit(unit, self.scorer, self.progress)
                 done.append(("unit", unit.name, stats.__dict__))
                 if item[2]:
                     self.job.assemble(unit.source)
@@ -124,6 +152,9 @@ class ScoreWorker:
             elif not self.job.final_path(item[1]).exists():  # a retried assembly may have finished before its worker died
                 self.job.assemble(item[1])
                 done.append(("assembled", item[1]))
+        if self.counter is not None and any(self.unreported):
+            self.counter.add.remote(*self.unreported)
+            self.unreported = [0, 0]
         return done
 
 
@@ -210,6 +241,9 @@ class _Dispatcher:
         self.ray, self.job, self.opts = ray, job, opts
         self.n_workers, self.gpw, self.cpw = shape
         self.remote_cls = ray.remote(ScoreWorker)
+        self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
+        self.live = (0, 0)  # documents and tokens the workers reported so far (redone work included)
+        self._shown_at = 0.0
         self.queue: collections.deque[list[tuple]] = collections.deque()
         self.remaining: dict[str, int] = collections.Counter(u.source for u in plan.pending)
         self.units_total = len(plan.pending)
@@ -255,7 +289,7 @@ class _Dispatcher:
     # ---- workers
     def start_worker(self) -> None:
         actor = self.remote_cls.options(num_cpus=self.cpw, num_gpus=self.gpw, max_restarts=0, max_task_retries=0,
-                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, self.kill_at_doc)
+                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, self.kill_at_doc, self.counter)
         self.workers[actor] = {"ready": False, "busy": 0, "pid": None, "host": None}
         self.inflight[actor.ready.remote()] = (actor, "ready", [])
         self.started += 1
@@ -382,15 +416,28 @@ class _Dispatcher:
             for ref in ready:
                 if ref in self.inflight:  # not already failed with its dead worker's other calls
                     self.handle(ref)
-            bar.update(self.units_done - bar.n)
-            elapsed = max(time.time() - (self.first_ready_at or self.t0), 1e-9)
-            bar.set_postfix_str(f"{self.docs / elapsed:,.0f} doc/s, {self.tokens / elapsed:,.0f} tok/s, "
-                                f"workers {sum(w['ready'] for w in self.workers.values())}/{self.n_workers}", refresh=False)
+            self.show(bar)
+        bar.update(self.units_done - bar.n)
         for batch in self.queue:
             self.failed.extend(Unit(*i[1]).name if i[0] == "score" else f"assemble {i[1]}" for i in batch)
         if self.queue:
             log.error("no workers left: %d item(s) not done", sum(len(b) for b in self.queue))
         self.queue.clear()
+
+    def show(self, bar) -> None:
+        """The driver's one progress line: units done / total, documents/s and tokens/s, workers alive."""
+        now = time.time()
+        if now - self._shown_at < 1.0:
+            return
+        self._shown_at = now
+        try:
+            self.live = self.ray.get(self.counter.read.remote(), timeout=5)
+        except self.ray.exceptions.GetTimeoutError:
+            pass  # a busy counter: the rates wait for the next look
+        elapsed = max(now - (self.first_ready_at or self.t0), 1e-9)
+        bar.update(self.units_done - bar.n)
+        bar.set_postfix_str(f"{self.live[0] / elapsed:,.0f} doc/s, {self.live[1] / elapsed:,.0f} tok/s, "
+                            f"workers {sum(w['ready'] for w in self.workers.values())}/{self.n_workers}", refresh=False)
 
     def fill(self) -> None:
         """Give every ready worker up to in_flight_per_worker batches."""
