@@ -770,6 +770,9 @@ class ScoreJob:
             raise ScalingFilterError(f"rank 0 stopped the job: {failures[0]}")
         if plan is None:  # the other processes read the plan rank 0 cached: same files, same units
             plan = self._plan_from_state()
+        # nobody marks a unit done before every process has listed the pending units: else a process that
+        # lists late (a slow listing of a bucket) sees fewer units, and the round-robin shares disagree
+        procs.barrier()
         return plan
 
     def _plan_from_state(self) -> Plan:

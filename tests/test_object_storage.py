@@ -602,3 +602,19 @@ def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference,
         ray.shutdown()
     assert summary["failed_units"] == [] and summary["documents"] == 94
     assert results(bucket_files(s3, f"s3://{bucket}/ray")) == results(local_reference)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_buckets_equal_local(s3, bucket, corpus, local_reference, tmp_path):
+    """torchrun: rank 0 takes the lock object and plans; both ranks read the plan from the bucket and score
+    their share; the output is the single-process local run's."""
+    upload(s3, corpus, f"s3://{bucket}/in")
+    env = env_for(s3, tmp_path, **SCORE_FIXED)
+    r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "scalingfilter/quality_factor.py",
+                        "--input_dir", f"s3://{bucket}/in", "--output_dir", f"s3://{bucket}/two", *SPLIT], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    # rank 0 exits 3 (the bad line rejected), which torchrun reports as its own failure, 1
+    assert r.returncode == 1 and "1 record(s) rejected" in r.stderr and "exitcode: 3" in r.stderr, r.stderr[-3000:]
+    got = bucket_files(s3, f"s3://{bucket}/two")
+    assert results(got) == results(local_reference)
+    assert json.loads(got["summary.json"])["processes"] == 2
