@@ -83,6 +83,7 @@ def test_ray_output_equals_local_byte_for_byte(tmp_path, ray_address, tiny_pair_
     local = score_corpus(tmp_path / "in", tmp_path / "local", **options)
     summary = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), **options), RayOptions(workers=2))
     assert summary["failed_units"] == [] and summary["workers"] == 2 and summary["unit_retries"] == []
+    assert sum(summary["units_by_worker"].values()) == summary["units_this_run"]
     assert summary["units_this_run"] == 5 + 1 + 6 + 1  # big.jsonl: 400 records in units of 90; the parquet file, 6 small files, the gzip file
     for k in ("documents", "scored", "rejected", "tokens", "files_done"):
         assert summary[k] == local[k], k

@@ -251,6 +251,7 @@ class _Dispatcher:
         self.docs = self.tokens = 0
         self.attempts: collections.Counter[str] = collections.Counter()
         self.retries: list[dict[str, Any]] = []
+        self.units_by_worker: collections.Counter[str] = collections.Counter()  # a fast worker takes more
         self.failed: list[str] = []
         self.workers: dict[Any, dict[str, Any]] = {}  # actor -> {"ready": bool, "busy": int, "pid", "host"}
         self.inflight: dict[Any, tuple[Any, str, list[tuple]]] = {}  # ref -> (actor, kind, items)
@@ -400,6 +401,8 @@ class _Dispatcher:
             if entry[0] == "unit":
                 source, part = entry[1].rsplit("#", 1)
                 self.unit_done(units[(source, int(part))], entry[2])
+                if info is not None:
+                    self.units_by_worker[f"pid {info['pid']} on {info['host']}"] += 1
 
     # ---- the loop
     def run(self, bar) -> None:
@@ -488,6 +491,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
             "work_s": round(work_s, 3),  # from the first worker ready to the last unit done (no startup)
             "units_per_s": round(dispatcher.units_done / work_s, 2) if work_s > 0 else None,
             "unit_retries": dispatcher.retries, "failed_units": dispatcher.failed,
+            "units_by_worker": dict(dispatcher.units_by_worker.most_common()),
             "workers_ready_s": round(dispatcher.all_ready_at - t0, 3) if dispatcher.all_ready_at else None,
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
