@@ -91,6 +91,9 @@ def test_ray_output_equals_local_byte_for_byte(tmp_path, ray_address, tiny_pair_
     assert_same_tree(tmp_path / "local", tmp_path / "ray")
     assert (tmp_path / "ray" / "summary.json").exists()
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["engine"] == "ray"
+    again = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), **options), RayOptions(workers=2))
+    assert again["units_this_run"] == 0 and again["documents"] == summary["documents"] and "workers" not in again
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
 
 
 def test_worker_killed_mid_unit_is_retried_elsewhere(tmp_path, ray_address, monkeypatch):

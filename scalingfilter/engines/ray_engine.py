@@ -466,6 +466,11 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
     job = ScoreJob(cfg)
     with JobLock(cfg.output_dir, "score", job.lock_name):
         plan = job.prepare()
+        if not plan.pending and all(job.final_path(s).exists() for s in plan.mine):
+            log.info("every file of %s is scored already: nothing for Ray to do", cfg.input_dir)
+            summary = job.summarise(plan, time.time() - t0, [0, 0], 0, {"engine": "ray", "units_this_run": 0, "failed_units": []})
+            write_json_atomic(job.out / job.summary_name, summary)
+            return summary
         started_ray = connect(ray, opts)
         try:
             shape = worker_shape(ray.cluster_resources(), opts)
@@ -476,7 +481,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
                 dispatcher.run(bar)
             finally:
                 bar.close()
-                for actor in list(dispatcher.workers):
+                for actor in [*dispatcher.workers, dispatcher.counter]:
                     ray.kill(actor)
                 if dispatcher.kill_at_doc:
                     Path(dispatcher.kill_at_doc[1]).unlink(missing_ok=True)
