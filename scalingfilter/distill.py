@@ -130,8 +130,9 @@ class DistillSettings:
     text_field: str = "text"
     normalisation: str = "whitespace"
     # the raw text's first characters that fastText sees (None: all of it). "auto": about the prefix the quality
-    # factor was computed on, CHARS_PER_SCORED_TOKEN x the score's max_len (measured: the largest lever on
-    # agreement), else FALLBACK_MAX_CHARS; either way it bounds prediction time on huge pages
+    # factor was computed on, CHARS_PER_SCORED_TOKEN x the score's max_len, else FALLBACK_MAX_CHARS. Measured
+    # (docs/BENCHMARKS-distill.md): agreement as good as or better than the whole text, training 3x faster,
+    # and a bound on prediction time on huge pages
     max_chars: int | None | str = "auto"
     # fastText's own options (its names); epoch 25, not fastText's 5: on the measured pools (documents of
     # hundreds of words) 5 epochs left P(keep) at the label prior (held-out AUROC ~0.5)

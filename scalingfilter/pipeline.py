@@ -122,6 +122,7 @@ class ScoreConfig:
     strict: bool = False
     show_progress: bool = True
     window_docs: int = 2048
+    packing: str = "auto"  # --packing auto|on|off: padding-free packed rows (scalingfilter.packing)
     scorer: ScorerSpec | None = None  # None: the meta-model pair (or the test hook's fixed scorer)
     # URLs: options of their filesystem (--storage-option); None: this process's (locations.set_storage_options)
     storage_options: dict[str, Any] | None = None
@@ -153,7 +154,7 @@ def lm_pair_spec(cfg: ScoreConfig) -> ScorerSpec:
         from scalingfilter.scoring import PairScorer
 
         pair = load_pair(cfg.pair, cfg.small_model, cfg.large_model, cfg.device, cfg.dtype)
-        return PairScorer(pair, max_len, cfg.max_tokens_per_batch, prepend_bos, cfg.window_docs)
+        return PairScorer(pair, max_len, cfg.max_tokens_per_batch, prepend_bos, cfg.window_docs, packing=cfg.packing)
 
     settings = {"small_model": small, "large_model": large, "max_len": max_len, "prepend_bos": prepend_bos}
     return ScorerSpec("quality factor", settings, dict(SCORE_FIELD_TYPES), load)

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          help="score the first MAX_LEN tokens of each document (head truncation); default: what the pair directory's "
               "scoring.json says (the bundled pair: 512), else min(1024, the models' context)")
     flag(parser, "max-tokens-per-batch", type=positive_int, default=None, help="token budget of one batch (rows x padded length); default 32768 on CUDA, 16384 on CPU")
+    flag(parser, "packing", choices=["auto", "on", "off"], default=d["packing"], help="documents concatenated into rows, attention confined to each (same scores); auto: on CUDA where the models support it")
     flag(parser, "batch-size", type=positive_int, default=None, help="reference flag: sets the token budget to BATCH_SIZE x MAX_LEN")
     flag(parser, "device", default=d["device"], help="auto | cpu | cuda | cuda:N")
     flag(parser, "dtype", default=d["dtype"], choices=["auto", "float32", "bfloat16", "float16"], help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -76,7 +77,7 @@ def config_from_args(args: argparse.Namespace):
         device=args.device, dtype=args.dtype, nparts=args.nparts, rank_part_start=args.rank_part_start,
         rank_nparts=args.rank_nparts, unit_docs=args.unit_docs, split_bytes=args.split_bytes,
         file_ext=tuple(args.file_ext) if args.file_ext else None, force_overwrite=args.force_overwrite,
-        strict=args.strict, show_progress=not args.no_progress,
+        strict=args.strict, show_progress=not args.no_progress, packing=getattr(args, "packing", "auto"),
     )
 
 
