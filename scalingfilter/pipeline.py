@@ -50,7 +50,7 @@ from scalingfilter.processes import Processes
 from scalingfilter.schema import REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
 from scalingfilter.locations import ObjectPath
-from scalingfilter.storage import JobLock, atomic_path, atomic_write, read_json, remove_stale_tmp, write_json_atomic
+from scalingfilter.storage import JobLock, atomic_path, atomic_write, read_json, read_json_dir, remove_stale_tmp, write_json_atomic
 
 log = logging.getLogger("scalingfilter")
 MAX_REJECT_MESSAGES = 50  # per process; the rejects files have them all
@@ -367,6 +367,9 @@ class ScoreJob:
         self._input_stats: dict[str, Any] = {}  # remote inputs: the listing's stat of each file
         self._upcoming: dict[Unit, Unit | None] = {}  # unit -> the next unit this process scores (prefetch)
         self._prefetch: InputPrefetch | None = None
+        # while one process plans: the plan and final markers read in one go (name -> content), kept in step
+        # with what planning writes and removes; None otherwise (other processes write markers meanwhile)
+        self._markers: dict[str, dict[str, Any]] | None = None
 
     @property
     def spec(self) -> ScorerSpec:
@@ -389,6 +392,11 @@ class ScoreJob:
 
     def input_path(self, source: str):
         return self.input_dir / source
+
+    def input_size(self, source: str) -> int:
+        """Bytes of an input file (from the walk's listing where the input is remote: no request)."""
+        stat = self._input_stats.get(source)
+        return (stat or self.input_path(source).stat()).st_size
 
     def output_path(self, source: str) -> Path:
         return self.out / source
@@ -426,6 +434,9 @@ class ScoreJob:
         for s in sources:
             for p in (self.output_path(s), self.rejects_path(s), self.plan_path(s), self.final_path(s)):
                 p.unlink(missing_ok=True)
+            if self._markers is not None:
+                self._markers["plan"].pop(self.plan_path(s).name, None)
+                self._markers["final"].pop(self.final_path(s).name, None)
             locations.rmtree(self.parts_dir(s))
             for marker in (self.state / "done").glob(f"{_key(s)}.*.json"):
                 marker.unlink(missing_ok=True)
@@ -433,13 +444,20 @@ class ScoreJob:
     def recorded_sources(self) -> dict[str, Path]:
         """Sources that the state knows (a plan or a final marker), with that marker."""
         known: dict[str, Path] = {}
+        markers = self._markers or {d: read_json_dir(self.state / d) for d in ("plan", "final")}
         for d in ("plan", "final"):
-            for p in sorted((self.state / d).glob("*.json")):
+            for name, content in sorted(markers[d].items()):
                 try:
-                    known.setdefault(read_json(p)["source"], p)
-                except (OSError, ValueError, KeyError, TypeError):
+                    known.setdefault(content["source"], self.state / d / name)
+                except (KeyError, TypeError):
                     continue
         return known
+
+    def _marker(self, path) -> dict[str, Any] | None:
+        """A plan or final marker's content, or None when there is none (from the planning snapshot if any)."""
+        if self._markers is not None:
+            return self._markers[path.parent.name].get(path.name)
+        return read_json(path) if path.exists() else None
 
     def reconcile(self, all_files: list[str], mine: list[str]) -> tuple[list[str], list[str]]:
         """Bring the state in line with the input: outputs of vanished files removed, changed files reset."""
@@ -452,8 +470,8 @@ class ScoreJob:
         for s in mine:
             fp = self.fingerprint(s)
             for marker in (self.final_path(s), self.plan_path(s)):
-                if marker.exists():
-                    old = read_json(marker)
+                old = self._marker(marker)
+                if old is not None:
                     if not _same_file(old, fp):
                         changed.append(s)
                     break
@@ -495,15 +513,18 @@ class ScoreJob:
         path = self.input_path(source)
         fp = self.fingerprint(source)
         cached = self.plan_path(source)
-        if cached.exists():
-            p = read_json(cached)
+        p = self._marker(cached)
+        if p is not None:
             if _same_file(p, fp) and p.get("unit_docs") == self.cfg.unit_docs and p.get("split_bytes") == self.cfg.split_bytes:
                 return file_units(source, p["n_records"], p["unit_docs"])
             if any((self.state / "done").glob(f"{_key(source)}.*.json")):
                 raise ConfigMismatchError(f"input file {source} changed while it was being scored; rerun to rescore it")
         fmt = documents.file_format(path)
         n = documents.count_records(path) if (fmt == "parquet" or fp["size"] > self.cfg.split_bytes) else None
-        write_json_atomic(cached, {"source": source, **fp, "n_records": n, "unit_docs": self.cfg.unit_docs, "split_bytes": self.cfg.split_bytes})
+        content = {"source": source, **fp, "n_records": n, "unit_docs": self.cfg.unit_docs, "split_bytes": self.cfg.split_bytes}
+        write_json_atomic(cached, content)
+        if self._markers is not None:
+            self._markers["plan"][cached.name] = content
         return file_units(source, n, self.cfg.unit_docs)
 
     def prepare(self) -> Plan:
@@ -514,6 +535,14 @@ class ScoreJob:
         mine = node_files(walk.files, cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
         for d in ("plan", "parts", "done", "final"):
             (self.state / d).mkdir(parents=True, exist_ok=True)
+        self._markers = {d: read_json_dir(self.state / d) for d in ("plan", "final")}
+        try:
+            return self._prepare(walk, mine)
+        finally:
+            self._markers = None
+
+    def _prepare(self, walk: documents.CorpusFiles, mine: list[str]) -> Plan:
+        cfg = self.cfg
         if cfg.force_overwrite:
             self.clear(mine)
             (self.state / "config.json").unlink(missing_ok=True)
@@ -699,10 +728,11 @@ class ScoreJob:
     def summarise(self, plan: Plan, elapsed: float, run_totals: list[float], processes: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         totals = UnitStats()
         done = 0
+        finals = read_json_dir(self.state / "final")
         for s in plan.mine:
-            f = self.final_path(s)
-            if f.exists():
-                totals.add(UnitStats.from_marker(read_json(f)))
+            marker = finals.get(self.final_path(s).name)
+            if marker is not None:
+                totals.add(UnitStats.from_marker(marker))
                 done += 1
         run_docs, run_tokens = run_totals
         config = self.state / "config.json"
@@ -781,7 +811,11 @@ class ScoreJob:
         walk = self.walk(warn=False)
         mine = node_files(walk.files, cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
         self.check_settings(self.settings())
-        return Plan(walk.files, mine, self.pending_units(mine), walk)
+        self._markers = {"plan": read_json_dir(self.state / "plan"), "final": {}}
+        try:
+            return Plan(walk.files, mine, self.pending_units(mine), walk)
+        finally:
+            self._markers = None
 
     def score_units(self, units: list[Unit], plan: Plan) -> UnitStats:
         from tqdm import tqdm

@@ -338,3 +338,34 @@ def log_warning(message: str) -> None:
     import logging
 
     logging.getLogger("scalingfilter").warning("%s", message)
+
+
+def read_json_dir(directory: str | os.PathLike) -> dict[str, Any]:
+    """Every readable `*.json` directly in a directory: name -> content (unreadable or half-written ones are
+    left out; none for a directory that does not exist). In an object store: one listing, then the objects
+    fetched concurrently, not one request after another (a job's state may hold a marker per input file)."""
+    from .locations import names_in
+
+    where = location(directory)
+    names = sorted(n for n in names_in(where) if n.endswith(".json"))
+    if isinstance(where, ObjectPath):
+        from .locations import translated
+
+        paths = [f"{where.path}/{n}" for n in names]
+        with translated(str(where), "read"):
+            blobs = where.fs.cat(paths, on_error="omit") if paths else {}
+        raw = {posixpath_name(p): b for p, b in blobs.items() if isinstance(b, bytes)}
+    else:
+        raw = {}
+        for n in names:
+            with contextlib.suppress(OSError):
+                raw[n] = (Path(where) / n).read_bytes()
+    out = {}
+    for n, b in raw.items():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            out[n] = orjson.loads(b)
+    return out
+
+
+def posixpath_name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
