@@ -71,6 +71,12 @@ class RayEncoder:
     def __getattr__(self, name: str) -> Any:  # device, max_seq_length, ... of the driver's model
         return getattr(self._model, name)
 
+    def start_multi_process_pool(self, devices: list[str]) -> None:
+        return None  # the Ray workers are the pool (encode_stream asks for one when given several devices)
+
+    def stop_multi_process_pool(self, pool: None) -> None:
+        pass
+
     def encode(self, texts: list[str], batch_size: int = 64, **_: Any) -> np.ndarray:
         n = max(1, min(len(self.workers), len(texts)))
         bounds = np.linspace(0, len(texts), n + 1).astype(int)
