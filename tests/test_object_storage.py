@@ -618,3 +618,25 @@ def test_torchrun_two_processes_on_buckets_equal_local(s3, bucket, corpus, local
     got = bucket_files(s3, f"s3://{bucket}/two")
     assert results(got) == results(local_reference)
     assert json.loads(got["summary.json"])["processes"] == 2
+
+
+def test_a_streamed_read_cut_mid_file_is_retried(s3_env, bucket, tmp_path):
+    """Prefetch off (as for a file above prefetch_bytes): the records stream through ranged reads, and a
+    connection cut in the middle of the object is retried, the output the same as from the disk."""
+    from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    (corpus / "big.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps({"text": f"doc {i} " + "word " * (i % 50)}) + "\n"
+                                                                 for i in range(20000)).encode(), mtime=0))
+    upload(s3_env, corpus, f"s3://{bucket}/in")
+    options = dict(show_progress=False, scorer=fixed_scorer_spec())
+    score_corpus(corpus, tmp_path / "ref", **options)
+    size = (corpus / "big.jsonl.gz").stat().st_size
+    once = CuttingProxy(s3_env, limit=size // 2, upstream=False, cut_once=True)
+    try:
+        score_corpus(f"s3://{bucket}/in", tmp_path / "streamed", prefetch_bytes=0, storage_options={"endpoint_url": once.url}, **options)
+    finally:
+        once.stop()
+    assert once.cuts == 1
+    assert (tmp_path / "streamed" / "big.jsonl.gz").read_bytes() == (tmp_path / "ref" / "big.jsonl.gz").read_bytes()
