@@ -80,11 +80,13 @@ class _ScoreArgsParser(argparse.ArgumentParser):
 def check_score_args(score_args: list[str], mode: str) -> argparse.Namespace:
     """Parse the score arguments with score's parser; refuse flags the script sets itself."""
     from scalingfilter.commands import score
+    from scalingfilter.locations import add_storage_option_flag
 
     if not score_args:
         raise UsageError("give the score arguments after --, e.g. -- --input-dir IN --output-dir OUT --pair bundled")
     parser = _ScoreArgsParser(prog="scalingfilter score", add_help=False)
     score.add_arguments(parser)
+    add_storage_option_flag(parser)  # cli adds it to every command
     args = parser.parse_args(score_args)
     defaults = parser.parse_args(["--input-dir", "x", "--output-dir", "y"])
     clashing = [name for name in SET_BY_MODE[mode] if getattr(args, name) != getattr(defaults, name)]
