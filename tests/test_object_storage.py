@@ -575,8 +575,11 @@ def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, co
         assert got[f"selected/{name}"] == want[f"selected/{name}"], name  # the same records kept, the same bytes
     assert {k for k in got if k.startswith("report/") and not k.startswith("report/.")} == \
         {k for k in want if k.startswith("report/") and not k.startswith("report/.")}
+    stats_local, stats_remote = json.loads(want["report/stats.json"]), json.loads(got["report/stats.json"])
+    assert stats_remote["examples"] == stats_local["examples"] and stats_remote["threshold"] == stats_local["threshold"]
     div_local, div_remote = json.loads(want["diversity/results.json"]), json.loads(got["diversity/results.json"])
-    assert div_remote["vendi"] == pytest.approx(div_local["vendi"]) if "vendi" in div_local else div_remote.keys() == div_local.keys()
+    assert div_remote["documents_scored"] == div_local["documents_scored"] == 16
+    assert div_remote["scores"] == pytest.approx(div_local["scores"], rel=1e-6)  # the same documents drawn and embedded
     assert not any(k.endswith("/.scalingfilter/lock") for k in got)
 
 
@@ -640,3 +643,34 @@ def test_a_streamed_read_cut_mid_file_is_retried(s3_env, bucket, tmp_path):
         once.stop()
     assert once.cuts == 1
     assert (tmp_path / "streamed" / "big.jsonl.gz").read_bytes() == (tmp_path / "ref" / "big.jsonl.gz").read_bytes()
+
+
+def test_train_reads_its_corpus_from_a_bucket(s3_env, bucket, corpus):
+    """train's inputs go through the walker: the same texts, split the same way, and a corpus fingerprint that
+    changes when an object is rewritten (so a resumed run notices a changed corpus in a bucket too)."""
+    from scalingfilter.training import corpus_fingerprint, read_texts
+
+    upload(s3_env, corpus, f"s3://{bucket}/in")
+    local = read_texts(corpus, "text", 0, 0.2)
+    remote = read_texts(f"s3://{bucket}/in", "text", 0, 0.2)
+    assert remote[0] == local[0] and remote[1] == local[1] and local[0]
+    before = corpus_fingerprint(f"s3://{bucket}/in")
+    assert corpus_fingerprint(f"s3://{bucket}/in") == before
+    s3fs_for(s3_env).pipe_file(f"{bucket}/in/a.jsonl", b'{"text": "rewritten"}\n')
+    assert corpus_fingerprint(f"s3://{bucket}/in") != before
+
+
+@pytest.mark.xfail(reason="evaluate on URLs: a two-line edit of evaluation.py after 16:15", strict=False)
+def test_evaluate_on_a_bucket_equals_local(s3_env, bucket, tmp_path):
+    from scalingfilter.evaluation import evaluate_dir
+    from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "x.jsonl").write_text("".join(json.dumps({"text": "w " * (i + 1), "label": i % 2, "pair": i // 2}) + "\n" for i in range(20)))
+    score_corpus(inp, tmp_path / "scored", show_progress=False, scorer=fixed_scorer_spec())
+    upload(s3_env, tmp_path / "scored", f"s3://{bucket}/scored")
+    local = evaluate_dir(tmp_path / "scored")
+    remote = evaluate_dir(f"s3://{bucket}/scored")
+    assert remote["input_dir"] == f"s3://{bucket}/scored"
+    assert {k: v for k, v in remote.items() if k != "input_dir"} == {k: v for k, v in local.items() if k != "input_dir"}
