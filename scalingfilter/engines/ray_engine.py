@@ -280,7 +280,7 @@ class _Dispatcher:
                 self.queue.append([("score", _fields(u), False)])
                 continue
             batch.append(("score", _fields(u), True))
-            size += (self.job.input_dir / u.source).stat().st_size
+            size += self.job.input_size(u.source)
             if len(batch) >= self.opts.batch_units or size >= self.opts.batch_bytes:
                 self.queue.append(batch)
                 batch, size = [], 0
@@ -464,7 +464,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
 
     t0 = time.time()
     job = ScoreJob(cfg)
-    with JobLock(cfg.output_dir, "score", job.lock_name):
+    with JobLock(job.out, "score", job.lock_name):
         plan = job.prepare()
         if not plan.pending and all(job.final_path(s).exists() for s in plan.mine):
             log.info("every file of %s is scored already: nothing for Ray to do", cfg.input_dir)
