@@ -374,7 +374,8 @@ class _Dispatcher:
             if isinstance(cause, (ScalingFilterError, OSError)):
                 raise cause from None
             raise
-        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError) as exc:
+        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError, exceptions.OutOfMemoryError,
+                exceptions.NodeDiedError, exceptions.ActorUnschedulableError) as exc:  # the worker is gone, not the unit's fault
             why = type(exc).__name__
             # all its calls failed: the oldest (the dict keeps submission order) was running and is charged
             # an attempt, the others were waiting
