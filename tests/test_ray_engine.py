@@ -218,3 +218,21 @@ def test_ray_encoder_gives_one_process_embeddings(ray_address, sample_texts):
         encoder.close()
     assert remote_ids == local_ids and remote.shape == local.shape == (50, 384)
     np.testing.assert_allclose(remote, local, atol=1e-6, rtol=0)
+
+
+def test_local_run_killed_after_its_last_unit_then_ray_assembles(tmp_path, ray_address, monkeypatch):
+    """Started with the local engine, finished with Ray: every unit was done but no file assembled."""
+    from scalingfilter.pipeline import TEST_KILL_ENV
+
+    write_corpus(tmp_path / "in")
+    env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TEST_KILL_ENV: "13"})  # all 13 units, then killed before assembling
+    args = ["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "ray"), "--split-bytes", "2000", "--unit-docs", "90", "--no-progress"]
+    proc = subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    state = tmp_path / "ray" / ".scalingfilter"
+    assert len(list((state / "done").glob("*.json"))) == 13 and not list((state / "final").glob("*.json"))
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    summary = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, **SPLIT), RayOptions(workers=2))
+    assert summary["units_this_run"] == 0 and summary["files_done"] == summary["files"] == 9 and summary["failed_units"] == []
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
