@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--min-chars", type=int, default=1800)
     ap.add_argument("--skip-chars", type=int, default=700, help="start the second slice after this many characters (past the scored prefix)")
     ap.add_argument("--keep", type=float, default=0.7)
+    ap.add_argument("--prepend-bos", choices=("pair", "yes", "no"), default="pair",
+                    help="as the pool was scored: the pair's scoring.json default (pair), --prepend-bos or --no-prepend-bos")
     args = ap.parse_args()
     rows = []
     for rel in find_scored_files(args.scored):
@@ -51,7 +53,8 @@ def main() -> None:
         (Path(tmp) / "in").mkdir()
         (Path(tmp) / "in" / "rest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         r = subprocess.run([sys.executable, "-m", "scalingfilter.cli", "score", "--input-dir", f"{tmp}/in", "--output-dir", f"{tmp}/out",
-                            "--pair", args.pair, "--max-len", str(args.max_len), "--no-progress"], cwd=REPO, capture_output=True, text=True)
+                            "--pair", args.pair, "--max-len", str(args.max_len), "--no-progress",
+                            *({"yes": ["--prepend-bos"], "no": ["--no-prepend-bos"]}.get(args.prepend_bos, []))], cwd=REPO, capture_output=True, text=True)
         if r.returncode not in (0, 3):
             sys.exit(r.stderr[-2000:])
         out = [rec.data for rec in read_records(Path(tmp) / "out" / "rest.jsonl", "rest.jsonl") if rec.data and rec.data.get("quality_factor")]
