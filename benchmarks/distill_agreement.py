@@ -37,6 +37,7 @@ GRID = {
     "fasttext-defaults": dict(epoch=5, lr=0.1, normalisation="whitespace"),
     "defaults": dict(),  # distill's own defaults (25 epochs, whitespace, max_chars auto: 5 x the score's max_len)
     "whole-text": dict(max_chars=None),
+    "chars-4000": dict(max_chars=4000),
     "epoch25": dict(epoch=25, normalisation="whitespace", max_chars=4000),
     "lower": dict(epoch=25, normalisation="lower", max_chars=4000),
     "lower-2000": dict(epoch=25, normalisation="lower", max_chars=2000),
