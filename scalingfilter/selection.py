@@ -82,6 +82,7 @@ from .documents import InputError, file_format, find_scored_files, open_binary, 
 from .errors import SelectionError
 from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
 from .storage import LOCK_NAME, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
+from .locations import ObjectPath, contains, location, rmtree as remove_tree  # paths may be URLs (s3://...)
 
 log = logging.getLogger("scalingfilter")
 
@@ -209,7 +210,7 @@ class _Grow:
 
 def iter_scored(root: str | os.PathLike, files: list[str] | None = None) -> Iterator[tuple[int, str, Any]]:
     """(file number, relative path, Record) for every record of a scored directory, in corpus order."""
-    root = Path(root)
+    root = location(root)
     files = find_scored_files(root) if files is None else files
     for fi, rel in enumerate(files):
         for rec in read_records(root / rel, rel):
@@ -221,7 +222,7 @@ def read_scores(scored_dir: str | os.PathLike, config: SelectConfig | None = Non
     """Pass 1: the scores of every record of a `scalingfilter score` output directory. Each unscored
     record's entry (source, line, reason, kept) goes to `unscored_log` when given."""
     cfg = config or SelectConfig()
-    root = Path(scored_dir)
+    root = location(scored_dir)
     files = find_scored_files(root) if files is None else files
     if not files:
         raise InputError(f"no scored data files under {str(root)!r} (expected the output directory of `scalingfilter score`)")
@@ -303,7 +304,7 @@ def check_record_counts(table: ScoreTable, expected: dict[str, int]) -> None:
     """Every data file holds the records its final marker says (records - rejected)."""
     for rel, n in zip(table.files, table.file_counts):
         if n != expected[rel]:
-            raise _inconsistent(Path(table.root), f"{rel} has {n} records, its final marker says {expected[rel]}")
+            raise _inconsistent(location(table.root), f"{rel} has {n} records, its final marker says {expected[rel]}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,8 +460,7 @@ def choose(table: ScoreTable, cfg: SelectConfig) -> tuple[np.ndarray, Bounds]:
 
 
 def _check_paths(out: Path, inp: Path) -> None:
-    o, i = out.resolve(), inp.resolve()
-    if o == i or i in o.parents or o in i.parents:
+    if contains(inp, out) or contains(out, inp):
         raise SelectionError(f"output directory {str(out)!r} must not be, contain or lie inside the input directory {str(inp)!r}")
 
 
@@ -497,7 +497,7 @@ def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any]) -> 
         if p == out / IN_PROGRESS_NAME or p == out / MANIFEST_NAME:
             continue
         if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
+            remove_tree(p)
         else:
             p.unlink(missing_ok=True)
 
@@ -608,7 +608,7 @@ def _write_parquet(src: Path, dest: Path, rel: str, write: np.ndarray, drop: boo
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(str(src))
+    pf = pq.ParquetFile(src.open_read() if isinstance(src, ObjectPath) else str(src))
     if pf.metadata.num_rows != len(write):
         raise _changed(rel, more=pf.metadata.num_rows > len(write))
     schema, columns = pf.schema_arrow, None
@@ -630,7 +630,7 @@ def write_kept_files(table: ScoreTable, write: np.ndarray, out: Path, drop_score
     """Pass 2: every scored file's records where `write` is set, to the same relative path under OUT
     (each file atomically; a file with nothing kept is still written, so the layout is mirrored)."""
     abort_after = int(os.environ.get(ABORT_ENV) or 0)  # the crash test's hook (module docstring)
-    root, start = Path(table.root), 0
+    root, start = location(table.root), 0
     for done, (rel, n) in enumerate(zip(table.files, table.file_counts), start=1):
         writer = _write_parquet if file_format(rel) == "parquet" else _write_jsonl
         writer(root / rel, out / rel, rel, write[start : start + n], drop_score_fields)
@@ -758,7 +758,7 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
     `options` are SelectConfig's fields (keep=0.7, method="top-k", ...), or pass a `config`."""
     cfg = SelectConfig(**{**(asdict(config) if config else {}), **options}).check()
     t0 = time.time()
-    inp, out = Path(input_dir), Path(output_dir)
+    inp, out = location(input_dir), location(output_dir)
     _check_paths(out, inp)
     files, expected = check_scored_dir(inp)
     with JobLock(out, "select"), tempfile.SpooledTemporaryFile(max_size=8 << 20) as unscored_log:
@@ -787,13 +787,13 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
 
 def load_selection_mask(selected_dir: str | os.PathLike) -> dict[str, Any]:
     """The keep mask written by `select_corpus` ({'kept', 'scored', 'files', 'file_counts', 'manifest'})."""
-    sel = Path(selected_dir)
+    sel = location(selected_dir)
     path, manifest_path = sel / STATE_DIR / MASK_NAME, sel / MANIFEST_NAME
     if (sel / IN_PROGRESS_NAME).exists() and not manifest_path.exists():
         raise InputError(f"{str(sel)!r} holds an unfinished selection (no {MANIFEST_NAME}); rerun `scalingfilter select` to finish it")
     if not (path.exists() and manifest_path.exists()):
         raise InputError(f"{str(sel)!r} is not a `scalingfilter select` output directory (no {STATE_DIR}/{MASK_NAME} or {MANIFEST_NAME})")
-    with np.load(path, allow_pickle=False) as z:
+    with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
     data["files"] = [str(f) for f in data["files"]]
     data["file_counts"] = [int(c) for c in data["file_counts"]]
