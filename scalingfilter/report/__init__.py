@@ -75,11 +75,16 @@ def build_report(
     group_examples: int = 3,
 ) -> dict[str, Any]:
     """Write report.html, the PNG figures and stats.json into `report_dir`; return the stats."""
-    scored_dir, out = Path(scored_dir), Path(report_dir)
+    from ..locations import is_remote, location, staged_output
+
+    if is_remote(report_dir):  # written into a local directory, then each file sent whole (the page last)
+        with staged_output(report_dir, last=(REPORT_NAME,)) as local:
+            return build_report(scored_dir, local, selected_dir, text_field, group_field, n_examples, snippet_chars, max_points, notes, group_examples)
+    scored_dir, out = location(scored_dir), Path(report_dir)
     summary = read_score_summary(scored_dir)
     corpus = read_corpus(scored_dir, text_field, group_field)
     scored, log_qf = corpus.cols["scored"], corpus.log_qf
-    kept, sel = _load_kept(corpus, scored_dir, Path(selected_dir)) if selected_dir is not None else (None, None)
+    kept, sel = _load_kept(corpus, scored_dir, location(selected_dir)) if selected_dir is not None else (None, None)
 
     stats: dict[str, Any] = {"scored_dir": str(scored_dir), "files": len(corpus.files)}
     stats.update(corpus_stats(corpus, rejected_count(summary)))
