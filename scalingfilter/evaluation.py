@@ -154,9 +154,11 @@ def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: st
 def evaluate_dir(scored_dir: str | os.PathLike, label_field: str = "label", pair_field: str | None = "pair",
                  text_field: str = "text") -> dict[str, Any]:
     """`evaluate_records` over every data file of a scored output directory (rejects/ excluded)."""
-    if not os.path.isdir(scored_dir):
+    from .locations import location
+
+    if not location(scored_dir).is_dir():
         raise InputError(f"{scored_dir}: no such directory")
-    if not os.path.isfile(os.path.join(scored_dir, SUMMARY_NAME)):
+    if not (location(scored_dir) / SUMMARY_NAME).is_file():
         raise InputError(f"{scored_dir}: no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
                          f"(score the corpus first, or wait until scoring has finished)")
     if not find_scored_files(scored_dir):
