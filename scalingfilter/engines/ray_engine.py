@@ -141,6 +141,7 @@ class ScoreWorker:
         """Items: ("score", unit fields, assemble_after) or ("assemble", source). Returns, per item,
         ("unit", unit name, stats) or ("assembled", source)."""
         done = []
+        self.job.prefetch([Unit(*item[1]) for item in items if item[0] == "score"])  # remote inputs: the next fetched while one is scored
         for item in items:
             if item[0] == "score":
                 unit = Unit(*item[1])
