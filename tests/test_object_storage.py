@@ -547,7 +547,6 @@ def test_parse_storage_options():
 # The other commands on URLs
 
 
-@pytest.mark.xfail(reason="select/report/diversity on URLs: edits to their modules allowed after 16:15", strict=False)
 def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, corpus, tmp_path):
     """The whole chain with every input and output in the bucket gives what it gives on local paths."""
     from scalingfilter import cli
@@ -584,7 +583,6 @@ def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, co
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the Ray driver's lock takes the config's storage options after a one-line edit of ray_engine", strict=False)
 def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference, tmp_path, monkeypatch):
     """Ray workers share no disk: the filesystem options travel with the job's configuration (no AWS
     environment in the workers), the state lives in the bucket, and the output is the local engine's."""
@@ -660,7 +658,6 @@ def test_train_reads_its_corpus_from_a_bucket(s3_env, bucket, corpus):
     assert corpus_fingerprint(f"s3://{bucket}/in") != before
 
 
-@pytest.mark.xfail(reason="evaluate on URLs: a two-line edit of evaluation.py after 16:15", strict=False)
 def test_evaluate_on_a_bucket_equals_local(s3_env, bucket, tmp_path):
     from scalingfilter.evaluation import evaluate_dir
     from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
