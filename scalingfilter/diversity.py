@@ -97,6 +97,8 @@ class DiversityConfig:
     # documents read and encoded at a time (and the unit torchrun ranks share out)
     chunk_texts: int = field(default_factory=_chunk_texts_default)
     progress: bool = True
+    engine: str = "local"  # "ray": the embedding step on Ray workers (scalingfilter.engines.ray_embed)
+    ray: Any = None  # engines.ray_engine.RayOptions for engine "ray" (None: a local Ray instance)
 
 
 @dataclass
@@ -297,9 +299,7 @@ class _Run:
 
     @property
     def input_dir(self) -> Path:
-        from .locations import location
-
-        return location(self.cfg.input_dir)
+        return Path(self.cfg.input_dir)
 
     @property
     def out_dir(self) -> Path:
@@ -322,13 +322,6 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
     """Count, draw, embed (or load cached embeddings), score, write results. Returns the results.json
     content (None on torchrun ranks other than 0). Raises a ScalingFilterError for what the user can fix."""
     files = check_config(cfg)
-    from .locations import is_remote, staged_output
-
-    if is_remote(cfg.output_dir):  # one process; written locally, each file sent whole when done (results last)
-        from dataclasses import replace
-
-        with JobLock(cfg.output_dir, "diversity"), staged_output(cfg.output_dir, last=(RESULTS_JSON, RESULTS_TXT)) as local:
-            return run_diversity(replace(cfg, output_dir=str(local)))
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device, devices = _devices(cfg, env_rank()[1])
@@ -338,11 +331,17 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
         with _job_lock(procs, out_dir):
             run.model = load_model(cfg.model_name, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length)
             run.mfp = model_fingerprint(run.model)
+            if cfg.engine == "ray":  # same model and fingerprint: caches and results as with one process
+                from scalingfilter.engines.ray_embed import RayEncoder
+
+                run.model = RayEncoder(run.model, cfg.model_name, cfg.dtype, cfg.max_seq_length, cfg.ray)
             embedded = _embed(run)
             if not procs.is_main:
                 return None
             return _score_and_write(run, embedded)
     finally:
+        if cfg.engine == "ray" and run.model is not None and hasattr(run.model, "close"):
+            run.model.close()
         procs.close()
 
 

@@ -54,12 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "dtype", choices=DTYPES, default=d["dtype"], help="model dtype (auto: float16 on GPU as the reference, float32 on CPU)")
     flag(parser, "max-seq-length", type=positive_int, default=d["max_seq_length"], help="tokens embedded per document (default: the model's maximum; texts are truncated)")
     flag(parser, "no-progress", action="store_true", default=not d["progress"], help="no progress bars")
+    flag(parser, "engine", choices=("local", "ray"), default=d["engine"], help="ray: embed on Ray workers (pip install 'scalingfilter[ray]'; see Scaling out)")
+    flag(parser, "ray-address", default=None, help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: a local Ray instance)")
+    flag(parser, "workers", type=positive_int, default=None, help="--engine ray: embedding workers (default: one per GPU, else per CPU)")
     # torch.distributed.launch passes --local-rank / --local_rank; the rank comes from the environment
     flag(parser, "local-rank", type=non_negative_int, default=None, help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> DiversityConfig:
-    return DiversityConfig(**{name: getattr(args, name) for name in FLAG_FIELDS}, progress=not args.no_progress)
+    ray = None
+    if args.engine == "ray":
+        from scalingfilter.engines.ray_engine import RayOptions
+
+        ray = RayOptions(address=args.ray_address, workers=args.workers)
+    return DiversityConfig(**{name: getattr(args, name) for name in FLAG_FIELDS}, progress=not args.no_progress, engine=args.engine, ray=ray)
 
 
 def report_lines(result: dict[str, Any], output_dir: str | Path) -> list[str]:
