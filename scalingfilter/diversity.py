@@ -299,7 +299,9 @@ class _Run:
 
     @property
     def input_dir(self) -> Path:
-        return Path(self.cfg.input_dir)
+        from .locations import location
+
+        return location(self.cfg.input_dir)
 
     @property
     def out_dir(self) -> Path:
@@ -322,6 +324,13 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
     """Count, draw, embed (or load cached embeddings), score, write results. Returns the results.json
     content (None on torchrun ranks other than 0). Raises a ScalingFilterError for what the user can fix."""
     files = check_config(cfg)
+    from .locations import is_remote, staged_output
+
+    if is_remote(cfg.output_dir):  # one process; written locally, each file sent whole when done (results last)
+        from dataclasses import replace
+
+        with JobLock(cfg.output_dir, "diversity"), staged_output(cfg.output_dir, last=(RESULTS_JSON, RESULTS_TXT)) as local:
+            return run_diversity(replace(cfg, output_dir=str(local)))
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device, devices = _devices(cfg, env_rank()[1])
