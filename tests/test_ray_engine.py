@@ -202,22 +202,29 @@ def test_engine_ray_without_ray_installed_names_the_extra(tmp_path):
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
-def test_ray_encoder_gives_one_process_embeddings(ray_address, sample_texts):
-    """The embedding step of diversity on Ray workers: same rows, same order, to 1e-6."""
-    from scalingfilter.embedding import encode_stream, load_model
-    from scalingfilter.engines.ray_embed import RayEncoder
+def test_diversity_engine_ray_gives_one_process_embeddings_and_scores(tmp_path, ray_address, sample_texts):
+    """`diversity --engine ray`: the same embeddings (to 1e-6) and the same scores as one process."""
+    from scalingfilter.cli import build_parser
+    from scalingfilter.commands.diversity import config_from_args
+    from scalingfilter.diversity import run_diversity
+    from scalingfilter.embedding import CACHE_EMBEDDINGS
 
-    docs = [(f"d{i}", f"{sample_texts[i % len(sample_texts)]} ({i})") for i in range(50)]
-    model = load_model(None, device="cpu")
-    local, local_ids, _ = encode_stream(model, docs, batch_size=8, chunk_texts=16, progress=False)
-    encoder = RayEncoder(model, None, opts=RayOptions(workers=2))
-    try:
-        assert len(encoder.workers) == 2
-        remote, remote_ids, _ = encode_stream(encoder, docs, batch_size=8, chunk_texts=16, progress=False)
-    finally:
-        encoder.close()
-    assert remote_ids == local_ids and remote.shape == local.shape == (50, 384)
-    np.testing.assert_allclose(remote, local, atol=1e-6, rtol=0)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps({"id": i, "text": f"{sample_texts[i % len(sample_texts)]} ({i} {i * i})"}) + "\n"
+                                                        for i in range(60)))
+    results = {}
+    for engine in ("local", "ray"):
+        args = build_parser("diversity").parse_args(["diversity", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / engine),
+                                                     "--groups", "2", "--group-size", "25", "--device", "cpu", "--engine", engine,
+                                                     "--workers", "2", "--no-progress"])
+        cfg = config_from_args(args)
+        assert cfg.engine == engine and (cfg.ray is None) == (engine == "local")
+        results[engine] = run_diversity(cfg)
+    local, ray_ = (np.load(tmp_path / e / CACHE_EMBEDDINGS) for e in ("local", "ray"))
+    assert local.shape == ray_.shape == (50, 384)
+    np.testing.assert_allclose(ray_, local, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(results["ray"]["scores"], results["local"]["scores"], rtol=1e-6)
+    assert results["ray"]["mean"] == pytest.approx(results["local"]["mean"], rel=1e-6)
 
 
 def test_local_run_killed_after_its_last_unit_then_ray_assembles(tmp_path, ray_address, monkeypatch):
