@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 
 from scalingfilter.commands.flags import flag, int_at_least, non_negative_float, non_negative_int, positive_int
-from scalingfilter.errors import EXIT_OK, EXIT_REJECTED
+from scalingfilter.errors import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 
 ENGINES = ("local", "ray")
 
@@ -113,7 +113,7 @@ def report_summary(summary: dict, prog: str) -> int:
     if summary.get("failed_units"):
         print(f"{prog}: error: {len(summary['failed_units'])} unit(s) failed after retries: {', '.join(summary['failed_units'][:5])}; "
               "rerun the same command to retry them", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     if summary["rejected"]:
         print(f"{prog}: {summary['rejected']} record(s) rejected; see {summary['rejects_dir']}", file=sys.stderr)
         status = EXIT_REJECTED
