@@ -131,11 +131,11 @@ def walk_corpus(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = INPUT_
             return
         for entry in entries:
             child = f"{rel}/{entry.name}" if rel else entry.name
+            if not rel and entry.name in exclude_dirs:
+                continue  # the tool's own output (rejects/ and state of a scored directory): not data, not worth a warning
             if entry.name.startswith("."):
                 skipped.append((child, SKIP_HIDDEN))
                 continue
-            if not rel and entry.name in exclude_dirs:
-                continue  # the tool's own output (rejects/ of a scored directory): not data, not worth a warning
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
                 is_file = entry.is_file(follow_symlinks=True)
@@ -219,7 +219,7 @@ def find_input_files(input_dir: str | os.PathLike, suffixes: tuple[str, ...] = I
 
 def find_scored_files(scored_dir: str | os.PathLike) -> list[str]:
     """The scored data files of a `scalingfilter score` output directory (not its rejects or state)."""
-    return find_input_files(scored_dir, exclude_dirs=(REJECTS_DIR,))
+    return find_input_files(scored_dir, exclude_dirs=(REJECTS_DIR, STATE_DIR))
 
 
 def open_binary(path: str | os.PathLike) -> BinaryIO:
@@ -487,7 +487,11 @@ class ParquetWriter:
 
         if not self._rows:
             return
-        table = pa.Table.from_pylist(self._rows, schema=self._schema)
+        if self._schema is not None:
+            table = pa.Table.from_pylist(self._rows, schema=self._schema)
+        else:  # every key of the group, in first-seen order (from_pylist alone takes the first row's keys only)
+            keys = list(dict.fromkeys(k for r in self._rows for k in r))
+            table = pa.table({k: [r.get(k) for r in self._rows] for k in keys})
         if self._writer is None:
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self.path, self._schema)
