@@ -263,6 +263,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """The ranges the command line checks while parsing, for callers of the API (UsageError)."""
+        if "://" in str(self.output_dir):
+            # the run directory (checkpoint, token cache) must be a local disk: refuse rather than make
+            # a local directory named like the URL
+            raise UsageError(f"--output-dir {self.output_dir!r}: train writes its run directory to a local path; "
+                             "train locally, then copy the pair (small/, large/, scoring.json) to the bucket")
         checks = [
             ("seq_len", self.seq_len >= 2, "at least 2"), ("batch_size", self.batch_size >= 1, "at least 1"),
             ("vocab_size", self.vocab_size >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE}"), ("lr", self.lr > 0, "greater than 0"),

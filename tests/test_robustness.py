@@ -304,3 +304,11 @@ def test_unreachable_hub_fails_fast_with_the_commands_name(tmp_path):
     assert time.time() - t0 < 30
     line = one_line_error(r)
     assert line.startswith("quality_factor: error:") and "'gpt2'" in line and "--pair DIR" in line
+
+
+def test_train_refuses_an_output_url_instead_of_a_local_directory_named_like_it(tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", docs(20))
+    r = subprocess.run([PY, "-m", "scalingfilter.cli", "train", "--input-dir", str(tmp_path / "in"), "--output-dir", "s3://bucket/pair", "--no-progress"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "local path" in one_line_error(r)
+    assert not (tmp_path / "s3:").exists()
