@@ -403,9 +403,11 @@ def heldout_loss(model, tokens: np.ndarray, seq_len: int, bf16: bool, device: st
     import torch
     import torch.nn.functional as F
 
+    if len(tokens) < 2:
+        return float("nan")  # nothing held out (written as null in train_log.json)
+    if len(tokens) - 1 < seq_len:  # a held-out stream shorter than one window is one shorter window
+        seq_len = len(tokens) - 1
     n = (len(tokens) - 1) // seq_len
-    if n == 0:
-        return float("nan")
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
