@@ -39,12 +39,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose warnings carry tracebacks of retried network calls.
+QUIET_LOGGERS = ("gcsfs", "s3fs", "fsspec", "aiobotocore", "botocore", "urllib3", "huggingface_hub", "filelock")
+
+
 def run_command(prog: str, run, args: argparse.Namespace) -> int:
     """Run one command: a `ScalingFilterError` (a problem the user can fix) is one line on stderr and its
     exit status; Ctrl-C is one line and 130; a full disk or an unwritable path is one line and 2.
     Anything else is a bug and keeps its traceback."""
+    import logging
+
     from .errors import EXIT_INTERRUPTED, ScalingFilterError
     from .storage import storage_error
+
+    for name in QUIET_LOGGERS:  # they log tracebacks of retried calls (even at ERROR); our one-line errors say what failed
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
         from .locations import apply_storage_options

@@ -299,8 +299,12 @@ def test_missing_bucket_is_one_line(s3, tmp_path, corpus):
 
 
 def test_url_of_a_missing_filesystem_names_the_extra(tmp_path):
-    r = run_cli(["score", "--input-dir", "gs://some-bucket/in", "--output-dir", str(tmp_path / "out"), "--no-progress"],
-                env=dict(os.environ, **SCORE_FIXED))
+    # the dev extra installs gcsfs: a module of that name that fails to import stands for an installation without it
+    shadow = tmp_path / "shadow" / "gcsfs"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named gcsfs (test stand-in)')\n")
+    env = dict(os.environ, **SCORE_FIXED, PYTHONPATH=str(tmp_path / "shadow"))
+    r = run_cli(["score", "--input-dir", "gs://some-bucket/in", "--output-dir", str(tmp_path / "out"), "--no-progress"], env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "pip install 'scalingfilter[gcs]'" in r.stderr
 
