@@ -54,7 +54,7 @@ import numpy as np
 from .documents import iter_corpus, walk_corpus
 from .errors import ConfigMismatchError, InputError, ModelLoadError, UsageError
 from .models import PAIR_SCORING_FILE
-from .storage import TMP_PREFIX, JobLock, atomic_path, fsync_dir, read_json, remove_stale_tmp, tmp_name, write_json_atomic
+from .storage import TMP_PREFIX, JobLock, atomic_path, fsync_dir, read_json, remove_stale_tmp, tmp_name, write_bytes_atomic, write_json_atomic
 from .tokenizer import MIN_VOCAB_SIZE, train_bpe_tokenizer
 
 
@@ -263,11 +263,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """The ranges the command line checks while parsing, for callers of the API (UsageError)."""
-        if "://" in str(self.output_dir):
-            # the run directory (checkpoint, token cache) must be a local disk: refuse rather than make
-            # a local directory named like the URL
-            raise UsageError(f"--output-dir {self.output_dir!r}: train writes its run directory to a local path; "
-                             "train locally, then copy the pair (small/, large/, scoring.json) to the bucket")
+        if str(self.output_dir).startswith("file://"):
+            raise UsageError(f"--output-dir {self.output_dir!r}: give a local directory as a plain path")
         checks = [
             ("seq_len", self.seq_len >= 2, "at least 2"), ("batch_size", self.batch_size >= 1, "at least 1"),
             ("vocab_size", self.vocab_size >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE}"), ("lr", self.lr > 0, "greater than 0"),
@@ -775,7 +772,16 @@ def finish_run(run: PairRun, train_time: float, log: Callable[[str], None]) -> d
 
 def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the pair described by `cfg`; write `output_dir/{small,large}`, `scoring.json` and
-    `train_log.json`. Returns the log. Holds the output directory's JobLock for the whole run."""
+    `train_log.json`. Returns the log. Holds the output directory's JobLock for the whole run.
+
+    An output URL (s3://, gs://, ...): the run directory is a local working copy (in the spool directory,
+    named after the URL, so a run killed on this machine resumes from its local checkpoint), seeded from the
+    bucket on --resume, and published object by object when the run ends (train_log.json last: its presence
+    in the bucket says the pair is complete). Checkpoints reach the bucket only with the finished run."""
+    from .locations import is_remote
+
+    if is_remote(cfg.output_dir):
+        return _train_pair_to_url(cfg, log)
     cfg.validate()
     cfg = cfg.effective()
     out = Path(cfg.output_dir)
@@ -792,6 +798,34 @@ def train_pair(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str
             init_from_pair(run, log)
         train_time = train_loop(run, log)
         return finish_run(run, train_time, log)
+
+
+def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    import hashlib
+    from dataclasses import replace
+
+    from .locations import location, spool_dir
+    from .schema import STATE_DIR
+
+    cfg.validate()
+    remote = location(cfg.output_dir)
+    local = spool_dir() / f"train-{hashlib.sha1(str(cfg.output_dir).encode()).hexdigest()[:16]}"
+    with JobLock(cfg.output_dir, "train"):
+        if cfg.resume and not (local / CHECKPOINT_NAME).exists():
+            for rel in sorted(remote.find()):  # seed the working copy from what the bucket holds
+                if rel.split("/", 1)[0] == STATE_DIR:
+                    continue  # the bucket's lock object is not part of the run
+                dest = local / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(dest, (remote / rel).read_bytes())
+        log(f"training in the local working copy {local}; published to {cfg.output_dir} when the run ends")
+        result = train_pair(replace(cfg, output_dir=str(local)), log)
+        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        files = [f for f in files if f.split("/", 1)[0] != STATE_DIR and not Path(f).name.startswith(TMP_PREFIX)]
+        for rel in sorted(files, key=lambda f: (f == TRAIN_LOG_NAME, f)):  # train_log.json last: the pair is complete
+            (remote / rel).put_from(local / rel)
+        result["output_dir"] = str(cfg.output_dir)
+        return result
 
 
 def export_checkpoint(run_dir: str | os.PathLike, dest: str | os.PathLike, save_dtype: str = "float32") -> dict[str, Any]:

@@ -675,3 +675,30 @@ def test_evaluate_on_a_bucket_equals_local(s3_env, bucket, tmp_path):
     remote = evaluate_dir(f"s3://{bucket}/scored")
     assert remote["input_dir"] == f"s3://{bucket}/scored"
     assert {k: v for k, v in remote.items() if k != "input_dir"} == {k: v for k, v in local.items() if k != "input_dir"}
+
+
+def test_train_writes_its_pair_to_a_bucket(s3_env, bucket, corpus, tmp_path):
+    """train --output-dir s3://...: the same files as a local run (same seed, one thread), train_log.json last;
+    the bucket's lock object is not part of the pair."""
+    from scalingfilter.training import TrainConfig, train_pair
+
+    common = dict(input_dir=str(corpus), sizes="1x16x2,1x32x2", vocab_size=300, seq_len=16, batch_size=2, tokens=64,
+                  threads=1, progress=False, checkpoint_every=2)
+    local = train_pair(TrainConfig(output_dir=str(tmp_path / "local"), **common), log=lambda m: None)
+    remote = train_pair(TrainConfig(output_dir=f"s3://{bucket}/pair", **common), log=lambda m: None)
+    losses = lambda r: [(h["step"], h["small_loss"], h["large_loss"]) for h in r["history"]]  # noqa: E731
+    assert losses(remote) == losses(local) and remote["output_dir"] == f"s3://{bucket}/pair"
+    objects = bucket_files(s3_env, f"s3://{bucket}/pair")
+    for rel in ("small/config.json", "large/config.json", "scoring.json", "train_log.json", "checkpoint.pt"):
+        assert rel in objects, rel
+    assert objects["scoring.json"] == (tmp_path / "local" / "scoring.json").read_bytes()
+    assert not any(rel.startswith(".tmp-") or "/.tmp-" in rel for rel in objects)
+    # another machine: no local working copy; --resume seeds it from the bucket (a finished run: nothing to redo)
+    import shutil
+
+    from scalingfilter.locations import spool_dir
+
+    for d in spool_dir().glob("train-*"):
+        shutil.rmtree(d)
+    again = train_pair(TrainConfig(output_dir=f"s3://{bucket}/pair", resume=True, **common), log=lambda m: None)
+    assert losses(again) == losses(local)

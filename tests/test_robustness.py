@@ -306,9 +306,15 @@ def test_unreachable_hub_fails_fast_with_the_commands_name(tmp_path):
     assert line.startswith("quality_factor: error:") and "'gpt2'" in line and "--pair DIR" in line
 
 
-def test_train_refuses_an_output_url_instead_of_a_local_directory_named_like_it(tmp_path):
+def test_train_never_makes_a_local_directory_named_like_an_output_url(tmp_path):
+    """It once wrote `./s3:/bucket/pair`. A URL goes to its filesystem: here one that is missing (a stand-in
+    module that fails to import), which is a one-line error naming the extra, and nothing local."""
     write_jsonl(tmp_path / "in" / "a.jsonl", docs(20))
-    r = subprocess.run([PY, "-m", "scalingfilter.cli", "train", "--input-dir", str(tmp_path / "in"), "--output-dir", "s3://bucket/pair", "--no-progress"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert "local path" in one_line_error(r)
-    assert not (tmp_path / "s3:").exists()
+    shadow = tmp_path / "shadow" / "gcsfs"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named gcsfs (test stand-in)')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "shadow"))
+    r = subprocess.run([PY, "-m", "scalingfilter.cli", "train", "--input-dir", str(tmp_path / "in"), "--output-dir", "gs://bucket/pair", "--no-progress"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "scalingfilter[gcs]" in one_line_error(r)
+    assert not (tmp_path / "gs:").exists()
