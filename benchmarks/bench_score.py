@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -144,7 +143,6 @@ def padding_limit(pair_dir: str, texts: list[str], max_len: int) -> tuple[float,
 
     tok = AutoTokenizer.from_pretrained(f"{pair_dir}/small")
     lengths = [min(len(tok(t)["input_ids"]), max_len) for t in texts]
-    n_batches = -(-len(texts) // 12)
     return (len(texts) * max_len) / sum(lengths), sorted(lengths)[len(lengths) // 2]
 
 

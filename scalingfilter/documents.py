@@ -530,9 +530,6 @@ def dumps_exact(record: dict[str, Any]) -> bytes:
         return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-from .storage import write_json_atomic  # noqa: E402,F401  (one atomic writer for the package)
-
-
 def open_writer(path: str | os.PathLike, fmt: str | None = None, schema=None):
     """A writer for `path` in the format its name says (or `fmt`); `schema` for parquet only."""
     fmt = fmt or file_format(path)

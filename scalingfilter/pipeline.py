@@ -577,14 +577,13 @@ class ScoreJob:
                 unknown.append(u.source)
         if unknown and isinstance(self.input_dir, ObjectPath):
             return None  # counting would read the objects twice
-        if sum((self.input_dir / s).stat().st_size for s in unknown) > COUNT_FOR_PROGRESS_BYTES:
+        if sum(self.input_size(s) for s in unknown) > COUNT_FOR_PROGRESS_BYTES:
             return None
-        return known + sum(documents.count_records(self.input_dir / s) for s in unknown)
+        return known + sum(documents.count_records(self.input_path(s)) for s in unknown)
 
     # ---- scoring (any process)
     def score_unit(self, unit: Unit, scorer: DocScorer, progress: Callable[[int, int], None] | None = None) -> UnitStats:
         """Score one unit into its part files and mark it done; `progress(documents, tokens)` as it goes."""
-        cfg = self.cfg
         src_path = self.read_path(unit)
         fmt = documents.file_format(unit.source)
         parts = self.parts_dir(unit.source)
@@ -622,8 +621,7 @@ class ScoreJob:
         keep = {unit.source} | ({nxt.source} if nxt is not None else set())
         self._prefetch.keep_only(keep)
         for source in [unit.source] + ([nxt.source] if nxt is not None else []):
-            stat = self._input_stats.get(source) or self.input_path(source).stat()
-            self._prefetch.want(source, self.input_path(source), stat.st_size)
+            self._prefetch.want(source, self.input_path(source), self.input_size(source))
         return self._prefetch.local_copy(unit.source) or remote
 
     def close_prefetch(self) -> None:

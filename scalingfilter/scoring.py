@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from .packing import BatchLayout, packed_layout, padded_layout, plan_packed_batches, resolve_packing
-from .schema import SCORE_FIELDS  # noqa: F401  (the fields, with their types, live in schema.py)
 
 # exp() of anything above this overflows float64; losses that large are nonsense anyway.
 _MAX_EXP_ARG = 700.0

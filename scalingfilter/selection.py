@@ -58,8 +58,6 @@ crash-recovery test uses it to interrupt a run at a known point.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import json
 import logging
 import math
@@ -78,7 +76,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 import orjson
 
-from .documents import InputError, file_format, find_scored_files, open_binary, read_records
+from .documents import InputError, file_format, find_scored_files, open_binary, open_binary_writer, read_records
 from .errors import SelectionError
 from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
 from .storage import LOCK_NAME, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
@@ -506,24 +504,6 @@ def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any]) -> 
 # Pass 2: the kept records, written as they came in
 
 
-@contextlib.contextmanager
-def _open_lines_writer(path: Path) -> Iterator[BinaryIO]:
-    """A binary JSONL writer, compressed as the name says, with no time stamp or file name in a gzip
-    header: the same records give the same bytes, run after run."""
-    name = str(path)
-    with open(path, "wb") as raw:
-        if name.endswith(".gz"):
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as fh:
-                yield fh
-        elif name.endswith(".zst"):
-            import zstandard
-
-            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as fh:
-                yield fh
-        else:
-            yield raw
-
-
 _UTF8_BOM = b"\xef\xbb\xbf"  # read_jsonl drops it from the first line
 
 
@@ -589,7 +569,7 @@ def _changed(rel: str, more: bool) -> SelectionError:
 def _write_jsonl(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool) -> None:
     names = frozenset(SCORE_FIELDS)
     pos = 0
-    with atomic_path(dest) as tmp, _open_lines_writer(tmp) as fh:
+    with atomic_path(dest) as tmp, open_binary_writer(tmp) as fh:
         for line in _record_lines(src):
             if pos >= len(write):
                 raise _changed(rel, more=True)

@@ -36,3 +36,73 @@ def build_random_pair(out_dir: str | os.PathLike, texts: Iterable[str], vocab_si
         model.save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
     return out
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for torchrun's master, a Ray head, a local S3 server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto_server(env: dict | None = None, timeout_s: float = 30.0):
+    """A local S3 API server (moto's standalone `moto_server`, from moto[server]) on a free port of
+    127.0.0.1; returns (process, endpoint URL) once it accepts connections. Stop it with `stop_process`."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = free_port()
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, **(env or {})))
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def stop_process(proc, timeout_s: float = 10.0) -> None:
+    """Terminate a helper process, killing it if it does not stop in time."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict], compress: str | None = None) -> None:
+    """Write records as JSONL, plain or compressed ('gz' without a time stamp, 'zst'); parents made."""
+    import gzip
+
+    import orjson
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    if compress == "gz":
+        data = gzip.compress(data, mtime=0)
+    elif compress == "zst":
+        import zstandard
+
+        data = zstandard.ZstdCompressor().compress(data)
+    path.write_bytes(data)
+
+
+def read_scored(out: str | os.PathLike) -> dict[str, list[dict]]:
+    """Every record of a scored output directory, by relative path, in file order."""
+    from .documents import find_scored_files, read_records
+
+    out = Path(out)
+    return {rel: [r.data for r in read_records(out / rel, rel)] for rel in find_scored_files(out)}

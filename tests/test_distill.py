@@ -19,8 +19,8 @@ import pytest
 fasttext = pytest.importorskip("fasttext")  # the [distill] extra (in the dev extra)
 
 from scalingfilter import distill as D  # noqa: E402
-from scalingfilter import documents  # noqa: E402
 from scalingfilter.evaluation import auroc  # noqa: E402
+from scalingfilter.testing import read_scored  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -199,10 +199,6 @@ def classify_corpus(root: Path, bad_record: bool = True) -> Path:
     return inp
 
 
-def read_output(out: Path) -> dict[str, list[dict]]:
-    return {rel: [r.data for r in documents.read_records(out / rel, rel)] for rel in documents.find_scored_files(out)}
-
-
 def test_classify_equals_a_plain_predict_loop(trained, tmp_path):
     root, _records, _card = trained
     model_dir = root / "model"
@@ -214,7 +210,7 @@ def test_classify_equals_a_plain_predict_loop(trained, tmp_path):
         r = run_cli(["classify", "--input-dir", str(inp), "--output-dir", str(out), "--model", str(model_dir), "--workers", workers,
                      "--no-progress", "--unit-docs", "50", "--split-bytes", "0"])
         assert r.returncode == 3, r.stderr  # one record rejected
-        outputs[workers] = read_output(out)
+        outputs[workers] = read_scored(out)
         assert (out / "rejects" / "a.jsonl.rejects.jsonl").exists()
     assert outputs["1"] == outputs["2"]
     got = outputs["1"]
@@ -244,7 +240,7 @@ def test_classify_restart_after_kill_gives_identical_output(trained, tmp_path):
     assert not (out / "summary.json").exists()
     again = run_cli(["classify", *common, "--output-dir", str(out)])
     assert again.returncode == 3, again.stderr
-    assert read_output(out) == read_output(tmp_path / "ref")
+    assert read_scored(out) == read_scored(tmp_path / "ref")
     assert sorted(p.name for p in (out / "rejects").rglob("*.jsonl")) == ["a.jsonl.rejects.jsonl"]
 
 
@@ -312,7 +308,7 @@ def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path):
     finally:
         ray.shutdown()
     assert summary["failed_units"] == [] and summary["rejected"] == 1
-    assert read_output(tmp_path / "ray") == read_output(tmp_path / "local")
+    assert read_scored(tmp_path / "ray") == read_scored(tmp_path / "local")
 
 
 @pytest.mark.slow
@@ -331,6 +327,6 @@ def test_classify_under_torchrun_matches_one_process(trained, tmp_path):
                           *args, "--output-dir", str(tmp_path / "two")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert read_output(tmp_path / "two") == read_output(tmp_path / "one")
+    assert read_scored(tmp_path / "two") == read_scored(tmp_path / "one")
     summary = orjson.loads((tmp_path / "two" / "summary.json").read_bytes())
     assert summary["processes"] == 2 and summary["documents"] == 165 and summary["unscorable"] == 1

@@ -23,38 +23,10 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+from scalingfilter.testing import free_port, start_moto_server, stop_process  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-MOTO = shutil.which("moto_server") or str(Path(PY).parent / "moto_server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, **(env or {})))
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -63,11 +35,11 @@ CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AW
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server for this module; yields its endpoint URL."""
-    proc, endpoint = start_moto()
+    proc, endpoint = start_moto_server()
     try:
         yield endpoint
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def s3fs_for(endpoint: str, **kw):
@@ -325,7 +297,7 @@ def test_storage_option_reaches_the_filesystem(s3, bucket, corpus, local_referen
 @pytest.fixture(scope="module")
 def s3_with_auth():
     """A second server that checks credentials (IAM): the first requests (the set-up) go unchecked."""
-    proc, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "5"})
+    proc, endpoint = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "5"})
     try:
         import boto3
 
@@ -339,7 +311,7 @@ def s3_with_auth():
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))  # 5
         yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def test_wrong_credentials_and_no_write_permission_are_one_line(s3_with_auth, tmp_path):
@@ -694,8 +666,6 @@ def test_train_writes_its_pair_to_a_bucket(s3_env, bucket, corpus, tmp_path):
     assert objects["scoring.json"] == (tmp_path / "local" / "scoring.json").read_bytes()
     assert not any(rel.startswith(".tmp-") or "/.tmp-" in rel for rel in objects)
     # another machine: no local working copy; --resume seeds it from the bucket (a finished run: nothing to redo)
-    import shutil
-
     from scalingfilter.locations import spool_dir
 
     for d in spool_dir().glob("train-*"):

@@ -8,40 +8,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 
 from scalingfilter import documents
 from scalingfilter.pipeline import RejectedRecordError, score_corpus
-from scalingfilter.scoring import SCORE_FIELDS
+from scalingfilter.schema import SCORE_FIELDS
 from scalingfilter.sharding import ShardingError, file_units, node_files, rank_share
+from scalingfilter.testing import free_port, read_scored, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_jsonl(path: Path, records, compress=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
-    if compress == "gz":
-        data = gzip.compress(data)
-    elif compress == "zst":
-        data = zstandard.ZstdCompressor().compress(data)
-    path.write_bytes(data)
 
 
 def make_corpus(root: Path, texts, n=60):
@@ -50,13 +31,6 @@ def make_corpus(root: Path, texts, n=60):
     write_jsonl(root / "sub" / "c.jsonl.zst", [{"id": i, "text": texts[(i * 5) % len(texts)] * 2} for i in range(n // 3)], "zst")
     table = pa.Table.from_pylist([{"id": i, "text": texts[(i * 7) % len(texts)], "lang": "en"} for i in range(n // 2)])
     pq.write_table(table, root / "d.parquet", row_group_size=7)
-
-
-def read_output(out: Path) -> dict[str, list[dict]]:
-    result = {}
-    for rel in documents.find_scored_files(out):
-        result[rel] = [r.data for r in documents.read_records(out / rel, rel)]
-    return result
 
 
 def run_cli(args, env=None, **kw):
@@ -81,7 +55,7 @@ def test_all_formats_mirrored_with_fields_kept(tmp_path, tiny_pair_dir, sample_t
     make_corpus(tmp_path / "in", sample_texts)
     summary = score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=64, show_progress=False)
     assert summary["documents"] == 60 + 30 + 20 + 30 and summary["rejected"] == 0
-    out = read_output(tmp_path / "out")
+    out = read_scored(tmp_path / "out")
     assert sorted(out) == ["a.jsonl", "d.parquet", "sub/b.jsonl.gz", "sub/c.jsonl.zst"]
     src = {rel: [r.data for r in documents.read_records(tmp_path / "in" / rel, rel)] for rel in out}
     for rel, rows in out.items():
@@ -124,7 +98,7 @@ def test_bad_inputs_are_rejected_with_file_and_line(tmp_path, tiny_pair_dir):
     assert len(trunc) == 1 and "truncated" in trunc[0]["reason"] and trunc[0]["source"] == "trunc.jsonl.gz"
     empty = [orjson.loads(l) for l in (tmp_path / "out/rejects/empty.jsonl.rejects.jsonl").read_bytes().splitlines()]
     assert empty[0]["reason"] == "empty file: no records"
-    out = read_output(tmp_path / "out")
+    out = read_scored(tmp_path / "out")
     assert len(out["bad.jsonl"]) == 2
     n_trunc_good = len(out["trunc.jsonl.gz"])
     assert 0 < n_trunc_good < 200
@@ -189,7 +163,7 @@ def test_restart_after_sigkill_gives_identical_output(tmp_path, tiny_pair_dir, s
     common = ["--pair", str(tiny_pair_dir), "--max-len", "64", "--unit-docs", "25", "--split-bytes", "0", "--no-progress", "--input_dir", str(inp)]
     ref = run_cli(["score", *common, "--output_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr
-    expected = read_output(tmp_path / "ref")
+    expected = read_scored(tmp_path / "ref")
     total = sum(len(v) for v in expected.values())
     out = tmp_path / "killed"
     done_dir = out / ".scalingfilter" / "done"
@@ -200,7 +174,7 @@ def test_restart_after_sigkill_gives_identical_output(tmp_path, tiny_pair_dir, s
     assert len(list(done_dir.glob("*.json"))) == 5  # exactly the units marked before each kill survive
     final = run_cli(["score", *common, "--output_dir", str(out)])
     assert final.returncode == 0, final.stderr
-    got = read_output(out)
+    got = read_scored(out)
     assert_same_outputs(got, expected, rel=0)  # same units, same batches: bit-identical
     summary = json.loads((out / "summary.json").read_text())
     assert summary["documents"] == total
@@ -210,7 +184,7 @@ def test_restart_after_sigkill_gives_identical_output(tmp_path, tiny_pair_dir, s
 def test_force_overwrite_replaces_old_output(tmp_path, tiny_pair_dir, sample_texts):
     write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": t} for t in sample_texts])
     score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=64, show_progress=False)
-    first = read_output(tmp_path / "out")["x.jsonl"]
+    first = read_scored(tmp_path / "out")["x.jsonl"]
     # other settings on the same output directory are refused ...
     from scalingfilter.pipeline import ConfigMismatchError
 
@@ -219,7 +193,7 @@ def test_force_overwrite_replaces_old_output(tmp_path, tiny_pair_dir, sample_tex
     # ... and replaced cleanly with --force_overwrite
     write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": t} for t in sample_texts[:3]])
     score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=32, force_overwrite=True, show_progress=False)
-    second = read_output(tmp_path / "out")["x.jsonl"]
+    second = read_scored(tmp_path / "out")["x.jsonl"]
     assert len(second) == 3 and len(first) == len(sample_texts)
     assert max(r["n_tokens"] for r in second) <= 31
 
@@ -234,7 +208,7 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_pair_dir, sample_texts)
     two = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "scalingfilter/quality_factor.py", *args,
                           "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = read_output(tmp_path / "one"), read_output(tmp_path / "two")
+    a, b = read_scored(tmp_path / "one"), read_scored(tmp_path / "two")
     assert_same_outputs(a, b, rel=1e-6)
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["processes"] == 2 and s["documents"] == sum(len(v) for v in a.values())

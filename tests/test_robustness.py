@@ -23,6 +23,7 @@ import pytest
 
 from scalingfilter import documents
 from scalingfilter.storage import JobLock
+from scalingfilter.testing import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -49,12 +50,6 @@ def one_line_error(r, status=2):
 
 def lines(path: Path) -> list[bytes]:
     return documents.open_binary(path).read().splitlines()
-
-
-def write_jsonl(path: Path, records, gz=False):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
 
 
 def docs(n, start=0):
@@ -208,7 +203,7 @@ def test_rescoring_a_scored_file_keeps_big_integers(tmp_path):
 
 
 def test_gzip_output_is_byte_identical_between_runs(tmp_path):
-    write_jsonl(tmp_path / "in" / "a.jsonl.gz", docs(30), gz=True)
+    write_jsonl(tmp_path / "in" / "a.jsonl.gz", docs(30), compress="gz")
     assert score(tmp_path / "in", tmp_path / "o1").returncode == 0
     time.sleep(1.1)  # a member time stamp would now differ
     assert score(tmp_path / "in", tmp_path / "o2").returncode == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from scalingfilter.cli import build_parser
 from scalingfilter.commands.slurm import build_script
 from scalingfilter.errors import UsageError
 from scalingfilter.pipeline import TEST_KILL_ENV, TEST_SCORER_ENV, score_corpus
+from scalingfilter.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,12 +104,6 @@ def test_array_script_scores_node_parts_and_resubmission_continues(tmp_path, mon
     # a task resubmitted after it finished does nothing and succeeds
     again = run_script(script, tmp_path, {**task, "SLURM_ARRAY_TASK_ID": "1"})
     assert again.returncode == 0 and json.loads((out / "summary.parts-1-1.json").read_text())["documents_this_run"] == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
