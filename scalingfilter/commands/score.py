@@ -83,8 +83,7 @@ def config_from_args(args: argparse.Namespace):
 
 def quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for name in ("transformers", "huggingface_hub", "urllib3", "filelock"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # network and storage libraries: cli.QUIET_LOGGERS
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # one progress bar (ours), not one per weight file
 
