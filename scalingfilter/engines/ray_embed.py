@@ -41,7 +41,9 @@ class EmbedWorker:
         return os.getpid()
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        return np.asarray(self.model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True), dtype=np.float32)
+        from scalingfilter.fast_encode import encode_texts
+
+        return encode_texts(self.model, texts, batch_size=batch_size)
 
 
 class RayEncoder:
