@@ -2,7 +2,7 @@
 
 Baseline: `model.encode(texts, batch_size=B)` as `diversity` called it before: each batch tokenised (whole
 texts, then truncated) on the calling thread between forward passes, every batch's embeddings copied back.
-Ours: texts cut at a word boundary before tokenising, the next batches tokenised by a thread pool while the
+Ours: texts cut at a word boundary before tokenising, the next batches tokenised by a background thread while the
 model runs, one device-to-host copy. Both give the same embeddings (checked here too: max abs difference).
 
 Prints, for each model: host-side tokenising alone (the ceiling a GPU cannot beat), then encode end to end,

@@ -12,8 +12,10 @@ tokenises web pages. `encode_texts` gives the same embeddings with the host work
   fills all `max_seq_length` positions was going to be truncated inside the kept part: its tokens are exactly
   the whole text's. One that falls short (very long words, few tokens per character) is tokenised whole.
 - Batches are formed as sentence-transformers forms them (texts sorted by length, longest first, so a batch
-  pads little), and a pool of threads tokenises the next batches while the model runs on this one (the Rust
-  tokenizer releases the GIL).
+  pads little), and one thread tokenises the next batches while the model runs on this one. The Rust
+  tokenizer releases the GIL and spreads each batch over the cores itself; one thread, because a fast
+  tokenizer shared by several Python threads can fail with "Already borrowed" (transformers reconfigures
+  its truncation on every call).
 - Embeddings stay on the device until the last batch: one device-to-host copy per call.
 
 The result equals `model.encode(texts, batch_size=...)` (same tokens, same batches, so the same padding):
@@ -23,7 +25,6 @@ without `preprocess`/`tokenize`) fall back to `model.encode`.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -34,15 +35,9 @@ import numpy as np
 # characters a token on English prose; 10 leaves room for code, numbers and URLs. Texts with fewer tokens
 # per character than this are detected and tokenised whole, so the bound costs speed, never correctness.
 CHARS_PER_TOKEN_BOUND = 10
-# Batches tokenised ahead of the forward pass, per tokenising thread.
-PREFETCH_PER_THREAD = 2
+# Batches tokenised ahead of the forward pass.
+PREFETCH_BATCHES = 4
 _WHITESPACE = " \t\n\r\f\v\u00a0\u2028\u2029\u3000"
-
-
-def tokenizer_threads() -> int:
-    """Threads that tokenise ahead of the model: a few, because the Rust tokenizer itself spreads each batch over
-    the cores; more only queue behind one another."""
-    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def cut_at_word(text: str, max_chars: int) -> str:
@@ -95,7 +90,7 @@ def _tokenise(preprocess, texts: list[str], max_len: int) -> dict[str, Any]:
     return features
 
 
-def encode_texts(model, texts: Sequence[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
+def encode_texts(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """float32 embeddings (len(texts) x d) of `texts` in input order, equal to `model.encode(texts, batch_size=...)`."""
     texts = list(texts)
     preprocess = _preprocess_fn(model)
@@ -112,15 +107,14 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 64, threads: int
     batches = [[texts[i] for i in order[s:s + batch_size]] for s in range(0, len(texts), batch_size)]
     device = model.device
     non_blocking = device.type == "cuda"
-    threads = threads or tokenizer_threads()
     outputs: list[Any] = []
     model.eval()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenise") as pool, torch.inference_mode():
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise") as pool, torch.inference_mode():
         pending: deque = deque()
         upcoming = iter(batches)
         for batch in upcoming:  # fill the queue
             pending.append(pool.submit(_tokenise, preprocess, batch, max_len))
-            if len(pending) >= threads * PREFETCH_PER_THREAD:
+            if len(pending) >= PREFETCH_BATCHES:
                 break
         while pending:
             features = pending.popleft().result()

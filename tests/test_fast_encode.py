@@ -61,7 +61,7 @@ def test_fast_path_ran_cut_texts_off_the_calling_thread(model, monkeypatch):
         return real(texts, *a, **k)
 
     monkeypatch.setattr(model, "preprocess", recording)
-    encode_texts(model, pages, batch_size=4, threads=2)
+    encode_texts(model, pages, batch_size=4)
     bound = model.max_seq_length * CHARS_PER_TOKEN_BOUND
     assert max(len(p) for p in pages) > 4 * bound  # the pages are long enough for the cut to matter
     assert max(n for n, _ in seen) <= bound  # every page was tokenised cut, none whole
