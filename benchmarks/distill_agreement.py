@@ -54,6 +54,18 @@ GRID = {
     "lower-auto": dict(normalisation="lower"),
     "half-sample": dict(max_docs=0.5),
     "quarter-sample": dict(max_docs=0.25),
+    "chars-1800": dict(max_chars=1800),  # about the 512-token prefix the bundled pair scores (3.4 characters a token)
+    "lower-1800": dict(normalisation="lower", max_chars=1800),
+    "epoch50": dict(epoch=50),
+    "dim128": dict(dim=128),
+    "lower-1800-ep50": dict(normalisation="lower", max_chars=1800, epoch=50),
+    "lower-1800-dim128": dict(normalisation="lower", max_chars=1800, dim=128),
+    "lower-1800-trigram": dict(normalisation="lower", max_chars=1800, word_ngrams=3),
+    "lower-1800-tails": dict(normalisation="lower", max_chars=1800, labels="tails"),
+    "lower-1800-ep10": dict(normalisation="lower", max_chars=1800, epoch=10),
+    "lower-1800-lr0.05": dict(normalisation="lower", max_chars=1800, lr=0.05),
+    "lower-1800-lr0.3": dict(normalisation="lower", max_chars=1800, lr=0.3),
+    "lower-1800-half-sample": dict(normalisation="lower", max_chars=1800, max_docs=0.5),
 }
 
 
