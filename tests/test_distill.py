@@ -123,6 +123,20 @@ def test_learns_a_textual_rule_on_heldout_documents(trained):
     assert auroc(p, [not r["boilerplate"] for r in fresh]) >= 0.95
 
 
+def test_a_short_score_is_named_in_the_card_and_the_log(trained, tmp_path):
+    root, _records, card = trained
+    assert len(card["warnings"]) == 1 and "128 tokens" in card["warnings"][0]  # write_scored says max_len 128
+    long = tmp_path / "long"
+    write_scored(long, 80)
+    (long / "summary.json").write_bytes(orjson.dumps({"documents": 80, "settings": {"max_len": 512}}))
+    said: list[str] = []
+    assert D.distill(long, tmp_path / "m", D.DistillSettings(heldout=0.2, **FT), log=said.append)["warnings"] == []
+    assert not any(m.startswith("warning") for m in said)
+    proc = run_cli(["distill", "--input-dir", str(root / "scored"), "--output-dir", str(tmp_path / "m2"), "--epoch", "2"])
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the quality factor was computed on 128 tokens" in proc.stderr
+
+
 def test_max_docs_samples_but_labels_come_from_the_whole_corpus(tmp_path):
     write_scored(tmp_path / "scored", 400)
     full = D.DistillSettings(heldout=0.2)
