@@ -18,9 +18,11 @@ tokenises web pages. `encode_texts` gives the same embeddings with the host work
   its truncation on every call).
 - Embeddings stay on the device until the last batch: one device-to-host copy per call.
 
-The result equals `model.encode(texts, batch_size=...)` (same tokens, same batches, so the same padding):
+The result equals `model.encode(texts, batch_size=...)` (same tokens, same batches up to the order of texts of
+equal length, so the same embeddings up to float rounding):
 tested to 1e-5 in float32. Models whose first module is not a text `Transformer` (or a sentence-transformers
-without `preprocess`/`tokenize`) fall back to `model.encode`.
+without `preprocess`/`tokenize`), and models that sentence-transformers runs unpadded itself (flash-attention's
+variable-length kernels installed), are encoded by `model.encode`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def _preprocess_fn(model):
     except Exception:
         return None
     if type(first).__name__ != "Transformer":
+        return None
+    if getattr(first, "can_flatten_inputs", False):  # sentence-transformers packs batches itself (flash-attn varlen): use its encode
         return None
     return getattr(model, "preprocess", None) or getattr(model, "tokenize", None)
 

@@ -122,7 +122,10 @@ def test_cut_at_word_edges():
     assert cut_at_word("   abc def", 4) == "   abc def"  # only leading blanks before the bound: whole
 
 
-def test_order_and_fallback(model):
+def test_order_and_fallback(model, monkeypatch):
     assert length_sorted_order(["a", "ccc", "bb", "ccc"]).tolist() == [1, 3, 2, 0]
     assert supports(model)
+    monkeypatch.setattr(model[0], "can_flatten_inputs", True, raising=False)  # as with flash-attn installed
+    assert not supports(model)
+    monkeypatch.undo()
     assert encode_texts(model, [], batch_size=8).shape == (0, 384)
