@@ -5,9 +5,10 @@
   fetched gives a `ModelLoadError` that says how to use a local copy instead.
 - Encoding streams the corpus in chunks of texts, so memory holds the embeddings (4 * d bytes a
   document) plus one chunk of texts, not the corpus. A chunk is encoded by `fast_encode.encode_texts`
-  (host tokenising ahead of the device; the same embeddings as sentence-transformers' `encode`). On several GPUs the chunks are encoded by one
-  process per GPU (sentence-transformers multi-process encoding); under `torchrun` each rank encodes
-  every world_size-th chunk and rank 0 gathers the parts from disk.
+  (host tokenising ahead of the device; the same embeddings as sentence-transformers' `encode`). On
+  several GPUs the chunks are encoded by one process per GPU (sentence-transformers multi-process
+  encoding); under `torchrun` each rank encodes every world_size-th chunk and rank 0 gathers the parts
+  from disk.
 - The cache holds the rows that were embedded, which need not be every document (the diversity groups
   embed only the documents they draw): `embeddings.npy` (float32, rows x d), `embeddings.rows.npy`
   (int64, ascending: the position of each row among the usable documents of the input),
