@@ -126,6 +126,27 @@ def test_ray_script_starts_a_cluster_and_scores(tmp_path, monkeypatch):
     assert data_tree(tmp_path / "out") == data_tree(tmp_path / "local")
 
 
+def test_ray_script_stops_at_once_when_the_head_fails(tmp_path):
+    """A head that exits before it is up (a port taken, a bad address) ends the job within seconds, with the
+    head's own error and one line from us, instead of polling for the whole wait."""
+    fake_ray = tmp_path / "fake_ray"
+    fake_ray.write_text('#!/bin/bash\nif [ "$1" = start ]; then echo "ray: port 6379 is already in use" >&2; exit 1; fi\n'
+                        'echo "$@" >> "$0.calls"; sleep 0.2; exit 1\n')
+    fake_ray.chmod(0o755)
+    text = script_for(["--nodes", "1", "--gpus-per-node", "0", "--mode", "ray", "--", "--input-dir", "in", "--output-dir", "out"],
+                      cwd=tmp_path)
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    import time
+
+    t0 = time.monotonic()
+    done = run_script(script, tmp_path, {"SLURM_JOB_NODELIST": "simnode", "SLURM_JOB_ID": "79", "SCALINGFILTER_RAY": str(fake_ray)})
+    assert done.returncode == 1 and time.monotonic() - t0 < 30, done.stderr
+    assert "port 6379 is already in use" in done.stderr and "exited before it was up" in done.stderr
+    assert (tmp_path / "fake_ray.calls").read_text().startswith("status")  # it did poll, and stopped
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_script_for_several_gpu_nodes():
     text = script_for(["--nodes", "3", "--gpus-per-node", "8", "--procs-per-node", "4", "--cpus-per-node", "32", "--mode", "ray", "--",
                        "--input-dir", "/d/in", "--output-dir", "/d/out"], cwd=Path("/d"))
