@@ -2,8 +2,8 @@
 
 sentence-transformers' `encode` tokenises each batch on the calling thread between two forward passes and
 copies every batch's embeddings back to the host (a device sync per batch), so a GPU idles while the host
-tokenises: a MiniLM-sized model ran at ~815 pages/s on an H200, about the rate at which one thread
-tokenises web pages. `encode_texts` gives the same embeddings with the host work off the critical path:
+tokenises: a MiniLM-sized model ran at ~815 pages/s on an H200, about the rate at which a 2-CPU machine
+tokenises whole web pages. `encode_texts` gives the same embeddings with the host work off the critical path:
 
 - Long texts are cut before tokenising. A fast tokenizer tokenises a whole text and only then truncates, so
   a 60 kB page costs a hundred times its first 512 tokens. A text longer than
