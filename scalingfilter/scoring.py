@@ -14,8 +14,6 @@ never dominates memory and no work is spent on padding in the output layer.
 from __future__ import annotations
 
 import math
-import queue
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .packing import BatchLayout, packed_layout, padded_layout, plan_packed_batches, resolve_packing
+from .streams import read_ahead
 
 # exp() of anything above this overflows float64; losses that large are nonsense anyway.
 _MAX_EXP_ARG = 700.0
@@ -273,51 +272,26 @@ class PairScorer:
     def score_records(self, records: Iterable[Any], text_of=lambda r: r.text) -> Iterator[tuple[Any, DocScore | None]]:
         """(record, score) for each record, in input order; records whose `text_of` is None
         (rejected upstream) come back with score None. Reading and tokenisation of the next window
-        run in a background thread while this one is scored."""
-        # one window waiting while one is scored: memory is bounded by two windows, whatever the file size
-        windows: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
+        run in a background thread while this one is scored: memory holds two windows (the one scored and
+        the one waiting) and the one being read, whatever the file size."""
+        for window, positions, tokenized in read_ahead(self._tokenized_windows(records, text_of)):
+            by_pos = dict(zip(positions, self.score_tokenized(tokenized)))
+            for k, rec in enumerate(window):
+                yield rec, by_pos.get(k)
 
-        def produce():
-            try:
-                window: list[Any] = []
-                chars = 0
-                for rec in records:
-                    if stop.is_set():
-                        return
-                    window.append(rec)
-                    text = text_of(rec)
-                    chars += len(text) if text is not None else 0
-                    if len(window) >= self.window_docs or chars >= self.window_chars:
-                        windows.put(self._tokenize_window(window, text_of))
-                        window, chars = [], 0
-                if window:
-                    windows.put(self._tokenize_window(window, text_of))
-                windows.put(None)
-            except BaseException as exc:  # surfaced in the consuming thread
-                windows.put(exc)
-
-        worker = threading.Thread(target=produce, daemon=True, name="scalingfilter-tokenize")
-        worker.start()
-        try:
-            while True:
-                item = windows.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                window, positions, tokenized = item
-                scores = self.score_tokenized(tokenized)
-                by_pos = dict(zip(positions, scores))
-                for k, rec in enumerate(window):
-                    yield rec, by_pos.get(k)
-        finally:
-            stop.set()
-            while worker.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    windows.get_nowait()
-                except queue.Empty:
-                    worker.join(timeout=0.05)
+    def _tokenized_windows(self, records: Iterable[Any], text_of) -> Iterator[tuple[list[Any], list[int], list[TokenizedDoc]]]:
+        """The records cut into windows of at most window_docs records / window_chars characters, each tokenised."""
+        window: list[Any] = []
+        chars = 0
+        for rec in records:
+            window.append(rec)
+            text = text_of(rec)
+            chars += len(text) if text is not None else 0
+            if len(window) >= self.window_docs or chars >= self.window_chars:
+                yield self._tokenize_window(window, text_of)
+                window, chars = [], 0
+        if window:
+            yield self._tokenize_window(window, text_of)
 
     def _tokenize_window(self, window, text_of):
         positions = [k for k, r in enumerate(window) if text_of(r) is not None]
