@@ -118,7 +118,7 @@ def main() -> None:
                 summary = run(r)
                 times[name].append(time.perf_counter() - t0)
                 docs = summary["documents"]
-        same = all((work / f"out-pf-0" / p).read_bytes() == (work / "out-local-0" / p).read_bytes() for p in os.listdir(corpus))
+        same = all((work / "out-pf-0" / p).read_bytes() == (work / "out-local-0" / p).read_bytes() for p in os.listdir(corpus))
         base = statistics.median(times["local"])
         print(f"corpus: {args.files} gzip JSONL files, {docs} documents, {size / 1e6:.1f} MB compressed; pair: random "
               f"GPT-2 2x32 / 2x64, vocab 512; max_len {args.max_len}; {args.threads} threads; {args.rounds} rounds")

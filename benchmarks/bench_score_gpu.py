@@ -63,13 +63,10 @@ def prepare_kit() -> None:
 
 def _ensure_dependencies() -> None:
     """Install the carried wheels into a private folder when orjson/zstandard are missing (GPU machine)."""
-    try:
-        import orjson  # noqa: F401
-        import zstandard  # noqa: F401
+    import importlib.util
 
+    if all(importlib.util.find_spec(name) for name in ("orjson", "zstandard")):
         return
-    except ImportError:
-        pass
     site = Path(tempfile.gettempdir()) / "sf_gpu_site"
     wheels = glob.glob(str(KIT / "wheels" / "*.whl"))
     if not wheels:

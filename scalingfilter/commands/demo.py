@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "docs", type=int_at_least(10), default=D.docs, help=f"documents in the demo corpus (default {D.docs})")
     flag(parser, "keep", type=fraction, default=D.keep, help=f"fraction kept (default {D.keep}, as the paper)")
     flag(parser, "max-len", type=int_at_least(2), default=D.max_len, help="tokens scored per document (default: the pair's own setting, 512 for the bundled pair)")
-    flag(parser, "device", default=D.device, help=f"cpu (default), cuda or auto")
+    flag(parser, "device", default=D.device, help="cpu (default), cuda or auto")
     flag(parser, "seed", type=non_negative_int, default=D.seed, help="seed for the corpus sample and the random baseline")
     flag(parser, "no-progress", action="store_true", help="no progress bar")
 
