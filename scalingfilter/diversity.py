@@ -324,13 +324,10 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
     """Count, draw, embed (or load cached embeddings), score, write results. Returns the results.json
     content (None on torchrun ranks other than 0). Raises a ScalingFilterError for what the user can fix."""
     files = check_config(cfg)
-    from .locations import is_remote, staged_output
+    from .locations import is_remote
 
     if is_remote(cfg.output_dir):  # one process; written locally, each file sent whole when done (results last)
-        from dataclasses import replace
-
-        with JobLock(cfg.output_dir, "diversity"), staged_output(cfg.output_dir, last=(RESULTS_JSON, RESULTS_TXT)) as local:
-            return run_diversity(replace(cfg, output_dir=str(local)))
+        return _run_diversity_to_url(cfg)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device, devices = _devices(cfg, env_rank()[1])
@@ -352,6 +349,28 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
         if cfg.engine == "ray" and run.model is not None and hasattr(run.model, "close"):
             run.model.close()
         procs.close()
+
+
+def _run_diversity_to_url(cfg: DiversityConfig) -> dict[str, Any] | None:
+    """An output URL: the run writes into a local staging directory, published file by file when it ends.
+    The embedding cache travels with it: --load-from-cache seeds the staging directory with the bucket's
+    cache, and a new cache is published meta last (the bucket's old meta is deleted first), so a publish
+    cut half-way leaves no meta, hence no cache that the next run would trust."""
+    from dataclasses import replace
+
+    from .embedding import CACHE_EMBEDDINGS, CACHE_IDS, CACHE_META, CACHE_ROWS
+    from .locations import location, staged_output
+
+    remote = location(cfg.output_dir)
+    cache_files = (CACHE_EMBEDDINGS, CACHE_IDS, CACHE_ROWS, CACHE_META)
+    with JobLock(cfg.output_dir, "diversity"), staged_output(remote, last=(CACHE_META, RESULTS_JSON, RESULTS_TXT)) as local:
+        if cfg.load_from_cache and all((remote / name).exists() for name in cache_files):
+            for name in cache_files:
+                (remote / name).get_to(local / name)
+        result = run_diversity(replace(cfg, output_dir=str(local)))
+        if (local / CACHE_META).exists():
+            (remote / CACHE_META).unlink(missing_ok=True)
+        return result
 
 
 @contextlib.contextmanager

@@ -558,6 +558,42 @@ def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, co
     assert not any(k.endswith("/.scalingfilter/lock") for k in got)
 
 
+def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, corpus, monkeypatch, capsys):
+    """The embedding cache is published with the results and copied down by --load-from-cache; a publish
+    cut after the new embeddings but before their meta leaves no meta in the bucket, so the next run
+    recomputes instead of trusting old meta over new rows."""
+    from scalingfilter import cli
+    from scalingfilter.errors import StorageError
+    from scalingfilter.locations import ObjectPath
+
+    s3, out = s3_env, f"s3://{bucket}/div"
+    args = ["diversity", "--input-dir", str(corpus), "--output-dir", out, "--groups", "2", "--group-size", "8",
+            "--max-seq-length", "32", "--no-progress"]
+    assert cli.main(args) == 0
+    assert f"see {out}/rejects.jsonl" in capsys.readouterr().out  # the URL as given, not a path that ate a slash
+    first = bucket_files(s3, out)
+    assert "embeddings.meta.json" in first and json.loads(first["results.json"])["embedding"]["cached_rows_used"] == 0
+    assert cli.main([*args, "--load-from-cache"]) == 0
+    again = json.loads(bucket_files(s3, out)["results.json"])
+    assert again["embedding"]["cached_rows_used"] == 16  # every row came from the bucket's cache
+    assert again["scores"] == json.loads(first["results.json"])["scores"]
+
+    real_put = ObjectPath.put_from
+
+    def put_then_cut(self, local):  # the connection drops right after the new embeddings went up
+        real_put(self, local)
+        if self.name == "embeddings.npy":
+            raise StorageError(f"cannot write {self}: connection cut")  # what translated() raises after retries
+
+    monkeypatch.setattr(ObjectPath, "put_from", put_then_cut)
+    assert cli.main([*args, "--seed", "7"]) != 0  # other rows embedded: a new cache
+    monkeypatch.setattr(ObjectPath, "put_from", real_put)
+    torn = bucket_files(s3, out)
+    assert torn["embeddings.npy"] != first["embeddings.npy"] and "embeddings.meta.json" not in torn
+    assert cli.main([*args, "--load-from-cache"]) == 0
+    assert json.loads(bucket_files(s3, out)["results.json"])["embedding"]["cached_rows_used"] == 0  # recomputed, not trusted
+
+
 @pytest.mark.slow
 def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference, tmp_path, monkeypatch):
     """Ray workers share no disk: the filesystem options travel with the job's configuration (no AWS

@@ -17,6 +17,7 @@ from typing import Any
 from scalingfilter import vendi
 from scalingfilter.commands.flags import flag, non_negative_int, positive_int
 from scalingfilter.diversity import PAPER_GROUP_SIZE, REJECTS_FILE, DiversityConfig, run_diversity
+from scalingfilter.locations import location
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # The settings a flag sets (the rest of DiversityConfig, e.g. chunk_texts, is not a flag).
@@ -79,7 +80,7 @@ def report_lines(result: dict[str, Any], output_dir: str | Path) -> list[str]:
     docs = result["documents"]
     if docs["rejected"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in docs["reject_reasons"].items())
-        lines.append(f"{docs['rejected']:,} of {docs['read']:,} records rejected ({reasons}); see {Path(output_dir) / REJECTS_FILE}")
+        lines.append(f"{docs['rejected']:,} of {docs['read']:,} records rejected ({reasons}); see {location(output_dir) / REJECTS_FILE}")
     lines += [f"NOTE: {note}" for note in result["notes"]]
     return lines
 
