@@ -67,6 +67,11 @@ class MissingExtraError(ScalingFilterError):
         self.module = module
 
 
+class UnitTimeoutError(ScalingFilterError):
+    """A unit of the Ray engine made no progress within --unit-timeout on its last allowed attempt (a hang:
+    its workers were killed); the other units are done and kept, and a rerun retries it."""
+
+
 class StorageError(ScalingFilterError):
     """The output could not be written (disk full, read-only, a path that is a file, ...)."""
 

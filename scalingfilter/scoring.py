@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +228,9 @@ class PairScorer:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         # padding-free packed rows where both models take them (--packing; see packing.resolve_packing)
         self.packing = resolve_packing(packing, (pair.small, pair.large), pair.device)
+        # called after each batch: a sign of life while a window is scored (a window of a large pair on a
+        # CPU takes many minutes before its first document is written); the Ray engine's hang detection
+        self.on_batch: Callable[[], None] | None = None
 
     def score_tokenized(self, docs: Sequence[TokenizedDoc]) -> list[DocScore]:
         """Scores of already tokenized documents, in the given order.
@@ -251,6 +254,8 @@ class PairScorer:
             layout = layout.to(device)
             for k, model in enumerate((self.pair.small, self.pair.large)):
                 sums[k].index_add_(0, layout.doc_of, layout_nll(model, layout).double())
+            if self.on_batch is not None:
+                self.on_batch()
         small, large = sums.cpu().tolist()
         for j, i in enumerate(scorable):
             n = len(seqs[j]) - 1

@@ -71,6 +71,24 @@ def start_moto_server(env: dict | None = None, timeout_s: float = 30.0):
     raise RuntimeError("moto_server did not start")
 
 
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def s3fs_for(endpoint: str, **kw):
+    """A fresh s3fs filesystem on a local test server (no listing cache: tests read what was just written)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(key=S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"], secret=S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_url=endpoint, use_listings_cache=False, skip_instance_cache=True, **kw)
+
+
+def bucket_files(endpoint: str, url: str) -> dict[str, bytes]:
+    """Every object under a prefix of a test server: relative path -> bytes."""
+    fs = s3fs_for(endpoint)
+    prefix = url.removeprefix("s3://").rstrip("/")
+    return {k[len(prefix) + 1:]: fs.cat_file(k) for k in fs.find(prefix)}
+
+
 def stop_process(proc, timeout_s: float = 10.0) -> None:
     """Terminate a helper process, killing it if it does not stop in time."""
     import subprocess

@@ -23,42 +23,14 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from scalingfilter.testing import free_port, start_moto_server, stop_process  # noqa: E402
+from scalingfilter.testing import S3_TEST_CREDENTIALS, bucket_files, free_port, s3fs_for, start_moto_server, stop_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server for this module; yields its endpoint URL."""
-    proc, endpoint = start_moto_server()
-    try:
-        yield endpoint
-    finally:
-        stop_process(proc)
-
-
-def s3fs_for(endpoint: str, **kw):
-    import s3fs
-
-    return s3fs.S3FileSystem(key=CREDS["AWS_ACCESS_KEY_ID"], secret=CREDS["AWS_SECRET_ACCESS_KEY"], endpoint_url=endpoint,
-                             use_listings_cache=False, skip_instance_cache=True, **kw)
-
-
-_bucket_no = [0]
-
-
-@pytest.fixture
-def bucket(s3):
-    """A fresh bucket name on the module's server."""
-    _bucket_no[0] += 1
-    name = f"bucket-{os.getpid()}-{_bucket_no[0]}"
-    s3fs_for(s3).mkdir(name)
-    return name
+CREDS = S3_TEST_CREDENTIALS
+# the fixtures s3 (a moto server for the module), s3_env (this process talks to it) and bucket are in conftest.py
 
 
 def env_for(endpoint: str, tmp_path: Path, **extra) -> dict:
@@ -96,13 +68,6 @@ def upload(endpoint: str, local: Path, url: str) -> None:
     for p in sorted(local.rglob("*")):
         if p.is_file():
             fs.put_file(str(p), f"{url.removeprefix('s3://')}/{p.relative_to(local).as_posix()}")
-
-
-def bucket_files(endpoint: str, url: str) -> dict[str, bytes]:
-    """Every object under a prefix: relative path -> bytes."""
-    fs = s3fs_for(endpoint)
-    prefix = url.removeprefix("s3://").rstrip("/")
-    return {k[len(prefix) + 1:]: fs.cat_file(k) for k in fs.find(prefix)}
 
 
 def local_files(root: Path) -> dict[str, bytes]:
@@ -145,16 +110,6 @@ def local_reference(corpus, tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------
 # score in buckets
-
-
-@pytest.fixture
-def s3_env(s3, tmp_path, monkeypatch):
-    """This process talks to the module's server (in-process runs: no interpreter start per run)."""
-    for k in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(k)
-    for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3, "SCALINGFILTER_SPOOL_DIR": str(tmp_path / "spool")}.items():
-        monkeypatch.setenv(k, v)
-    return s3
 
 
 def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3_env, bucket, corpus, tiny_pair_dir, tmp_path):

@@ -1,16 +1,17 @@
 """The Ray engine (`score --engine ray`): same bytes as the local engine, crashes of a worker (mid-unit) and
-of the driver, a unit that keeps failing, and the one-line errors.
+of the driver, a worker that hangs (the unit timeout), a unit that keeps failing, and the one-line errors.
 
 One local Ray instance (2 CPUs) serves the whole module: the in-process tests drive it directly, the
-subprocess tests join it by address. Crashes are deterministic hooks (ray_engine's
-SCALINGFILTER_TEST_KILL_WORKER_AT_DOC / SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS), and each test checks
-that its crash landed.
+subprocess tests join it by address. Crashes and hangs are deterministic hooks (ray_engine's
+SCALINGFILTER_TEST_KILL_WORKER_AT_DOC / SCALINGFILTER_TEST_HANG_WORKER_AT_DOC /
+SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS), and each test checks that its crash or hang landed.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import re
 import subprocess
@@ -24,7 +25,15 @@ import pytest
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")  # CI installs the dev extra
 
-from scalingfilter.engines.ray_engine import TEST_KILL_DRIVER_ENV, TEST_KILL_WORKER_ENV, RayOptions, score_with_ray, worker_shape  # noqa: E402
+from scalingfilter.engines.ray_engine import (  # noqa: E402
+    FAILED_SUMMARY_NAME,
+    TEST_HANG_WORKER_ENV,
+    TEST_KILL_DRIVER_ENV,
+    TEST_KILL_WORKER_ENV,
+    RayOptions,
+    score_with_ray,
+    worker_shape,
+)
 from scalingfilter.errors import RejectedRecordError, UsageError  # noqa: E402
 from scalingfilter.pipeline import TEST_SCORER_ENV, ScoreConfig, score_corpus  # noqa: E402
 
@@ -131,6 +140,71 @@ def test_unit_that_keeps_failing_is_reported_and_a_rerun_finishes(tmp_path, ray_
     assert_same_tree(tmp_path / "local", tmp_path / "ray")
 
 
+def wait_gone(pids: list[int], within_s: float = 30) -> bool:
+    """True once none of `pids` runs any more (gone or a zombie)."""
+    deadline = time.time() + within_s
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    return time.time() < deadline
+
+
+def test_worker_that_hangs_mid_unit_is_killed_and_its_unit_retried(tmp_path, ray_address, monkeypatch, caplog):
+    write_corpus(tmp_path / "in")  # with bad records: each document once in the output or the rejects
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    monkeypatch.setenv(TEST_HANG_WORKER_ENV, "7")  # the first worker sleeps forever after writing 7 records of its first unit
+    t0 = time.time()
+    with caplog.at_level(logging.WARNING, logger="scalingfilter"):
+        summary = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, **SPLIT),
+                                 RayOptions(workers=2, unit_timeout=5))
+    # the hang landed and was ended: one worker killed and replaced, its unit retried once, nothing failed
+    assert summary["workers_lost"] == 1 and summary["workers_started"] == 3
+    assert len(summary["unit_timeouts"]) == 1 and summary["unit_timeout_s"] == 5
+    hung = summary["unit_timeouts"][0]
+    assert summary["unit_retries"] == [{"unit": hung["unit"], "attempt": 1, "error": "no progress for 5 s"}]
+    assert "#" in hung["unit"] and hung["idle_s"] >= 5 and summary["failed_units"] == []
+    assert time.time() - t0 < 60
+    lines = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+    assert len(lines) == 1 and re.match(rf"unit {re.escape(hung['unit'])} timed out: no progress for \d+ s on worker pid \d+ on ", lines[0]), lines
+    assert wait_gone([int(hung["worker"].split()[1])])  # the hung process was killed, so it can never write later
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
+    assert output_ids(tmp_path / "ray", "big.jsonl") == list(range(400))  # nothing dropped, nothing duplicated
+    assert not list((tmp_path / "ray" / ".scalingfilter" / "parts").rglob("*"))  # the killed worker's temporary is gone
+
+
+def test_unit_that_hangs_on_every_attempt_is_a_one_line_error_and_a_rerun_finishes(tmp_path, ray_address, monkeypatch):
+    write_corpus(tmp_path / "in", bad=False)
+    args = ["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "ray"), "--split-bytes", "2000",
+            "--unit-docs", "90", "--engine", "ray", "--ray-address", ray_address, "--workers", "2", "--no-progress",
+            "--max-unit-retries", "0", "--unit_timeout", "5"]  # one attempt, and it hangs
+    proc = run_cli(args, env={TEST_HANG_WORKER_ENV: "3"}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    match = re.match(r"scalingfilter score: error: (\S+#\d+): given up after 1 attempt\(s\) .*no progress for 5 s \(--unit-timeout\)", errors[0])
+    assert match, errors[0]
+    # the other units are done and kept; the job is unfinished
+    out = tmp_path / "ray"
+    incomplete = json.loads((out / ".scalingfilter" / FAILED_SUMMARY_NAME).read_text())
+    assert incomplete["failed_units"] == [match.group(1)] and incomplete["files_done"] == incomplete["files"] - 1
+    assert [t["unit"] for t in incomplete["unit_timeouts"]] == [match.group(1)]
+    assert not (out / "summary.json").exists()
+    rerun = run_cli(args, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(rerun.stdout)["units_this_run"] == 1
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    assert_same_tree(tmp_path / "local", out)
+
+
+def test_unit_timeout_below_the_report_interval_is_refused(tmp_path):
+    write_corpus(tmp_path / "in", bad=False)
+    proc = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray", "--unit-timeout", "2"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--unit-timeout must be 0 (off) or at least 5 s (got 2)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_driver_killed_then_local_engine_finishes(tmp_path, ray_address, monkeypatch):
     write_corpus(tmp_path / "in")
     env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TEST_KILL_DRIVER_ENV: "4"})
@@ -144,9 +218,7 @@ def test_driver_killed_then_local_engine_finishes(tmp_path, ray_address, monkeyp
     # Ray stops the dead driver's workers; wait for that so nothing writes beside the next run
     pids = [int(p) for p in re.findall(r"worker pid (\d+) on", proc.stderr)]
     assert pids, proc.stderr[-2000:]
-    deadline = time.time() + 30
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids) and time.time() < deadline:
-        time.sleep(0.2)
+    wait_gone(pids)
     monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
     finished = score_corpus(tmp_path / "in", tmp_path / "ray", show_progress=False, **SPLIT)
     assert finished["files_done"] == finished["files"] and finished["documents_this_run"] < finished["documents"]
@@ -243,3 +315,34 @@ def test_local_run_killed_after_its_last_unit_then_ray_assembles(tmp_path, ray_a
     assert summary["units_this_run"] == 0 and summary["files_done"] == summary["files"] == 9 and summary["failed_units"] == []
     score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
     assert_same_tree(tmp_path / "local", tmp_path / "ray")
+
+
+def test_each_batch_of_the_pair_counts_as_progress(tmp_path, tiny_pair_dir, monkeypatch):
+    """A window of a large pair on a CPU can take longer than --unit-timeout before its first document is
+    written: the worker's scorer reports each batch, so a slow but healthy worker is never taken for hung.
+    (In-process: the worker class without Ray, its counter a recorder.)"""
+    from scalingfilter.engines import ray_engine
+    from scalingfilter.pipeline import ScoreJob
+
+    write_corpus(tmp_path / "in", bad=False)
+    cfg = ScoreConfig(str(tmp_path / "in"), str(tmp_path / "out"), pair=str(tiny_pair_dir), max_len=32, max_tokens_per_batch=64,
+                      show_progress=False, split_bytes=0)
+
+    class Recorder:
+        def __init__(self):
+            self.reports = []
+            self.add = self
+
+        def remote(self, docs, tokens, worker):
+            self.reports.append(docs)
+
+    monkeypatch.setattr(ray_engine, "PROGRESS_EVERY_S", 0.0)  # every sign of life reported
+    job = ScoreJob(cfg)
+    plan = job.prepare()
+    unit = next(u for u in plan.pending if u.source.endswith("big.jsonl"))
+    worker = ray_engine.ScoreWorker(cfg, job.spec, counter=(counter := Recorder()), worker_id=0)
+    worker.ready()
+    worker.run([("score", ray_engine._fields(unit), False)])
+    batches = [d for d in counter.reports if d == 0]  # a report with no document: a batch scored, nothing written yet
+    assert len(batches) >= 400 * 8 // 64 // 2  # 400 documents of ~8 tokens in batches of at most 64 tokens
+    assert sum(counter.reports) == 400

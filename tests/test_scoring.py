@@ -140,6 +140,18 @@ def test_score_records_keeps_order_and_passes_rejects(pair, sample_texts):
         assert s.small_loss == pytest.approx(d.small_loss, rel=1e-5)
 
 
+def test_on_batch_is_called_once_per_batch(pair, sample_texts):
+    """The Ray engine's sign of life during a long window: one call per batch of model work."""
+    from scalingfilter.scoring import plan_batches
+
+    scorer = PairScorer(pair, max_len=64, max_tokens_per_batch=128, packing="off")
+    calls = []
+    scorer.on_batch = lambda: calls.append(1)
+    docs = scorer.tokenization.encode(sample_texts * 3)
+    scorer.score_tokenized(docs)
+    assert len(calls) == len(plan_batches([len(d.ids) for d in docs if len(d.ids) >= 2], 128)) > 1
+
+
 def test_mismatched_tokenizers_are_refused(tmp_path, tiny_pair_dir, sample_texts):
     from scalingfilter.testing import build_random_pair
 

@@ -12,6 +12,7 @@ import argparse
 import os
 
 from . import flags
+from .score import ray_retry_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.flag(parser, "engine", choices=("local", "ray"), default="local",
                help="local (default: this process, or torchrun's processes) or ray (a Ray cluster: pip install 'scalingfilter[ray]')")
     flags.flag(parser, "ray-address", default=None, help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)")
+    ray_retry_flags(parser)
     flags.flag(parser, "nparts", type=flags.positive_int, default=d.nparts, help="split the sorted files into NPARTS contiguous parts (for several nodes)")
     flags.flag(parser, "rank-part-start", type=flags.non_negative_int, default=d.rank_part_start, help="first part this node takes")
     flags.flag(parser, "rank-nparts", type=flags.positive_int, default=d.rank_nparts, help="number of parts this node takes")
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from ..engines.ray_engine import RayOptions, score_with_ray
 
-        summary = score_with_ray(cfg, RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=0, cpus_per_worker=1))
+        summary = score_with_ray(cfg, RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=0, cpus_per_worker=1,
+                                                 max_unit_retries=args.max_unit_retries, unit_timeout=args.unit_timeout))
     else:
         summary = ScoreJob(cfg).run()
     if int(os.environ.get("RANK", "0")) != 0:

@@ -25,6 +25,18 @@ def _defaults() -> dict:
     return {f.name: f.default for f in fields(ScoreConfig) if f.name not in ("input_dir", "output_dir")}
 
 
+def ray_retry_flags(parser: argparse.ArgumentParser) -> None:
+    """--max-unit-retries and --unit-timeout, shared with classify (which runs on the same engine)."""
+    from scalingfilter.engines.ray_engine import MIN_UNIT_TIMEOUT_S, RayOptions  # imports no ray
+
+    d = RayOptions()
+    flag(parser, "max-unit-retries", type=non_negative_int, default=d.max_unit_retries,
+         help=f"--engine ray: times a unit whose worker died or hung is retried elsewhere (default {d.max_unit_retries})")
+    flag(parser, "unit-timeout", type=non_negative_float, default=d.unit_timeout, metavar="SECONDS",
+         help="--engine ray: a worker whose unit writes no document for SECONDS is killed and the unit retried elsewhere "
+              f"(a hang); 0: off (default {d.unit_timeout:g}; at least {MIN_UNIT_TIMEOUT_S:g} when on)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = _defaults()
     flag(parser, "input-dir", required=True, help="directory of .jsonl/.jsonl.gz/.json.gz/.jsonl.zst/.parquet files, read recursively")
@@ -60,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "gpus-per-worker", type=non_negative_float, default=None,
          help="--engine ray: GPUs per worker (default 1 where the cluster has GPUs, else 0)")
     flag(parser, "cpus-per-worker", type=positive_int, default=None, help="--engine ray: CPUs per worker (default 1)")
-    flag(parser, "max-unit-retries", type=non_negative_int, default=3, help="--engine ray: times a unit whose worker died is retried elsewhere (default 3)")
+    ray_retry_flags(parser)
     # torch.distributed.launch passes --local-rank / --local_rank; the rank comes from the environment
     flag(parser, "local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -95,7 +107,8 @@ def run(args: argparse.Namespace, prog: str = "scalingfilter score") -> int:
         from scalingfilter.engines.ray_engine import RayOptions, score_with_ray
 
         summary = score_with_ray(cfg, RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                                 cpus_per_worker=args.cpus_per_worker, max_unit_retries=args.max_unit_retries))
+                                                 cpus_per_worker=args.cpus_per_worker, max_unit_retries=args.max_unit_retries,
+                                                 unit_timeout=args.unit_timeout))
     else:
         from scalingfilter.pipeline import ScoreJob
 

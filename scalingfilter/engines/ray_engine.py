@@ -15,8 +15,15 @@ Invariants:
   `max_unit_retries` times; a dead worker is replaced while the replacement budget lasts; a unit that keeps
   failing is listed in the summary's `failed_units` (the command then exits 2 and does not write
   summary.json: the job is unfinished, and rerunning the same command retries those units);
+- a worker that hangs (alive but writing nothing: a stuck read, a deadlock) is killed once its work made no
+  progress for `unit_timeout` seconds (no batch scored, no document written, no unit or file finished; measured on the
+  driver's clock), and its unit is handled as a dead worker's: retried within the same `max_unit_retries`,
+  the worker replaced within the same budget. A unit given up after a timeout ends the command with a
+  one-line `UnitTimeoutError` (exit 2) once the other units are done; done units are kept for a rerun.
+  Only workers with work are watched: one that hangs loading its model holds no unit;
 - nothing is written twice: a unit's files appear by rename only when complete and its done marker decides
-  whether it is done (a killed worker leaves at most a hidden temporary file, which assembly removes);
+  whether it is done (a killed worker leaves at most a hidden temporary file, which assembly removes), so
+  each input document is in the output or the rejects exactly once, also after a kill and a retry;
 - an error the user must fix (a bad record under --strict, a model that does not load, a full disk)
   stops the job with its one-line message, as with the local engine; it is not retried.
 
@@ -27,6 +34,8 @@ at the same paths and have scalingfilter installed).
 Test hooks (used by tests/test_ray_engine.py; harmless when unset):
 - SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N: the first worker to write N documents of a unit SIGKILLs itself
   there (a crash in the middle of a unit); once per job (a marker file in the temporary directory);
+- SCALINGFILTER_TEST_HANG_WORKER_AT_DOC=N: the first worker to write N documents of a unit sleeps there
+  forever (a hang in the middle of a unit, ended by the unit timeout); once per job, as above;
 - SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N: the driver SIGKILLs itself once N units are reported done;
 - SCALINGFILTER_TEST_SCORER=fixed (pipeline's hook): score with the fixed no-model scorer.
 """
@@ -45,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scalingfilter.errors import ScalingFilterError, UsageError
+from scalingfilter.errors import ScalingFilterError, UnitTimeoutError, UsageError
 from scalingfilter.pipeline import Plan, ScoreConfig, ScoreJob, ScorerSpec
 from scalingfilter.sharding import Unit
 from scalingfilter.storage import JobLock, read_json, write_json_atomic
@@ -53,10 +62,15 @@ from scalingfilter.storage import JobLock, read_json, write_json_atomic
 log = logging.getLogger("scalingfilter")
 
 TEST_KILL_WORKER_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
+TEST_HANG_WORKER_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_DOC"
 TEST_KILL_DRIVER_ENV = "SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS"
 FAILED_SUMMARY_NAME = "summary.incomplete.json"  # in the state directory: an unfinished job has no summary.json
 PROGRESS_EVERY_S = 2.0  # a worker reports its documents and tokens to the driver's counter this often
 CONNECT_TIMEOUT_S = 20.0  # HOST:PORT must accept a TCP connection this fast (the issue's bound is 30 s)
+POLL_EVERY_S = 1.0  # the driver reads the counter (rates, which workers moved) this often
+# A shorter unit timeout could kill a healthy worker between two of its reports (every PROGRESS_EVERY_S, read
+# every POLL_EVERY_S): 5 s leaves room for both and a slow counter.
+MIN_UNIT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -71,70 +85,107 @@ class RayOptions:
     batch_bytes: int = 8 << 20  # ... or this many input bytes, to keep dispatch cheap per file
     object_store_mb: int = 256  # a local instance's object store (only unit descriptors and counters pass through it)
     replacement_budget: int | None = None  # dead workers replaced at most this often (default workers x (retries + 1))
+    # Seconds a worker's work may make no progress (no batch scored, no document written, no unit or file finished) before
+    # the worker is killed and its unit retried; 0: off. On by default: a job over billions of documents
+    # runs for weeks, and one stuck read or deadlock would otherwise stall it forever. 30 minutes is far
+    # above the gap between two reports of a healthy worker (seconds on a GPU; minutes for a large pair on
+    # a CPU; the assembly of a file of tens of GB), so a needless kill is rare, and it costs one unit's redo.
+    unit_timeout: float = 1800.0
 
 
 # ---------------------------------------------------------------------------------------------
 # The worker (a Ray actor; the class is made remote only when ray is imported)
 
 
-class _KillAtDoc:
-    """Test hook: SIGKILL this process after N records of a unit were written (a crash mid-unit), once per
-    job: the first worker to get there creates `marker` (exclusively) and dies; the others carry on."""
+class _AtDoc:
+    """Test hook: after N records of a unit were written, SIGKILL this process ("kill": a crash mid-unit) or
+    sleep forever ("hang": alive, writing nothing), once per job: the first worker to get there creates
+    `marker` (exclusively) and does it; the others carry on."""
 
-    def __init__(self, scorer, n: int, marker: str):
-        self.scorer, self.n, self.marker = scorer, n, marker
+    def __init__(self, scorer, action: str, n: int, marker: str):
+        self.scorer, self.action, self.n, self.marker = scorer, action, n, marker
 
     def score_records(self, records, text_of):
         for i, item in enumerate(self.scorer.score_records(records, text_of)):
-            if i == self.n:
-                try:
-                    os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    pass
-                else:
+            if i == self.n and _first_to(self.marker):
+                if self.action == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                while True:  # "hang": until the driver's unit timeout kills this process
+                    time.sleep(3600)
             yield item
+
+
+def _first_to(marker: str) -> bool:
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _test_hooks() -> tuple[tuple[str, int, str], ...]:
+    """The at-doc hooks set in the environment, as (action, N, marker path); a fresh marker per job."""
+    hooks = []
+    for action, env in (("kill", TEST_KILL_WORKER_ENV), ("hang", TEST_HANG_WORKER_ENV)):
+        if os.environ.get(env):
+            marker = os.path.join(tempfile.gettempdir(), f"scalingfilter-test-{action}-{os.getpid()}-{time.time_ns()}")
+            hooks.append((action, int(os.environ[env]), marker))
+    return tuple(hooks)
 
 
 class ProgressCounter:
     """A Ray actor (no CPU of its own) adding up the documents and tokens the workers report as they go,
-    so that the driver's rates move during long units, not only when one finishes."""
+    so that the driver's rates move during long units, not only when one finishes; and counting each
+    worker's reports, so that the driver sees which workers moved (a worker that hangs stops reporting)."""
 
     def __init__(self):
         self.docs = self.tokens = 0
+        self.reports: dict[int, int] = {}  # worker id -> reports received
 
-    def add(self, docs: int, tokens: int) -> None:
+    def add(self, docs: int, tokens: int, worker: int | None = None) -> None:
         self.docs += docs
         self.tokens += tokens
+        if worker is not None:
+            self.reports[worker] = self.reports.get(worker, 0) + 1
 
-    def read(self) -> tuple[int, int]:
-        return self.docs, self.tokens
+    def read(self) -> tuple[int, int, dict[int, int]]:
+        return self.docs, self.tokens, self.reports
 
 
 class ScoreWorker:
     """Scores and assembles what the driver sends it; loads the scorer once, in `ready`."""
 
-    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, kill_at_doc: tuple[int, str] | None = None, counter=None):
+    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, hooks: tuple = (), counter=None, worker_id: int | None = None):
         cfg.show_progress = False  # one progress display: the driver's
         self.job = ScoreJob(cfg, spec)
-        self.kill_at_doc = kill_at_doc
+        self.hooks = hooks
         self.scorer = None
         self.counter = counter
+        self.worker_id = worker_id
         self.unreported = [0, 0]
         self.reported_at = time.time()
 
     def progress(self, docs: int, tokens: int) -> None:
-        """score_unit's progress callback: sent on to the counter every PROGRESS_EVERY_S at most."""
+        """score_unit's progress callback (documents written): sent on to the counter."""
         self.unreported[0] += docs
         self.unreported[1] += tokens
-        if self.counter is not None and time.time() - self.reported_at >= PROGRESS_EVERY_S:
-            self.counter.add.remote(*self.unreported)  # fire and forget
+        self.report()
+
+    def report(self, now: bool = False) -> None:
+        """Send what was done since the last report to the counter, every PROGRESS_EVERY_S at most (or `now`).
+        Called as documents are written and as items finish, so a report is also the driver's sign of
+        progress: an item with no documents (an assembly) counts too; a worker that hangs sends none."""
+        if self.counter is not None and (now or time.time() - self.reported_at >= PROGRESS_EVERY_S):
+            self.counter.add.remote(*self.unreported, self.worker_id)  # fire and forget
             self.unreported = [0, 0]
             self.reported_at = time.time()
 
     def ready(self) -> tuple[int, str]:
-        scorer = self.job.spec.load()
-        self.scorer = _KillAtDoc(scorer, *self.kill_at_doc) if self.kill_at_doc is not None else scorer
+        self.scorer = self.job.spec.load()
+        if hasattr(self.scorer, "on_batch"):  # the pair scorer: each batch is progress (long windows on a CPU)
+            self.scorer.on_batch = self.report
+        for hook in self.hooks:
+            self.scorer = _AtDoc(self.scorer, *hook)
         return os.getpid(), socket.gethostname()
 
     def run(self, items: list[tuple]) -> list[tuple]:
@@ -153,9 +204,9 @@ class ScoreWorker:
             elif not self.job.final_path(item[1]).exists():  # a retried assembly may have finished before its worker died
                 self.job.assemble(item[1])
                 done.append(("assembled", item[1]))
-        if self.counter is not None and any(self.unreported):
-            self.counter.add.remote(*self.unreported)
-            self.unreported = [0, 0]
+            self.report()
+        if any(self.unreported):
+            self.report(now=True)
         return done
 
 
@@ -236,7 +287,7 @@ def worker_shape(cluster: dict[str, float], opts: RayOptions) -> tuple[int, floa
 
 
 class _Dispatcher:
-    """The driver's loop: hand out batches, collect results, retry units of dead workers."""
+    """The driver's loop: hand out batches, collect results, retry units of dead workers, kill hung ones."""
 
     def __init__(self, ray, job: ScoreJob, plan: Plan, opts: RayOptions, shape: tuple[int, float, int]):
         self.ray, self.job, self.opts = ray, job, opts
@@ -244,7 +295,7 @@ class _Dispatcher:
         self.remote_cls = ray.remote(ScoreWorker)
         self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
         self.live = (0, 0)  # documents and tokens the workers reported so far (redone work included)
-        self._shown_at = 0.0
+        self._shown_at = self._polled_at = 0.0
         self.queue: collections.deque[list[tuple]] = collections.deque()
         self.remaining: dict[str, int] = collections.Counter(u.source for u in plan.pending)
         self.units_total = len(plan.pending)
@@ -254,15 +305,19 @@ class _Dispatcher:
         self.retries: list[dict[str, Any]] = []
         self.units_by_worker: collections.Counter[str] = collections.Counter()  # a fast worker takes more
         self.failed: list[str] = []
-        self.workers: dict[Any, dict[str, Any]] = {}  # actor -> {"ready": bool, "busy": int, "pid", "host"}
+        self.timeouts: list[dict[str, Any]] = []  # one entry per worker killed for making no progress
+        self.timed_out_failed: list[str] = []  # units given up after a timeout: the command ends with UnitTimeoutError
+        # actor -> {"ready": bool, "busy": int, "pid", "host", "id": its reports' key at the counter,
+        # "reports": the count last seen there, "progress_at": when the driver last saw its work move, on its
+        # monotonic clock (a month-long job sees the wall clock stepped)}
+        self.workers: dict[Any, dict[str, Any]] = {}
         self.inflight: dict[Any, tuple[Any, str, list[tuple]]] = {}  # ref -> (actor, kind, items)
         self.t0 = time.time()
         self.started = self.lost = self.ready_count = 0
         self.first_ready_at: float | None = None  # work starts
         self.all_ready_at: float | None = None  # the first n_workers workers are all ready: startup is over
         self.replacements_left = opts.replacement_budget if opts.replacement_budget is not None else self.n_workers * (opts.max_unit_retries + 1)
-        kill_worker = os.environ.get(TEST_KILL_WORKER_ENV)
-        self.kill_at_doc = (int(kill_worker), os.path.join(tempfile.gettempdir(), f"scalingfilter-test-kill-{os.getpid()}-{time.time_ns()}")) if kill_worker else None
+        self.hooks = _test_hooks()
         kill_driver = os.environ.get(TEST_KILL_DRIVER_ENV)
         self.kill_driver_after = int(kill_driver) if kill_driver else None
         self._batch(plan)
@@ -291,8 +346,8 @@ class _Dispatcher:
     # ---- workers
     def start_worker(self) -> None:
         actor = self.remote_cls.options(num_cpus=self.cpw, num_gpus=self.gpw, max_restarts=0, max_task_retries=0,
-                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, self.kill_at_doc, self.counter)
-        self.workers[actor] = {"ready": False, "busy": 0, "pid": None, "host": None}
+                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, self.hooks, self.counter, self.started)
+        self.workers[actor] = {"ready": False, "busy": 0, "pid": None, "host": None, "id": self.started, "reports": 0, "progress_at": time.monotonic()}
         self.inflight[actor.ready.remote()] = (actor, "ready", [])
         self.started += 1
 
@@ -306,11 +361,60 @@ class _Dispatcher:
             self.replacements_left -= 1
             self.start_worker()
 
+    def drop_worker(self, actor, why: str, timed_out: bool = False) -> None:
+        """A worker that died or was killed: all its calls fail, so each of its batches goes back to the queue;
+        the oldest (the dict keeps submission order) was running and is charged an attempt, the others were
+        waiting. Then it is replaced."""
+        batches = [self.inflight.pop(r)[2] for r, (a, _, _) in list(self.inflight.items()) if a is actor]
+        for i, batch in enumerate(batches):
+            self.requeue(batch, why, charge=(i == 0), timed_out=timed_out)
+        self.worker_lost(actor, why)
+
+    # ---- hangs
+    def stop_stalled(self) -> None:
+        """Kill each worker whose work made no progress for unit_timeout seconds (a stuck read, a deadlock):
+        it would hold its unit forever. Its unit goes back to the queue as a dead worker's does."""
+        limit = self.opts.unit_timeout
+        now = time.monotonic()
+        for actor, info in list(self.workers.items()):
+            if limit and info["busy"] and now - info["progress_at"] > limit:
+                self.stalled(actor, info, now - info["progress_at"])
+
+    def stalled(self, actor, info: dict[str, Any], idle_s: float) -> None:
+        """Kill a hung worker, in one line naming its unit; then as if it had died (a timeout charged)."""
+        unit = self.working_on(actor)
+        worker = f"pid {info['pid']} on {info['host']}"
+        last = self.attempts[unit] >= self.opts.max_unit_retries  # requeue will give up on it
+        log.warning("unit %s timed out: no progress for %.0f s on worker %s (--unit-timeout %g); killed the worker, %s", unit, idle_s,
+                    worker, self.opts.unit_timeout, "no attempts left for the unit" if last else "the unit goes back to the queue")
+        self.timeouts.append({"unit": unit, "worker": worker, "idle_s": round(idle_s, 1)})
+        # Requeued at once, without waiting for Ray to report the actor dead: ray.kill ends the process
+        # (a hung one writes nothing meanwhile), and even a late write of the killed worker could only rename
+        # a complete part file over the retry's identical one; its partial temporary file is hidden, never
+        # assembled, and removed with the parts directory.
+        self.ray.kill(actor)
+        self.drop_worker(actor, f"no progress for {self.opts.unit_timeout:g} s", timed_out=True)
+
+    def working_on(self, actor) -> str:
+        """The item a busy worker is on: the first unfinished item of its oldest batch (it takes them in
+        order), as requeue will charge it."""
+        for a, kind, items in self.inflight.values():
+            if a is actor and kind == "run":
+                for item in items:
+                    if item[0] == "assemble" and not self.job.final_path(item[1]).exists():
+                        return f"assemble {item[1]}"
+                    if item[0] == "score":
+                        unit = Unit(*item[1])
+                        if not (self.job.done_path(unit).exists() or (unit.n_parts == 1 and self.job.final_path(unit.source).exists())):
+                            return unit.name
+        return "(none)"  # a batch finished between the look and now
+
     # ---- results
-    def requeue(self, items: list[tuple], why: str, charge: bool) -> None:
-        """Items of a batch whose worker died. What it finished counts as done; with `charge` (the batch it
-        was working on) the first unfinished item (a worker takes items in order) is charged an attempt and
-        retried alone, up to max_unit_retries; the other items go back to the queue as they were."""
+    def requeue(self, items: list[tuple], why: str, charge: bool, timed_out: bool = False) -> None:
+        """Items of a batch whose worker died (or was killed, `timed_out`). What it finished counts as done;
+        with `charge` (the batch it was working on) the first unfinished item (a worker takes items in order)
+        is charged an attempt and retried alone, up to max_unit_retries; the other items go back to the
+        queue as they were."""
         front: list[list[tuple]] = []
         rest: list[tuple] = []
         charged = not charge
@@ -331,7 +435,11 @@ class _Dispatcher:
             self.attempts[key] += 1
             if self.attempts[key] > self.opts.max_unit_retries:
                 self.failed.append(key)
-                log.error("%s: its worker died %d times; giving up on it (rerun the same command to retry)", key, self.attempts[key])
+                if timed_out:
+                    self.timed_out_failed.append(key)
+                    log.error("%s: given up after %d attempt(s), the last with %s (rerun the same command to retry)", key, self.attempts[key], why)
+                else:
+                    log.error("%s: its worker died %d times; giving up on it (rerun the same command to retry)", key, self.attempts[key])
                 continue
             self.retries.append({"unit": key, "attempt": self.attempts[key], "error": why})
             front.append([item])
@@ -377,13 +485,7 @@ class _Dispatcher:
             raise
         except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError, exceptions.OutOfMemoryError,
                 exceptions.NodeDiedError, exceptions.ActorUnschedulableError) as exc:  # the worker is gone, not the unit's fault
-            why = type(exc).__name__
-            # all its calls failed: the oldest (the dict keeps submission order) was running and is charged
-            # an attempt, the others were waiting
-            batches = [self.inflight.pop(r)[2] for r, (a, _, _) in list(self.inflight.items()) if a is actor]
-            for i, batch in enumerate(batches):
-                self.requeue(batch, why, charge=(i == 0))
-            self.worker_lost(actor, why)
+            self.drop_worker(actor, type(exc).__name__)
             return
         del self.inflight[ref]
         info = self.workers.get(actor)
@@ -398,6 +500,7 @@ class _Dispatcher:
             return
         if info is not None:
             info["busy"] -= 1
+            info["progress_at"] = time.monotonic()
         units = {item[1][0:2]: Unit(*item[1]) for item in items if item[0] == "score"}
         for entry in result:
             if entry[0] == "unit":
@@ -421,6 +524,8 @@ class _Dispatcher:
             for ref in ready:
                 if ref in self.inflight:  # not already failed with its dead worker's other calls
                     self.handle(ref)
+            if self.poll():
+                self.stop_stalled()
             self.show(bar)
         bar.update(self.units_done - bar.n)
         for batch in self.queue:
@@ -429,16 +534,31 @@ class _Dispatcher:
             log.error("no workers left: %d item(s) not done", sum(len(b) for b in self.queue))
         self.queue.clear()
 
+    def poll(self) -> bool:
+        """Read the counter, every POLL_EVERY_S at most: the rates, and which workers reported since the last
+        look (their work moved now, by the driver's clock: the nodes' clocks may differ). False when there
+        is no new reading, so that a busy counter never passes for workers that stopped."""
+        now = time.time()
+        if now - self._polled_at < POLL_EVERY_S:
+            return False
+        self._polled_at = now
+        try:
+            docs, tokens, reports = self.ray.get(self.counter.read.remote(), timeout=5)
+        except self.ray.exceptions.GetTimeoutError:
+            return False  # a busy counter: the next look
+        self.live = (docs, tokens)
+        now = time.monotonic()
+        for info in self.workers.values():
+            if reports.get(info["id"], 0) != info["reports"]:
+                info.update(reports=reports[info["id"]], progress_at=now)
+        return True
+
     def show(self, bar) -> None:
         """The driver's one progress line: units done / total, documents/s and tokens/s, workers alive."""
         now = time.time()
         if now - self._shown_at < 1.0:
             return
         self._shown_at = now
-        try:
-            self.live = self.ray.get(self.counter.read.remote(), timeout=5)
-        except self.ray.exceptions.GetTimeoutError:
-            pass  # a busy counter: the rates wait for the next look
         elapsed = max(now - (self.first_ready_at or self.t0), 1e-9)
         bar.update(self.units_done - bar.n)
         bar.set_postfix_str(f"{self.live[0] / elapsed:,.0f} doc/s, {self.live[1] / elapsed:,.0f} tok/s, "
@@ -448,6 +568,8 @@ class _Dispatcher:
         """Give every ready worker up to in_flight_per_worker batches."""
         for actor, info in self.workers.items():
             while info["ready"] and info["busy"] < self.opts.in_flight_per_worker and self.queue:
+                if not info["busy"]:
+                    info["progress_at"] = time.monotonic()  # an idle worker's clock starts with its work
                 items = self.queue.popleft()
                 self.inflight[actor.run.remote(items)] = (actor, "run", items)
                 info["busy"] += 1
@@ -464,6 +586,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
     ray = require("ray", "ray", "--engine ray")
     from tqdm import tqdm
 
+    check_options(opts)
     t0 = time.time()
     job = ScoreJob(cfg)
     with JobLock(job.out, "score", job.lock_name):
@@ -485,8 +608,8 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
                 bar.close()
                 for actor in [*dispatcher.workers, dispatcher.counter]:
                     ray.kill(actor)
-                if dispatcher.kill_at_doc:
-                    Path(dispatcher.kill_at_doc[1]).unlink(missing_ok=True)
+                for _, _, marker in dispatcher.hooks:
+                    Path(marker).unlink(missing_ok=True)
             work_s = time.time() - (dispatcher.first_ready_at or dispatcher.t0)
         finally:
             if started_ray:
@@ -498,6 +621,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
             "work_s": round(work_s, 3),  # from the first worker ready to the last unit done (no startup)
             "units_per_s": round(dispatcher.units_done / work_s, 2) if work_s > 0 else None,
             "unit_retries": dispatcher.retries, "failed_units": dispatcher.failed,
+            "unit_timeout_s": opts.unit_timeout, "unit_timeouts": dispatcher.timeouts,
             "units_by_worker": dict(dispatcher.units_by_worker.most_common()),
             "workers_ready_s": round(dispatcher.all_ready_at - t0, 3) if dispatcher.all_ready_at else None,
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -508,4 +632,22 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
         else:
             (job.state / FAILED_SUMMARY_NAME).unlink(missing_ok=True)
             write_json_atomic(job.out / job.summary_name, summary)
+        if dispatcher.timed_out_failed:
+            raise timeout_error(dispatcher.timed_out_failed, opts, summary)
         return summary
+
+
+def check_options(opts: RayOptions) -> None:
+    if opts.unit_timeout < 0 or 0 < opts.unit_timeout < MIN_UNIT_TIMEOUT_S:
+        raise UsageError(f"--unit-timeout must be 0 (off) or at least {MIN_UNIT_TIMEOUT_S:g} s (got {opts.unit_timeout:g}): "
+                         f"a healthy worker reports every {PROGRESS_EVERY_S:g} s")
+
+
+def timeout_error(units: list[str], opts: RayOptions, summary: dict[str, Any]) -> UnitTimeoutError:
+    """One line for units that made no progress on every attempt; the job is unfinished, its done work kept."""
+    names = ", ".join(units[:5]) + (f" and {len(units) - 5} more" if len(units) > 5 else "")
+    return UnitTimeoutError(
+        f"{names}: given up after {opts.max_unit_retries + 1} attempt(s) (--max-unit-retries {opts.max_unit_retries}), the last "
+        f"making no progress for {opts.unit_timeout:g} s (--unit-timeout) until its worker was killed; {summary['files_done']} of "
+        f"{summary['files']} files are done and kept "
+        f"(.scalingfilter/{FAILED_SUMMARY_NAME}); rerun the same command to retry (a slow but healthy unit needs a longer --unit-timeout, 0 turns it off)")
