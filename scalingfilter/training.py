@@ -431,6 +431,10 @@ def heldout_loss(model, tokens: np.ndarray, seq_len: int, bf16: bool, device: st
 # --------------------------------------------------------------------------------------------
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# {"step": N}, written after checkpoint.pt (and published after it): which step a copy of the run holds, read
+# without loading the checkpoint (a gpt2 pair's is ~11 GB), so a machine that comes back with an older working
+# copy resumes from the bucket's newer checkpoint instead of overwriting it
+CHECKPOINT_STEP_NAME = "checkpoint.json"
 CHECKPOINT_KEYS = ("step", "config", "corpus", "history", "elapsed_s", "models", "optimizers", "torch_rng")
 CACHE_DIR = ".cache"
 CACHE_META = "data.json"  # written last into CACHE_DIR: it says the cache is complete
@@ -708,6 +712,7 @@ def write_checkpoint(run: PairRun, step: int, elapsed: float) -> None:
              "optimizers": {n: o.state_dict() for n, o in run.optimizers.items()}, "torch_rng": torch.get_rng_state()}
     with atomic_path(run.out / CHECKPOINT_NAME) as tmp:
         torch.save(state, tmp)
+    write_json_atomic(run.out / CHECKPOINT_STEP_NAME, {"step": step})
     run.checkpoints_written += 1
     if run.on_checkpoint is not None:
         run.on_checkpoint(step)
@@ -909,6 +914,7 @@ class CheckpointPublisher:
             self._put(meta)
         if self.checkpoint_pending:
             self._put(CHECKPOINT_NAME)
+            self._put(CHECKPOINT_STEP_NAME)  # after the checkpoint: it never claims a step the bucket lacks
             self.checkpoint_pending = False
 
     def publish_checkpoint(self, step: int) -> None:
@@ -939,9 +945,35 @@ class CheckpointPublisher:
     def publish_rest(self) -> None:
         """The end of the run: anything of the resumable state still unsent, the pair, train_log.json last."""
         self._send_resumable_state()
-        rest = [f for f in self.files() if not f.startswith(CACHE_DIR + "/") and f != CHECKPOINT_NAME]
+        rest = [f for f in self.files() if not f.startswith(CACHE_DIR + "/") and f not in (CHECKPOINT_NAME, CHECKPOINT_STEP_NAME)]
         for rel in sorted(rest, key=lambda f: (f == TRAIN_LOG_NAME, f)):  # train_log.json last: the pair is complete
             self._put(rel)
+
+
+def _checkpoint_step(read: Callable[[], bytes]) -> int | None:
+    """The step a checkpoint.json says, or None (missing, unreadable: a copy from before the file existed)."""
+    import json
+
+    try:
+        step = json.loads(read()).get("step")
+    except (OSError, ValueError, AttributeError, StorageError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _bucket_is_ahead(local: Path, remote: Any, held: list[str], log: Callable[[str], None]) -> bool:
+    """Whether the bucket holds a later checkpoint than this machine's working copy: another machine resumed
+    the run while this one was gone. Where either step is unknown, the working copy is used (as before
+    checkpoint.json existed)."""
+    if CHECKPOINT_STEP_NAME not in held:
+        return False
+    ours = _checkpoint_step((local / CHECKPOINT_STEP_NAME).read_bytes)
+    theirs = _checkpoint_step((remote / CHECKPOINT_STEP_NAME).read_bytes)
+    if ours is None or theirs is None or theirs <= ours:
+        return False
+    log(f"the bucket holds the checkpoint of step {theirs:,}, later than this working copy's step {ours:,} (another "
+        f"machine went on with the run): continuing from the bucket's")
+    return True
 
 
 def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, Any]:
@@ -957,6 +989,8 @@ def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str
             # a fresh run would publish its checkpoints beside the other run's files (a pair that is not one)
             raise InputError(f"{cfg.output_dir} already holds a training run; pass --resume to continue it or choose another --output-dir")
         publisher = CheckpointPublisher(local, remote, log, bucket_had_checkpoint=CHECKPOINT_NAME in held)
+        if cfg.resume and (local / CHECKPOINT_NAME).exists() and _bucket_is_ahead(local, remote, held, log):
+            shutil.rmtree(local)  # an older working copy (this machine was gone while another went on)
         if cfg.resume and not (local / CHECKPOINT_NAME).exists():
             for rel in held:  # seed the working copy from what the bucket holds (its last published checkpoint)
                 with atomic_path(local / rel) as tmp:

@@ -6,6 +6,7 @@ as tests/test_object_storage.py), with a tiny pair and 8 steps so that each run 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -96,6 +97,28 @@ def test_a_lost_machine_resumes_from_the_last_published_checkpoint(s3_env, bucke
     assert "train_log.json" in objects and torch.load(io.BytesIO(objects["checkpoint.pt"]), weights_only=True)["step"] == 8
     assert_same_weights(uninterrupted, objects)
     assert objects["scoring.json"] == (uninterrupted / "scoring.json").read_bytes()
+
+
+def test_a_machine_that_comes_back_continues_from_the_bucket_not_its_older_copy(s3_env, bucket, corpus, uninterrupted, tmp_path):
+    """Machine A publishes step 2 and is lost; machine B resumes from the bucket and publishes steps 4 and 6; A comes
+    back with its step-2 working copy: it continues from the bucket's step 6 (checkpoint.json says which step each
+    copy holds), instead of overwriting the bucket's later checkpoint with a rerun of B's work."""
+    url = f"s3://{bucket}/pair"
+    cmd = [sys.executable, "-m", "scalingfilter.cli", "train", "--input-dir", str(corpus), "--output-dir", url, *CLI_SETTINGS]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    a = subprocess.run(cmd, cwd=REPO, env={**env, TEST_KILL_AFTER_CHECKPOINTS_ENV: "1"}, capture_output=True, text=True, timeout=300)
+    assert a.returncode == -signal.SIGKILL, a.stderr
+    b = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**env, TEST_KILL_AFTER_CHECKPOINTS_ENV: "2", "SCALINGFILTER_SPOOL_DIR": str(tmp_path / "machine-b")})
+    assert b.returncode == -signal.SIGKILL and "resumed at step 2 of 8" in b.stdout + b.stderr, b.stderr
+    objects = bucket_files(s3_env, url)
+    assert torch.load(io.BytesIO(objects["checkpoint.pt"]), weights_only=True)["step"] == 6
+    assert json.loads(objects["checkpoint.json"]) == {"step": 6}
+    messages: list[str] = []  # machine A again: its spool still holds step 2
+    train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, resume=True, **SETTINGS), log=messages.append)
+    assert any("later than this working copy's step 2" in m for m in messages), messages
+    assert "resumed at step 6 of 8" in messages
+    assert_same_weights(uninterrupted, bucket_files(s3_env, url))
 
 
 def recording_puts(monkeypatch, fail) -> list[tuple[str, bool]]:
