@@ -37,6 +37,7 @@ import hashlib
 import math
 import os
 import re
+import struct
 import tempfile
 import time
 from collections import Counter
@@ -550,14 +551,58 @@ def load_card(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, An
     return card
 
 
+FASTTEXT_MAGIC, FASTTEXT_VERSION = 793712314, 12
+# magic, version; args: dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate, t;
+# dictionary: size nwords nlabels ntokens pruneidx_size (fastText's Model::save / Dictionary::save, little-endian)
+_FASTTEXT_HEADER = struct.Struct("<ii12idiiiqq")
+
+
+def check_fasttext_file(path: Path) -> None:
+    """Refuse a model file fastText would misread. fastText trusts its header: a damaged one makes it loop over
+    billions of dictionary entries or allocate whatever size it reads (gigabytes, then std::bad_alloc), and a
+    truncated file loads without a word, its matrices left as allocated. The card's SHA-256 catches a damaged
+    copy; this catches a card re-hashed over one, before fastText reads anything: the file must be laid out as
+    its header says (dictionary entries, then the input matrix of (words + buckets) x dim and the output matrix
+    of labels x dim, in float32), to the byte. Reads the dictionary (a pass over its words), not the matrices."""
+    import mmap
+
+    size = path.stat().st_size
+    if size < _FASTTEXT_HEADER.size:
+        raise ModelLoadError(f"{path} is truncated: {size:,} bytes, less than a fastText header")
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        fields = _FASTTEXT_HEADER.unpack_from(data, 0)
+        magic, version, dim, bucket = fields[0], fields[1], fields[2], fields[10]
+        n_entries, n_words, n_labels, _tokens, prune = fields[15:]
+        if magic != FASTTEXT_MAGIC or not 0 < version <= FASTTEXT_VERSION:
+            raise ModelLoadError(f"{path} is not a fastText model (its header is not fastText's)")
+        damaged = ModelLoadError(f"{path} is damaged or truncated: it is not laid out as its header says")
+        if not (0 < dim <= 1 << 16 and bucket >= 0 and n_words >= 0 and n_labels > 0 and n_words + n_labels == n_entries
+                and n_entries * 10 <= size and -1 <= prune <= size // 8):  # an entry takes >= 10 bytes
+            raise damaged
+        pos = _FASTTEXT_HEADER.size
+        for _ in range(n_entries):  # a word, NUL, int64 count, int8 type
+            end = data.find(b"\0", pos)
+            if end < 0:
+                raise damaged
+            pos = end + 10
+        pos += max(prune, 0) * 8
+        for rows in (n_words + bucket, n_labels):  # quantised flag, then rows, columns, float32 data
+            if pos + 17 > size or data[pos] != 0 or struct.unpack_from("<qq", data, pos + 1) != (rows, dim):
+                raise damaged
+            pos += 17 + rows * dim * 4
+        if pos != size:
+            raise damaged
+
+
 def load_model(model_dir: str | os.PathLike, card: dict[str, Any] | None = None):
     fasttext = require("fasttext", EXTRA, "scalingfilter classify")
     card = card or load_card(model_dir)
     path = Path(model_dir) / MODEL_NAME
+    check_fasttext_file(path)
     try:
         model = fasttext.load_model(str(path))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ModelLoadError(f"{path} could not be loaded by fastText: {exc}") from None
+    except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+        raise ModelLoadError(f"{path} could not be loaded by fastText: {type(exc).__name__}: {exc}") from None
     if LABEL_KEEP not in model.labels:
         raise ModelLoadError(f"{path} has no {LABEL_KEEP} label (labels: {', '.join(model.labels)})")
     return model

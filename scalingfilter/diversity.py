@@ -281,6 +281,12 @@ def check_config(cfg: DiversityConfig) -> list[str]:
     files = find_input_files(cfg.input_dir)  # InputError if missing
     if not files:
         raise InputError(f"no input files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .parquet) in {str(cfg.input_dir)!r}")
+    from .locations import contains, location
+
+    if contains(location(cfg.input_dir), location(cfg.output_dir)):
+        # rejects.jsonl (and the results) would be read back as input by the next run
+        raise UsageError(f"the output directory {str(cfg.output_dir)!r} is, or lies inside, the input directory "
+                         f"{str(cfg.input_dir)!r}: a later run would read its own rejects as input; choose one outside it")
     return files
 
 

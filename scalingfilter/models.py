@@ -105,10 +105,18 @@ def pair_scoring_defaults(pair: str | None) -> dict[str, Any]:
         root = Path(pair)
     if root is None or not (root / PAIR_SCORING_FILE).is_file():
         return {}
+    path = root / PAIR_SCORING_FILE
     try:
-        data = json.loads((root / PAIR_SCORING_FILE).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{root / PAIR_SCORING_FILE}: unreadable ({exc}); fix or remove it") from exc
+        raise ModelLoadError(f"{path}: unreadable ({exc}); fix or remove it") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object such as {{\"max_len\": 512, \"prepend_bos\": true}}; fix or remove it")
+    max_len, bos = data.get("max_len"), data.get("prepend_bos")
+    if "max_len" in data and (type(max_len) is not int or max_len < 2):
+        raise ModelLoadError(f"{path}: max_len must be an integer of at least 2 (got {max_len!r}); fix or remove it")
+    if "prepend_bos" in data and type(bos) is not bool:
+        raise ModelLoadError(f"{path}: prepend_bos must be true or false (got {bos!r}); fix or remove it")
     return {k: data[k] for k in PAIR_SCORING_KEYS if k in data}
 
 

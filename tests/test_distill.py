@@ -302,6 +302,33 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(trained, tmp_path):
     assert r.returncode == 2 and "--force-overwrite" in r.stderr
 
 
+def test_a_damaged_model_is_refused_even_when_its_card_was_rehashed(trained, tmp_path):
+    """fastText trusts its header: a truncated file loads without a word, a damaged count makes it loop or allocate
+    gigabytes. The card's SHA-256 catches a damaged copy; the header check catches a card re-hashed over one,
+    before fastText reads anything. Each load runs in a child process with a memory cap and a timeout, so a
+    regression fails here instead of exhausting the machine."""
+    root, _records, _card = trained
+    data = (root / "model" / "model.bin").read_bytes()
+    cases = {f"cut{n}": data[:n] for n in (4, 91, 100, 1000, len(data) // 2, len(data) - 8)}
+    cases["entries"] = data[:64] + (2**31 - 1).to_bytes(4, "little") + data[68:]  # the dictionary's size, damaged
+    cases["magic"] = b"\0" * 4 + data[4:]
+    for name, content in {**cases, "whole": data}.items():
+        bad = tmp_path / name
+        bad.mkdir()
+        (bad / "model.bin").write_bytes(content)
+        (bad / "card.json").write_bytes((root / "model" / "card.json").read_bytes())
+        code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+                "from scalingfilter import distill\nfrom scalingfilter.errors import ModelLoadError\n"
+                "card = distill.load_card(sys.argv[1], verify=False)\n"
+                "try:\n    distill.load_model(sys.argv[1], card)\nexcept ModelLoadError as exc:\n    print('refused:', exc)\n"
+                "else:\n    print('loaded')\n")
+        r = subprocess.run([PY, "-c", code, str(bad)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (name, r.stderr[-500:])
+        lines = r.stdout.strip().splitlines()
+        assert len(lines) == 1 and lines[0] == ("loaded" if name == "whole" else lines[0]), (name, r.stdout)
+        assert lines[0].startswith("loaded" if name == "whole" else "refused:"), (name, lines)
+
+
 @pytest.mark.slow
 def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path):
     ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")

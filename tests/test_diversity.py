@@ -231,6 +231,18 @@ def test_all_records_bad_is_a_clear_error(tmp_path, capsys):
     assert len((tmp_path / "o" / REJECTS_FILE).read_text().splitlines()) == 2
 
 
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_an_output_dir_in_the_input_is_refused(tmp_path, capsys, where):
+    """Its rejects.jsonl would be read back as input by the next run."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "x.jsonl").write_text('{"text": "a page"}\nbroken\n')
+    out = d if where == "same" else d / "div"
+    assert cli.main(["diversity", "--input-dir", str(d), "--output-dir", str(out), *FAST]) == 2
+    assert "lies inside, the input directory" in capsys.readouterr().err
+    assert sorted(p.name for p in d.iterdir()) == ["x.jsonl"]  # nothing written
+
+
 def test_unreachable_hub_model_says_how_to_use_a_local_dir(monkeypatch):
     import sentence_transformers
 
@@ -305,7 +317,8 @@ def test_mixing_more_sources_raises_diversity():
 
 
 @pytest.mark.parametrize("bad", [["--q", "-1"], ["--q", "x"], ["--group-size", "0"], ["--group_size", "0"], ["--groups", "0"],
-                                 ["--batch-size", "0"], ["--batch_size", "-3"], ["--max-seq-length", "0"], ["--seed", "-1"]])
+                                 ["--batch-size", "0"], ["--batch_size", "-3"], ["--max-seq-length", "0"], ["--seed", "-1"],
+                                 ["--group-size", str(2**63)], ["--seed", "99999999999999999999999"]])  # beyond what JSON state holds
 def test_bad_options_are_refused_while_parsing(corpus, tmp_path, capsys, bad):
     base = ["diversity", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "o"), *FAST]
     with pytest.raises(SystemExit) as exc:

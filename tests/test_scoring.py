@@ -170,3 +170,21 @@ def test_unreachable_hub_model_error_names_model_and_fix():
 def test_max_len_beyond_context_is_refused(pair):
     with pytest.raises(ValueError, match="exceeds"):
         PairScorer(pair, max_len=4096)
+
+
+@pytest.mark.parametrize("content, message", [('{"max_len": "512", "prepend_bos": true}', "max_len must be an integer"),
+                                              ('{"max_len": 1}', "max_len must be an integer"),
+                                              ('{"max_len": true}', "max_len must be an integer"),
+                                              ('{"prepend_bos": "yes"}', "prepend_bos must be true or false"),
+                                              ('[512, true]', "expected a JSON object")])
+def test_a_pairs_scoring_json_with_wrong_types_is_one_line(tmp_path, tiny_pair_dir, content, message):
+    import shutil
+
+    from scalingfilter.models import pair_scoring_defaults
+
+    pair = tmp_path / "pair"
+    shutil.copytree(tiny_pair_dir, pair)
+    (pair / "scoring.json").write_text(content)
+    with pytest.raises(ModelLoadError, match=message) as err:
+        pair_scoring_defaults(str(pair))
+    assert "\n" not in str(err.value)

@@ -29,11 +29,16 @@ def _number(kind: Callable[[str], Any], text: str) -> Any:
     return value
 
 
+INT64_MAX = 2**63 - 1  # settings are written to JSON state files by orjson, which holds 64-bit integers
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     def check(text: str) -> int:
         value = _number(int, text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low} (got {value})")
+        if value > INT64_MAX:
+            raise argparse.ArgumentTypeError(f"must be at most {INT64_MAX} (got {text})")
         return value
 
     check.__name__ = f"integer >= {low}"
