@@ -5,19 +5,29 @@ or redone from its start, and a file's output appears (by rename) only once all 
 Layout of OUTPUT_DIR:
   <rel path of each input file>        scored records, same format as the input
   rejects/<rel path>.rejects.jsonl     rejected records with the reason (only where there are any)
-  summary.json                         totals and throughput of the run
+  summary.json                         totals and throughput of the run, written last (summary.parts-A-B.json
+                                       for node parts A..B)
   .scalingfilter/                      state: lock, config, plans, parts, done markers, final markers
 
 Invariants a month-long job relies on:
 - every input record ends up exactly once in the output file or in the rejects file of its input file,
   also after a kill -9, a full disk or a restart (temporary names, fsync, rename; done markers last);
+- a summary present means the directory is complete and consistent (select, report and evaluate rely on
+  it): a run that will change OUT (a new, unfinished, changed or vanished file; --force_overwrite) removes
+  the summaries durably before it deletes or writes anything else, and writes its own last;
+- a restart leaves OUT as an uninterrupted run would: under the lock, the temporaries a killed run left
+  (an output cut in its rename, a marker, a part) are removed, and the parts and done markers of files
+  already assembled; with node parts only those of this node's files (other nodes write beside it);
 - one run at a time holds OUTPUT_DIR (`storage.JobLock`; the processes of one torchrun/Ray job share it);
 - the settings that determine the scores are recorded with the first finished unit, and a rerun with
   other settings is refused; a run that failed before scoring anything leaves no settings behind;
 - each input file is fingerprinted (size, mtime): a file changed since it was scored is rescored, and the
   output of a file that vanished from the input is removed (both with a warning);
 - the input's relative paths never collide with the tool's own files (`rejects/`, `.scalingfilter/`):
-  such an input is refused, as is an output directory inside the input.
+  such an input is refused, as is an output directory inside the input;
+- every name recorded (markers, summaries, rejects) is UTF-8: an input file whose name is not (a Latin-1
+  crawl dump) is passed over like the walker's other unusable paths, with a warning naming it (its bytes
+  as \\xNN) and listed in the summary's skipped paths.
 
 Input and output may be URLs of an object store (s3://, gs://, ...; see `locations`): the state then lives
 in the bucket too (cluster workers share no disk), every file and marker is sent as one finished object
@@ -50,7 +60,7 @@ from scalingfilter.processes import Processes
 from scalingfilter.schema import REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
 from scalingfilter.locations import ObjectPath
-from scalingfilter.storage import JobLock, atomic_path, atomic_write, read_json, read_json_dir, remove_stale_tmp, write_json_atomic
+from scalingfilter.storage import TMP_PREFIX, JobLock, atomic_path, atomic_write, fsync_dir, read_json, read_json_dir, tmp_target, write_json_atomic
 
 log = logging.getLogger("scalingfilter")
 MAX_REJECT_MESSAGES = 50  # per process; the rejects files have them all
@@ -197,10 +207,46 @@ def scorer_spec(cfg: ScoreConfig) -> ScorerSpec:
 # Small file helpers
 
 
+# Why an input file whose name is not valid UTF-8 is passed over (listed with the walker's skipped paths): its
+# name is recorded in JSON (plan and final markers, summaries, rejects) and read back by select, report and
+# evaluate, which hold names as UTF-8 text.
+SKIP_NOT_UTF8 = "name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8 -r --notest DIR) to score it"
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode keeps the bytes of a non-UTF-8 name as lone surrogates
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A path as text that JSON and any terminal take: the bytes of a non-UTF-8 name shown as \\xNN."""
+    return path if _is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _key(source: str) -> str:
     """A flat, readable, collision-free name for a relative path."""
     base = source.replace("/", "__")[-80:]
     return f"{base}.{hashlib.sha1(source.encode()).hexdigest()[:10]}"
+
+
+def _tmp_files(directory: Path) -> list[os.DirEntry]:
+    """The temporary files (`storage.TMP_PREFIX`) directly in a local directory; none if it does not exist."""
+    try:
+        with os.scandir(directory) as it:
+            return [e for e in it if e.name.startswith(TMP_PREFIX) and e.is_file(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _subdirs(directory) -> list[str]:
+    """Names of the entries directly in a local directory or under a prefix (none if it does not exist)."""
+    try:
+        return [p.name for p in directory.iterdir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _concat_bytes(parts: list, out) -> None:
@@ -413,6 +459,11 @@ class ScoreJob:
     def walk(self, warn: bool = True) -> documents.CorpusFiles:
         suffixes = tuple(self.cfg.file_ext) if self.cfg.file_ext else documents.INPUT_SUFFIXES
         walk = documents.walk_corpus(self.input_dir, suffixes)
+        unnamable = [f for f in walk.files if not _is_utf8(f)]
+        if unnamable:  # passed over like the walker's other unusable paths: counted, named, listed in the summary
+            walk.files = [f for f in walk.files if _is_utf8(f)]
+            walk.skipped.extend((f, SKIP_NOT_UTF8) for f in unnamable)
+        walk.skipped = [(_printable(p), why) for p, why in walk.skipped]  # also hidden or unreadable non-UTF-8 names
         self._input_stats = dict(walk.stats)
         if warn:
             documents.warn_skipped(walk, log)
@@ -459,13 +510,11 @@ class ScoreJob:
             return self._markers[path.parent.name].get(path.name)
         return read_json(path) if path.exists() else None
 
-    def reconcile(self, all_files: list[str], mine: list[str]) -> tuple[list[str], list[str]]:
-        """Bring the state in line with the input: outputs of vanished files removed, changed files reset."""
+    def input_changes(self, all_files: list[str], mine: list[str]) -> tuple[list[str], list[str]]:
+        """(files the state knows that are gone from the input, files of this node changed since they were
+        planned). Only looks: the summary must be withdrawn before `reconcile` deletes anything."""
         present = set(all_files)
         removed = sorted(s for s in self.recorded_sources() if s not in present)
-        for s in removed:
-            log.warning("input file %s is gone from %s: its output and state are removed", s, self.input_dir)
-        self.clear(removed)
         changed = []
         for s in mine:
             fp = self.fingerprint(s)
@@ -475,10 +524,86 @@ class ScoreJob:
                     if not _same_file(old, fp):
                         changed.append(s)
                     break
+        return removed, changed
+
+    def reconcile(self, removed: list[str], changed: list[str]) -> None:
+        """Bring the state in line with the input: outputs of vanished files removed, changed files reset."""
+        for s in removed:
+            log.warning("input file %s is gone from %s: its output and state are removed", s, self.input_dir)
+        self.clear(removed)
         for s in changed:
             log.warning("input file %s changed since it was scored: rescoring it", s)
         self.clear(changed)
-        return removed, changed
+
+    def withdraw_summaries(self, every_part: bool) -> None:
+        """Remove the summaries that say OUT is finished, durably, before this run changes anything in it:
+        select, report and evaluate take "summary present" for "complete and consistent", so a run killed
+        (or still running) after deleting a changed file's output must leave no summary behind. Goes: this
+        job's summary and the whole directory's summary.json (node parts change the whole too); with
+        `every_part` (a job over every file, or --force_overwrite) also every node part's summary, which
+        `select` would otherwise take for a finished directory."""
+        stale = {str(p): p for p in (self.out / SUMMARY_NAME, self.out / self.summary_name)}
+        if every_part:
+            stale.update((str(p), p) for p in self.out.glob("summary.parts-*.json"))
+        for p in stale.values():
+            p.unlink(missing_ok=True)
+        if not isinstance(self.out, ObjectPath):  # an object's DELETE is durable when it returns
+            fsync_dir(self.out)
+
+    def remove_stale_temporaries(self, sources: list[str]) -> None:
+        """Remove the temporary files (`storage.tmp_name`) a killed run left: an output or rejects file cut in
+        its rename, a part file, a marker, a summary. This job holds the lock, so none of its writers is alive;
+        but node parts (--nparts > 1) write into the same directories under their own locks, so only the
+        temporaries of what this job owns go: those of `sources` (outputs, rejects, markers, parts) and of its
+        summary; a job without node parts owns the whole directory, and every temporary in OUT's top level
+        and the state goes too. An object store holds none (temporaries are local spool files)."""
+        if isinstance(self.out, ObjectPath):
+            return
+        owned: dict[Path, set[str] | None] = {}  # directory -> final names whose temporaries are stale (None: all)
+
+        def own(path: Path) -> None:
+            names = owned.setdefault(path.parent, set())
+            if names is not None:
+                names.add(path.name)
+
+        for s in sources:
+            for path in (self.output_path(s), self.rejects_path(s), self.plan_path(s), self.final_path(s)):
+                own(path)
+        own(self.out / self.summary_name)
+        done_dir = self.state / "done"
+        owned.setdefault(done_dir, set())
+        if self.cfg.nparts == 1:
+            for d in (self.out, self.state, self.state / "plan", self.state / "final", done_dir):
+                owned[d] = None
+        keys = {_key(s) for s in sources}
+        stale = []
+        for directory, names in owned.items():
+            for entry in _tmp_files(directory):
+                target = tmp_target(entry.name)
+                if target is None:
+                    continue
+                # a done marker is KEY.PART.json
+                if names is None or target in names or (directory == done_dir and target.rsplit(".", 2)[0] in keys):
+                    stale.append(Path(entry.path))
+        for name in _subdirs(self.state / "parts"):
+            if name in keys or self.cfg.nparts == 1:
+                stale.extend(Path(e.path) for e in _tmp_files(self.state / "parts" / name))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary file(s) a killed run left in %s", len(stale), self.out)
+
+    def tidy_assembled(self, mine: list[str]) -> None:
+        """Remove the parts and done markers of files already assembled: a run killed after a file's final
+        marker but before `assemble` removed them left them behind, and nothing reads them any more."""
+        final = self._markers["final"]
+        keys = {_key(s) for s in mine if self.final_path(s).name in final}
+        for name in _subdirs(self.state / "parts"):
+            if name in keys:
+                locations.rmtree(self.state / "parts" / name)
+        for name in locations.names_in(self.state / "done"):
+            if name.rsplit(".", 2)[0] in keys:
+                (self.state / "done" / name).unlink(missing_ok=True)
 
     def settings(self) -> dict[str, Any]:
         """What determines the scores: a restart with other settings must not mix results."""
@@ -543,16 +668,22 @@ class ScoreJob:
 
     def _prepare(self, walk: documents.CorpusFiles, mine: list[str]) -> Plan:
         cfg = self.cfg
+        if not cfg.force_overwrite:
+            self.check_settings(self.settings())  # first: a refused run changes nothing
+        removed, changed = self.input_changes(walk.files, mine)
+        if cfg.force_overwrite:
+            changed = []  # every file of this node starts afresh anyway
+        unfinished = [s for s in mine if self.final_path(s).name not in self._markers["final"]]
+        if cfg.force_overwrite or removed or changed or unfinished:
+            # before anything in OUT is deleted or written: "summary present" means "complete and consistent"
+            self.withdraw_summaries(every_part=cfg.force_overwrite or cfg.nparts == 1)
+        self.remove_stale_temporaries(mine + removed)
         if cfg.force_overwrite:
             self.clear(mine)
             (self.state / "config.json").unlink(missing_ok=True)
-            for p in self.out.glob("summary*.json"):
-                p.unlink()
-        removed, changed = self.reconcile(walk.files, mine)
-        self.check_settings(self.settings())
+        self.reconcile(removed, changed)
         pending = self.pending_units(mine)
-        for s in {u.source for u in pending}:
-            remove_stale_tmp(self.parts_dir(s))
+        self.tidy_assembled(mine)
         if isinstance(self.input_dir, ObjectPath) or isinstance(self.out, ObjectPath):
             locations.clean_spool()  # local copies and temporaries a killed run left
         return Plan(walk.files, mine, pending, walk, changed, removed)
@@ -735,11 +866,12 @@ class ScoreJob:
         run_docs, run_tokens = run_totals
         config = self.state / "config.json"
         return {
-            "input_dir": str(self.input_dir), "output_dir": str(self.out),
+            "input_dir": _printable(str(self.input_dir)), "output_dir": _printable(str(self.out)),
+            "node_parts": {"nparts": self.cfg.nparts, "rank_part_start": self.cfg.rank_part_start, "rank_nparts": self.cfg.rank_nparts},
             "files": len(plan.mine), "files_done": done,
             "documents": totals.records, "scored": totals.scored, "unscorable": totals.unscorable,
             "rejected": totals.rejected, "tokens": totals.tokens, "truncated": totals.truncated,
-            "rejects_dir": str(self.out / REJECTS_DIR) if totals.rejected else None,
+            "rejects_dir": _printable(str(self.out / REJECTS_DIR)) if totals.rejected else None,
             "skipped_paths": plan.walk.skipped_summary(),
             "skipped_examples": [{"path": p, "why": w} for p, w in plan.walk.skipped[:20]],
             "rescored_changed_files": plan.changed, "removed_vanished_files": plan.removed,

@@ -2,9 +2,11 @@
 holding an output directory against concurrent runs.
 
 Every writer of the package goes through `atomic_write`: the content goes to a temporary name in the
-same directory (`.NAME.tmp-PID-RANDOM`), is flushed and fsync'ed, renamed over NAME, and the directory
+same directory (`.tmp-PID-RANDOM-NAME`), is flushed and fsync'ed, renamed over NAME, and the directory
 is fsync'ed so the rename survives a power cut. Readers see the old file or the new one, never half;
-a crash leaves at most a temporary file that the next writer of that name does not read.
+a crash leaves at most a temporary file that the next writer of that name does not read, and that the
+next run holding the directory's lock removes (`tmp_target` says which file a temporary stood for, so a
+run removes only the temporaries of files it owns; `remove_stale_tmp` clears a directory it owns whole).
 
 `JobLock` is an advisory lock on a directory (an `flock` on DIR/.scalingfilter/lock): the kernel drops
 it when its holder dies, so a lock left by a killed run is never stale. The file also records who holds
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import socket
 import sys
@@ -43,6 +46,16 @@ def tmp_name(path: str | os.PathLike) -> Path:
     as the final name says)."""
     path = Path(path)
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+_TMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9]+-[0-9a-f]{{8}}-(.+)", re.DOTALL)
+
+
+def tmp_target(name: str) -> str | None:
+    """The final name that a temporary name made by `tmp_name` stands for, or None for any other name
+    (so that a cleaner can remove exactly the temporaries of the files it owns)."""
+    m = _TMP_NAME.fullmatch(name)
+    return m.group(1) if m else None
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,3 +214,155 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_pair_dir, sample_texts)
     assert_same_outputs(a, b, rel=1e-6)
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["processes"] == 2 and s["documents"] == sum(len(v) for v in a.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Crashes at every publishing step, rescoring runs and the summary, names that are not UTF-8
+# (the no-model test scorer: these are about the job, not the models)
+
+FIXED = {"SCALINGFILTER_TEST_SCORER": "fixed"}
+STRACE = shutil.which("strace")
+# one call of a strace log: "PID name(args) = result", or "PID name(args <unfinished ...>" where another thread
+# printed meanwhile (as the call the kill cuts short, when the process has threads)
+SYSCALL = re.compile(r"^\d+\s+(rename|unlinkat|unlink|rmdir)\((.*?)(?:\)\s+=.*| <unfinished \.\.\.>)$")
+
+
+def score_fixed(inp, out, *extra, env=None):
+    return run_cli(["score", "--input-dir", str(inp), "--output-dir", str(out), "--no-progress", *extra], env={**FIXED, **(env or {})})
+
+
+def _calls(trace: Path) -> list[tuple[str, str]]:
+    """(syscall, its arguments) of a strace log, in order, the call the kill cut short included."""
+    return [(m.group(1), m.group(2)) for line in trace.read_text().splitlines() if (m := SYSCALL.match(line))]
+
+
+def _strace(args: list[str], trace: Path, inject: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [STRACE, "-f", "-s", "4096", "-o", str(trace), "-e", "trace=rename,unlink,unlinkat,rmdir"]
+    cmd += ["-e", f"inject={inject}"] if inject else []
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **FIXED)
+    return subprocess.run(cmd + [PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under root -> its bytes (None: a directory); the lock and summary.json, whose content
+    names a pid or a time, by name only."""
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else (b"" if p.name in ("lock", "summary.json") else p.read_bytes())
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace for deterministic fault injection")
+def test_kill_at_every_publishing_step_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    """SIGKILL injected (strace) at every rename the job makes (plan, part files, config, done markers, the
+    output and rejects files, final markers, the summary) and at the removal of a finished file's parts and
+    done marker: the rerun leaves OUT exactly as an uninterrupted run does, with no temporary left."""
+    inp = tmp_path / "in"
+    write_jsonl(inp / "a.jsonl", [{"text": f"document number {i} is here"} for i in range(3)])
+    (inp / "sub").mkdir()
+    (inp / "sub" / "b.jsonl").write_bytes(b'{"text": "a fine document"}\nnot json\n')  # a rejects file too
+    args = lambda out: ["score", "--input-dir", str(inp), "--output-dir", str(out), "--no-progress"]  # noqa: E731
+    ref = score_fixed(inp, tmp_path / "ref")
+    assert ref.returncode == 3, ref.stderr
+    expected = _tree(tmp_path / "ref")
+    probe = _strace(args(tmp_path / "probe"), tmp_path / "probe.trace")
+    assert probe.returncode == 3, probe.stderr
+    calls = _calls(tmp_path / "probe.trace")
+    renames = [a for c, a in calls if c == "rename"]
+    if not renames:
+        pytest.skip("this platform's rename is not the rename syscall")
+    assert any('/probe/a.jsonl"' in a for a in renames) and any("/probe/rejects/sub/b.jsonl.rejects.jsonl" in a for a in renames)
+    # the steps of `assemble` after a file's final marker: its parts (unlinkat, rmdir), then its done marker
+    done_unlinks = [i for i, a in enumerate(a for c, a in calls if c == "unlink") if "/.scalingfilter/done/" in a]
+    targets = [("rename", n) for n in range(1, len(renames) + 1)] + [("unlinkat", 1), ("rmdir", 1), ("unlink", done_unlinks[0] + 1)]
+    for syscall, n in targets:
+        out = tmp_path / f"{syscall}-{n}"
+        trace = tmp_path / f"{syscall}-{n}.trace"
+        killed = _strace(args(out), trace, inject=f"{syscall}:signal=SIGKILL:when={n}")
+        # the crash landed where intended: the process died in the n-th such call, which did not happen
+        assert killed.returncode == -signal.SIGKILL, (syscall, n, killed.stderr[-2000:])
+        assert "+++ killed by SIGKILL +++" in trace.read_text()
+        mine = [a for c, a in _calls(trace) if c == syscall]
+        assert len(mine) == n, (syscall, n)
+        if syscall == "rename":
+            src = Path(mine[-1].split('", "')[0].strip('"'))
+            assert src.name.startswith(".tmp-") and src.exists()  # a finished temporary, cut in its rename
+        else:
+            assert any((out / ".scalingfilter" / "final").iterdir())  # a file was final, its parts not yet removed
+        rerun = score_fixed(inp, out)
+        assert rerun.returncode == 3, (syscall, n, rerun.stderr[-2000:])
+        got = _tree(out)
+        assert not [p for p in got if "/.tmp-" in f"/{p}"], (syscall, n)
+        assert got == expected, (syscall, n, sorted(set(got) ^ set(expected)), [p for p in got if p in expected and got[p] != expected[p]])
+
+
+def test_a_rescoring_run_withdraws_the_summary_before_it_deletes_anything(tmp_path):
+    """A changed input file is rescored: its old output is deleted first. A run killed after that must leave
+    no summary.json, so that select, report and evaluate refuse the directory instead of working on a corpus
+    that lacks the file's documents; the rerun restores it."""
+    inp, out = tmp_path / "in", tmp_path / "scored"
+    for f in "ab":
+        write_jsonl(inp / f"{f}.jsonl", [{"text": f"file {f} document {i} text", "label": i % 2} for i in range(5)])
+    assert score_fixed(inp, out).returncode == 0
+    with open(inp / "a.jsonl", "a") as fh:
+        fh.write('{"text": "one more document", "label": 1}\n')
+    killed = score_fixed(inp, out, env={"SCALINGFILTER_TEST_KILL_AFTER_UNITS": "1"})
+    # the crash landed mid-rescoring: a.jsonl's old output deleted, its new unit done, not yet assembled
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "a.jsonl changed since it was scored" in killed.stderr
+    assert not (out / "a.jsonl").exists() and len(list((out / ".scalingfilter" / "done").glob("a.jsonl.*.json"))) == 1
+    assert not (out / "summary.json").exists()
+    for args in (["select", "--input-dir", str(out), "--output-dir", str(tmp_path / "kept"), "--keep", "1.0"],
+                 ["report", "--input-dir", str(out), "--output-dir", str(tmp_path / "report")],
+                 ["evaluate", "--input-dir", str(out), "--label-field", "label"]):
+        r = run_cli(args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args[0], r.returncode, r.stderr[-2000:])
+        assert len([line for line in r.stderr.splitlines() if "error:" in line]) == 1 and "summary.json" in r.stderr, r.stderr
+    assert score_fixed(inp, out).returncode == 0
+    assert json.loads((out / "summary.json").read_text())["documents"] == 11
+    r = run_cli(["select", "--input-dir", str(out), "--output-dir", str(tmp_path / "kept"), "--keep", "1.0"])
+    assert r.returncode == 0, r.stderr
+    assert sum(len(documents.open_binary(p).read().splitlines()) for p in (tmp_path / "kept").glob("*.jsonl")) == 11
+
+
+def test_a_refused_rerun_changes_nothing(tmp_path):
+    """A rerun with other settings is refused before it acts on a changed input: the old output and the
+    summary stay (before, the changed file's output was deleted first, then the run refused)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_jsonl(inp / "a.jsonl", [{"text": f"document {i}"} for i in range(5)])
+    assert score_fixed(inp, out).returncode == 0
+    before = _tree(out)
+    write_jsonl(inp / "a.jsonl", [{"text": f"document {i}"} for i in range(6)])
+    r = score_fixed(inp, out, "--unit-docs", "7")
+    assert r.returncode == 2 and "other settings" in r.stderr, r.stderr
+    assert _tree(out) == before
+
+
+def test_a_node_part_that_rescores_withdraws_its_summary_only(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for f in "ab":
+        write_jsonl(inp / f"{f}.jsonl", [{"text": f"file {f} document {i}"} for i in range(4)])
+    part = lambda k: ["--nparts", "2", "--rank-part-start", str(k), "--rank-nparts", "1"]  # noqa: E731
+    assert score_fixed(inp, out, *part(0)).returncode == 0 and score_fixed(inp, out, *part(1)).returncode == 0
+    write_jsonl(inp / "a.jsonl", [{"text": f"file a document {i}"} for i in range(6)])  # a.jsonl is part 0's
+    killed = score_fixed(inp, out, *part(0), env={"SCALINGFILTER_TEST_KILL_AFTER_UNITS": "1"})
+    assert killed.returncode == -signal.SIGKILL and not (out / "a.jsonl").exists()
+    assert not (out / "summary.parts-0-0.json").exists() and (out / "summary.parts-1-1.json").exists()
+    assert score_fixed(inp, out, *part(0)).returncode == 0
+    assert json.loads((out / "summary.parts-0-0.json").read_text())["documents"] == 6
+
+
+def test_input_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path):
+    """A Latin-1 crawl dump: files (and a directory) whose names are not valid UTF-8 are passed over like
+    the walker's other unusable paths (named with their bytes as \\xNN, counted in summary.json), not a crash."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_jsonl(inp / "ok.jsonl", [{"text": "a document"}])
+    write_jsonl(inp / os.fsdecode(b"caf\xe9.jsonl"), [{"text": "another document"}])
+    write_jsonl(inp / os.fsdecode(b"r\xe9sum\xe9s") / "x.jsonl", [{"text": "in a Latin-1 directory"}])
+    write_jsonl(inp / os.fsdecode(b".cach\xe9.jsonl"), [{"text": "hidden"}])
+    r = score_fixed(inp, out)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "not valid UTF-8" in r.stderr and "caf\\xe9.jsonl" in r.stderr and "r\\xe9sum\\xe9s/x.jsonl" in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["documents"] == 1 and s["files"] == 1
+    assert sum(n for why, n in s["skipped_paths"].items() if "UTF-8" in why) == 2
+    assert {e["path"] for e in s["skipped_examples"]} == {"caf\\xe9.jsonl", "r\\xe9sum\\xe9s/x.jsonl", ".cach\\xe9.jsonl"}
+    assert sorted(p.name for p in out.iterdir()) == [".scalingfilter", "ok.jsonl", "summary.json"]
