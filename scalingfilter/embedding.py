@@ -113,6 +113,11 @@ def load_model(name: str | None = None, device: str | None = None, dtype: str = 
             f"copy that folder here and pass its path: --model-name ./{spec.name.split('/')[-1]}\n"
             f"(or leave --model-name out to use the bundled all-MiniLM-L6-v2)."
         ) from exc
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None and getattr(tokenizer, "pad_token", "") is None:  # batches could not be padded
+        raise ModelLoadError(f"model {spec.name!r}: its tokenizer has no padding token, so it is not a sentence-embedding "
+                             f"model (a causal language model, such as a scoring pair's?); use a sentence-transformers "
+                             f"model (the default all-MiniLM-L6-v2, or the paper's BAAI/bge-base-en-v1.5)")
     model.eval()
     if max_seq_length:
         model.max_seq_length = int(max_seq_length)

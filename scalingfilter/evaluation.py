@@ -25,6 +25,7 @@ scored, or still being scored) is refused with one line.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from dataclasses import dataclass
@@ -114,14 +115,17 @@ def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: st
     metrics = list(METRICS if metrics is None else metrics)
     rows: list[tuple[Any, Any, list[float | None]]] = []
     total = 0
+    unlabelled: collections.Counter[str] = collections.Counter()  # why a document is left out: said, not silent
     for data, text in records:
         total += 1
         if not isinstance(data, dict):
+            unlabelled["not a JSON object"] += 1
             continue
         label = data.get(label_field)
         if label is None or isinstance(label, (dict, list)):
+            unlabelled["no label" if label_field not in data else "null label" if label is None else "label not a single value"] += 1
             continue
-        if isinstance(label, bool):
+        if isinstance(label, bool):  # JSON true/false as 1/0
             label = int(label)
         group = data.get(pair_field) if pair_field else None
         if isinstance(group, (dict, list)):
@@ -146,7 +150,8 @@ def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: st
         else:
             a, pw, np_ = float("nan"), (float("nan") if has_pairs else None), (0 if has_pairs else None)
         results.append(MetricResult(m, desc, len(kept), len(rows) - len(kept), a, pw, np_))
-    return {"documents": total, "labelled": len(rows), "label_field": label_field, "label_values": label_values,
+    return {"documents": total, "labelled": len(rows), "unlabelled": dict(unlabelled.most_common()),
+            "label_field": label_field, "label_values": label_values,
             "positive_label": label_values[1], "pair_field": pair_field if has_pairs else None,
             "metrics": [r.as_dict() for r in results]}
 

@@ -243,6 +243,17 @@ def test_an_output_dir_in_the_input_is_refused(tmp_path, capsys, where):
     assert sorted(p.name for p in d.iterdir()) == ["x.jsonl"]  # nothing written
 
 
+def test_a_causal_lm_as_the_embedding_model_is_one_line(corpus, tmp_path, capsys):
+    """A scoring pair's model loads in sentence-transformers (mean pooling) but its tokenizer cannot pad a batch."""
+    from scalingfilter.bundled import bundled_pair_dir
+
+    args = ["diversity", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "o"), *FAST,
+            "--model-name", str(bundled_pair_dir() / "small")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "not a sentence-embedding model" in err and len(err.strip().splitlines()) == 1
+
+
 def test_unreachable_hub_model_says_how_to_use_a_local_dir(monkeypatch):
     import sentence_transformers
 

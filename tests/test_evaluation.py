@@ -118,6 +118,12 @@ def test_evaluate_without_pairs_and_bad_labels():
         evaluate_records([({"label": v, "quality_factor": 1.0}, "t") for v in (0, 1, 2)])
     with pytest.raises(InputError, match="no document has"):
         evaluate_records([({"quality_factor": 1.0}, "t")])
+    # documents left out are counted by reason; JSON true/false count as 1/0
+    mixed = docs + [({"label": True, "quality_factor": 4.0}, "t"), ({"label": None, "quality_factor": 1.0}, "t"),
+                    ({"label": [1], "quality_factor": 1.0}, "t"), ({"quality_factor": 1.0}, "t"), (None, None)]
+    res = evaluate_records(mixed)
+    assert res["labelled"] == 4 and res["label_values"] == [0, 1] and res["metrics"][0]["auroc"] == 1.0
+    assert res["unlabelled"] == {"null label": 1, "label not a single value": 1, "no label": 1, "not a JSON object": 1}
 
 
 def test_evaluate_cli(tmp_path, capsys):

@@ -33,5 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['input_dir']}: {result['labelled']:,} labelled documents of {result['documents']:,}; "
           f"positive class {args.label_field} = {result['positive_label']!r}"
           + (f"; groups by {result['pair_field']!r}" if result["pair_field"] else ""))
+    if result["unlabelled"]:
+        print("left out: " + ", ".join(f"{n:,} {why}" for why, n in result["unlabelled"].items()))
     print(format_table(result))
     return 0
