@@ -5,7 +5,20 @@ index is the 0-based line number (JSONL) or row number (parquet). Readers never 
 memory: JSONL is read line by line, parquet one row group at a time.
 
 Bad records never stop a stream: they come out as `Record`s with `error` set, so that the caller can
-write them to a rejects file (or stop, in strict mode) and every input line is accounted for.
+write them to a rejects file (or stop, in strict mode) and every input line is accounted for. A rejects
+entry is always valid JSON, whatever the record held (`json_safe`: a decimal as its exact digits in a
+string, binary as a base64 string, a non-finite float as "inf"/"-inf"/"nan", a date or time in ISO 8601,
+anything else as its str()).
+
+JSONL is parsed with orjson; a line orjson refuses is tried once more with the standard library, and
+kept only when the one difference is a number beyond a double's range (`1e999`, valid JSON; the line
+itself is what is written out, so it stays as it came). NaN, Infinity, trailing commas, lone surrogates
+and every other invalid line stay rejected.
+
+Parquet rows become Python values that the writers turn back into the same typed values: temporal
+columns of nanosecond resolution (which `datetime` cannot hold) come as integers (nanoseconds), so a row
+is never lost to a conversion; a row group whose values still cannot be converted has each of its rows
+rejected with the reason, and the file goes on.
 
 Every path may be a URL of an object store (`locations`): the walker lists the prefix in one listing,
 JSONL streams through ranged reads (gzip and zstd decompressed on the fly), parquet is read row group by
@@ -16,10 +29,14 @@ key when closed (nothing appears at the key before).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
+import decimal
 import gzip
 import io
 import json
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -58,10 +75,38 @@ class Record:
         """The line written to a rejects file: where it came from, why, and the original content."""
         entry: dict[str, Any] = {"source": self.source, "index": self.index, "line": self.index + 1, "reason": self.error}
         if self.data is not None:
-            entry["record"] = self.data
+            entry["record"] = json_safe(self.data)
         elif self.raw is not None:
             entry["raw"] = self.raw.decode("utf-8", errors="replace")
         return entry
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as something every JSON serialiser holds, losing no information a reader needs: the total
+    form of a record for a rejects entry (parquet rows may hold decimals, binary, dates; a JSONL record a
+    number beyond a double). Decimals as their exact digits (a string), binary as base64 (standard
+    alphabet, padded), non-finite floats as "inf" / "-inf" / "nan", dates and times in ISO 8601, mapping
+    keys as strings, numpy values as Python ones, anything else as its str()."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(json_safe(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalars and arrays
+        try:
+            return json_safe(value.tolist())
+        except Exception:  # a value that claims tolist but cannot: fall through to its text
+            pass
+    return str(value)
 
 
 def file_format(path: str | os.PathLike) -> str:
@@ -300,6 +345,54 @@ def resolve_text(data: Any, text_field: str) -> tuple[str | None, str | None]:
     return text, None
 
 
+_INVALID = object()
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_overflowing(line: bytes) -> Any:
+    """A line orjson refused, parsed by the standard library if (and only if) it is valid JSON whose one
+    problem for orjson is a number beyond a double's range (RFC 8259 allows any number of digits and any
+    exponent): such a number becomes a float infinity here (the record's own line is what is written out).
+    `_INVALID` for anything else: NaN / Infinity literals, lone surrogates, invalid UTF-8, syntax errors."""
+    overflow = False
+
+    def parse_float(text: str) -> float:
+        nonlocal overflow
+        value = float(text)
+        if not math.isfinite(value):
+            overflow = True
+        return value
+
+    try:
+        data = json.loads(line.decode("utf-8"), parse_float=parse_float, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _INVALID
+    if not overflow or _has_surrogate(data):
+        return _INVALID
+    return data
+
+
+def _has_surrogate(value: Any) -> bool:
+    """Whether a parsed value holds a string with a lone surrogate (a \\ud800 escape: orjson refuses it)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
     """Records of lines [start, stop) of a JSONL file. Blank lines are not records and are skipped
     (their line numbers still count). A corrupt or truncated compressed stream ends the file with
@@ -320,9 +413,11 @@ def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", s
                 try:
                     data = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
-                    reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "malformed JSON"
-                    yield Record(source, index, None, None, f"{reason}: {exc}", raw=raw)
-                    continue
+                    data = _parse_overflowing(line)
+                    if data is _INVALID:
+                        reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "malformed JSON"
+                        yield Record(source, index, None, None, f"{reason}: {exc}", raw=raw)
+                        continue
                 text, error = resolve_text(data, text_field)
                 yield Record(source, index, data if isinstance(data, dict) else {"value": data}, text, error, raw=raw)
     except _decode_errors() as exc:
@@ -370,17 +465,64 @@ def read_parquet(path: str | os.PathLike, source: str, text_field: str = "text",
         if hi <= start or (stop is not None and lo >= stop):
             continue
         try:
-            rows = pf.read_row_group(g).to_pylist()
+            table = pf.read_row_group(g)
         except (pa.ArrowException, OSError) as exc:
             at = max(lo, start)
             yield Record(source, at, None, None, f"corrupt or truncated parquet file: rows from {at + 1} on (row group {g}) unreadable: {type(exc).__name__}: {exc}")
             return
+        try:
+            rows = _python_rows(table)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:  # values Python cannot hold
+            why = f"row group {g}: values that cannot be converted: {type(exc).__name__}: {exc}"
+            for index in range(max(lo, start), hi if stop is None else min(hi, stop)):
+                yield Record(source, index, None, None, why)
+            continue
         for i, data in enumerate(rows):
             index = lo + i
             if index < start or (stop is not None and index >= stop):
                 continue
             text, error = resolve_text(data, text_field)
             yield Record(source, index, data, text, error)
+
+
+def _python_type(t):
+    """`t` with every nanosecond temporal type (which datetime cannot hold) as int64, nested types mapped
+    through; `t` itself (the same object) where nothing changes."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if (pt.is_timestamp(t) or pt.is_duration(t) or pt.is_time64(t)) and t.unit == "ns":
+        return pa.int64()
+    if pt.is_dictionary(t):
+        v = _python_type(t.value_type)
+        return t if v is t.value_type else v
+    if pt.is_map(t):
+        k, v = _python_type(t.key_type), _python_type(t.item_type)
+        return t if (k is t.key_type and v is t.item_type) else pa.map_(k, v, keys_sorted=t.keys_sorted)
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        f = t.value_field
+        v = _python_type(f.type)
+        if v is f.type:
+            return t
+        vf = f.with_type(v)
+        return pa.large_list(vf) if pt.is_large_list(t) else pa.list_(vf, t.list_size) if pt.is_fixed_size_list(t) else pa.list_(vf)
+    if pt.is_struct(t):
+        fields = [t.field(i) for i in range(t.num_fields)]
+        mapped = [f.with_type(_python_type(f.type)) for f in fields]
+        return t if all(m.type is f.type for m, f in zip(mapped, fields)) else pa.struct(mapped)
+    return t
+
+
+def _python_rows(table) -> list[dict[str, Any]]:
+    """The rows of a parquet row group as Python dicts that the parquet writer, given the file's schema,
+    turns back into the same values (nanosecond times as integers: see the module docstring)."""
+    import pyarrow as pa
+
+    schema = table.schema
+    mapped = [f.with_type(_python_type(f.type)) for f in schema]
+    if any(m.type is not f.type for m, f in zip(mapped, schema)):
+        table = table.cast(pa.schema(mapped, metadata=schema.metadata))
+    return table.to_pylist()
 
 
 def read_records(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:
@@ -510,22 +652,59 @@ class ParquetWriter:
         self._target.finish()
 
 
+class JsonNumber:
+    """A JSON number kept as its text, for the numbers neither a double nor a 64-bit integer holds
+    (`1e999`, a 30-digit integer): `dumps_exact` writes the text back as it was."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonNumber) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"JsonNumber({self.text!r})"
+
+
+def _exact_float(text: str) -> float | JsonNumber:
+    value = float(text)
+    return value if math.isfinite(value) else JsonNumber(text)
+
+
+def _exact_int(text: str) -> int | JsonNumber:
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 64) else JsonNumber(text)
+
+
 def exact_record(rec: Record) -> dict[str, Any]:
-    """The record's fields as they came in: a JSONL line is parsed again with the standard library,
-    which keeps integers beyond 64 bits exact (orjson turns them into floats)."""
+    """The record's fields as they came in: a JSONL line is parsed again with the standard library, and
+    a number that neither a double nor a 64-bit integer holds (orjson turns a 30-digit integer into a
+    float; `1e999` overflows) is kept as its text (`JsonNumber`), which `dumps_exact` writes back."""
     if rec.raw is None:
         return dict(rec.data or {})
     try:
-        data = json.loads(rec.raw)
-    except ValueError:
+        data = json.loads(rec.raw, parse_float=_exact_float, parse_int=_exact_int, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         return dict(rec.data or {})
     return data if isinstance(data, dict) else dict(rec.data or {})
 
 
+def _number_text(value: Any) -> Any:
+    if isinstance(value, JsonNumber):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def dumps_exact(record: dict[str, Any]) -> bytes:
-    """Compact JSON of a record; integers beyond 64 bits (which orjson refuses) through the standard library."""
+    """Compact JSON of a record: `JsonNumber`s as their text; integers beyond 64 bits (which orjson
+    refuses) through the standard library."""
     try:
-        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(record, default=_number_text, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
         return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 

@@ -113,14 +113,69 @@ def location(where: "str | os.PathLike | ObjectPath", options: dict[str, Any] | 
     return ObjectPath(protocol.lower(), rest.rstrip("/"), options)
 
 
-def contains(outer: "Path | ObjectPath", inner: "Path | ObjectPath") -> bool:
-    """Whether `inner` is `outer` or lies under it (the output-inside-input check)."""
+def contains(outer: "Path | ObjectPath", inner: "Path | ObjectPath", follow_links: bool = True) -> bool:
+    """Whether `inner` is `outer` or lies under it (the output-inside-input check). Locally, directory
+    symlinks count as the corpus walker follows them: `inner` also lies under `outer` when a link under
+    `outer` leads to it, into it or above it (`link_into`), since reading `outer` then reads (part of)
+    `inner`; the link is named in a warning. `follow_links=False` compares the resolved paths only."""
     if isinstance(outer, ObjectPath) or isinstance(inner, ObjectPath):
         if not (isinstance(outer, ObjectPath) and isinstance(inner, ObjectPath)) or outer.protocol != inner.protocol:
             return False
         return inner.path == outer.path or inner.path.startswith(outer.path + "/")
     o, i = Path(outer).resolve(), Path(inner).resolve()
-    return i == o or i.is_relative_to(o)
+    if i == o or i.is_relative_to(o):
+        return True
+    if not follow_links:
+        return False
+    link = link_into(o, i)
+    if link is not None:
+        log.warning("%s is a symbolic link to %s: through it, reading %s reads %s (or part of it)",
+                    Path(outer) / link, os.path.realpath(o / link), outer, inner)
+        return True
+    return False
+
+
+def link_into(outer: "str | os.PathLike", inner: "str | os.PathLike") -> str | None:
+    """The first symbolic link (path relative to `outer`, in walk order) under the local directory `outer`
+    through which a walk that follows directory links, as `documents.walk_corpus` does, reaches `inner`
+    or part of it: its target (resolved, even if it does not exist yet) is `inner`, lies inside it, or
+    holds it. None if there is none. Hidden names are passed over (the walker does not read them); each
+    directory is listed once (links that loop end there); unreadable directories are passed over. Only
+    names are listed (no stat per file): a directory of a million files costs one listing."""
+    top = Path(outer).resolve()
+    target_of_inner = Path(inner).resolve()
+    if not top.is_dir():
+        return None
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[str, str]] = [(str(top), "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as listing:
+                # the file type comes with the listing (d_type): no stat per entry; links and directories only
+                entries = [e for e in listing if not e.name.startswith(".") and (e.is_symlink() or e.is_dir(follow_symlinks=False))]
+        except OSError:
+            continue
+        below: list[tuple[str, str]] = []
+        for entry in sorted(entries, key=lambda e: e.name):
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_symlink():
+                    target = Path(os.path.realpath(entry.path))
+                    if target == target_of_inner or target.is_relative_to(target_of_inner) or target_of_inner.is_relative_to(target):
+                        return child
+                    if target.is_dir():
+                        below.append((str(target), child))
+                else:
+                    below.append((entry.path, child))
+            except OSError:
+                continue
+        stack.extend(reversed(below))  # depth first, in name order
+    return None
 
 
 def spool_dir() -> Path:

@@ -49,7 +49,14 @@ The output directory's life (one run at a time: ``storage.JobLock(OUT, "select")
 So an interrupted run leaves an in-progress selection, which the next run cleans up and redoes without
 a flag; ``force_overwrite`` replaces a complete (or in-progress) one; a directory that holds neither (and
 is not empty) is refused. Outputs are byte-identical between runs (gzip without a time stamp, a zip
-without dates), so a redone run equals an uninterrupted one.
+without dates), so a redone run equals an uninterrupted one. A run killed at any point is finished by
+rerunning the same command:
+- before the marker's rename, OUT holds at most the lock and the marker's temporary file in
+  ``.scalingfilter/`` (the tool's own directory): temporaries there are not "something else" in OUT,
+  so the directory counts as empty, and they are removed;
+- after the manifest's rename but before the marker is removed, OUT holds both: the same command (the
+  marker records its input directory and choices; ``force_overwrite`` aside) redoes the selection
+  without a flag; another command needs ``force_overwrite``, as for any complete selection.
 
 Test hook: the environment variable ``SCALINGFILTER_TEST_ABORT_AFTER_FILES=N`` makes pass 2 end the
 process at once (``os._exit(ABORT_EXIT_STATUS)``, no cleanup) after it has written N output files; the
@@ -62,6 +69,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -79,7 +87,7 @@ import orjson
 from .documents import InputError, file_format, find_scored_files, open_binary, open_binary_writer, read_records
 from .errors import SelectionError
 from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
-from .storage import LOCK_NAME, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
+from .storage import LOCK_NAME, TMP_PREFIX, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
 from .locations import ObjectPath, contains, location, rmtree as remove_tree  # paths may be URLs (s3://...)
 
 log = logging.getLogger("scalingfilter")
@@ -462,6 +470,10 @@ def _check_paths(out: Path, inp: Path) -> None:
         raise SelectionError(f"output directory {str(out)!r} must not be, contain or lie inside the input directory {str(inp)!r}")
 
 
+# a temporary file of `storage.atomic_path` (TMP_PREFIX, pid, 8 hex digits, the final name)
+_TMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9]+-[0-9a-f]{{8}}-.+", re.DOTALL)
+
+
 def _contents(out: Path) -> list[Path]:
     """What OUT holds, apart from the run's own lock (which a failed run may leave behind)."""
     if not out.is_dir():
@@ -475,14 +487,44 @@ def _contents(out: Path) -> list[Path]:
     return found
 
 
+def _leftover_temporary(out: Path, p: Path) -> bool:
+    """A temporary file a killed run of the tool left in OUT/.scalingfilter/ (e.g. the in-progress marker's,
+    when the run was killed before renaming it): the tool's own debris, not content to protect."""
+    return p.parent == out / STATE_DIR and bool(_TMP_NAME.fullmatch(p.name)) and not p.is_dir()
+
+
+def _same_selection(out: Path, marker: dict[str, Any]) -> bool:
+    """Whether OUT's in-progress marker was written by the same command as `marker` (same input
+    directory and choices; `force_overwrite` aside)."""
+    try:
+        held = read_json(out / IN_PROGRESS_NAME)
+    except (OSError, ValueError):
+        return False
+
+    def what(m: Any) -> Any:
+        if not isinstance(m, dict):
+            return None
+        config = dict(m.get("config") or {})
+        config.pop("force_overwrite", None)
+        return m.get("input_dir"), config
+
+    mine = orjson.loads(orjson.dumps(marker, default=str, option=orjson.OPT_SERIALIZE_NUMPY))  # as the file holds it
+    return what(held) is not None and what(held) == what(mine)
+
+
 def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any]) -> None:
     """Make OUT an in-progress selection holding nothing else (but the lock): clean up an interrupted
     selection, replace a complete one only with `force_overwrite`, refuse anything else. The in-progress
-    marker is written before anything is deleted, so a crash in the middle leaves an in-progress selection."""
+    marker is written before anything is deleted, so a crash in the middle leaves an in-progress selection.
+    Temporaries a killed run left in OUT/.scalingfilter/ do not make OUT non-empty (they are removed); a
+    complete selection whose in-progress marker is still there (a run killed between the manifest and the
+    marker's removal) is redone by the same command without a flag."""
     contents = _contents(out)
-    if contents:
+    if [p for p in contents if not _leftover_temporary(out, p)]:
         complete, in_progress = (out / MANIFEST_NAME).exists(), (out / IN_PROGRESS_NAME).exists()
-        if complete and not force_overwrite:
+        if complete and in_progress and not force_overwrite and _same_selection(out, marker):
+            log.warning("%s holds a selection whose run was interrupted at its end: selecting again", out)
+        elif complete and not force_overwrite:
             raise SelectionError(f"output directory {str(out)!r} holds an earlier selection; pass --force-overwrite to replace it")
         if not (complete or in_progress):
             raise SelectionError(f"output directory {str(out)!r} is not empty and holds no earlier selection "

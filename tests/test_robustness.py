@@ -313,3 +313,132 @@ def test_train_never_makes_a_local_directory_named_like_an_output_url(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert "scalingfilter[gcs]" in one_line_error(r)
     assert not (tmp_path / "gs:").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Values JSON cannot hold, numbers beyond a double, links from the input to the output
+
+
+@pytest.mark.parametrize("ns_times", [False, True])
+def test_parquet_values_json_cannot_hold_are_kept_and_their_rejects_are_valid_json(tmp_path, ns_times):
+    """Decimals, binary and nanosecond times: rows are scored and written with their own types; a rejected
+    row's entry is valid JSON (a decimal as its digits, binary as base64, a nanosecond time as an integer)."""
+    import base64
+    import decimal
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    columns = {
+        "text": ["a good document", None, "another good one"],
+        "price": pa.array([decimal.Decimal("1.50"), decimal.Decimal("-0.01"), None], pa.decimal128(10, 2)),
+        "blob": pa.array([b"\x00\xff", b"\x01\x02\x03", b""], pa.binary()),
+        "nested": pa.array([{"d": decimal.Decimal("2.5")}] * 3, pa.struct([("d", pa.decimal128(5, 1))])),
+    }
+    if ns_times:  # not whole microseconds: datetime cannot hold them
+        columns["at"] = pa.array([1, 1_700_000_000_000_000_001, 3], pa.timestamp("ns"))
+    table = pa.table(columns)
+    pq.write_table(table, inp / "p.parquet")
+    r = score(inp, tmp_path / "out")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    out = pq.read_table(tmp_path / "out" / "p.parquet")
+    kept = table.take([0, 2])
+    for name in table.column_names:  # the same types and values (nanosecond times compared as integers)
+        assert out.schema.field(name).type == table.schema.field(name).type
+        assert out.column(name).cast(pa.int64() if name == "at" else out.schema.field(name).type).to_pylist() == \
+            kept.column(name).cast(pa.int64() if name == "at" else kept.schema.field(name).type).to_pylist()
+    assert None not in out.column("quality_factor").to_pylist()
+    (entry,) = [json.loads(x) for x in lines(tmp_path / "out" / "rejects" / "p.parquet.rejects.jsonl")]
+    assert entry["index"] == 1 and "'text'" in entry["reason"]
+    rec = entry["record"]
+    assert rec["price"] == "-0.01" and base64.b64decode(rec["blob"]) == b"\x01\x02\x03"
+    assert rec["nested"] == {"d": "2.5"} and rec.get("at", 1_700_000_000_000_000_001) == 1_700_000_000_000_000_001
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rejected"] == 1
+
+
+def test_json_safe_is_total():
+    import datetime
+    import decimal
+
+    import numpy as np
+
+    value = {"d": decimal.Decimal("1E+999"), "b": b"\xff", "inf": float("inf"), "nan": float("nan"), 1: "int key",
+             "t": (datetime.date(2024, 1, 2), datetime.timedelta(seconds=5)), "np": np.float32(0.5), "o": object()}
+    safe = documents.json_safe(value)
+    text = json.dumps(safe, allow_nan=False)  # strict JSON: no NaN, no Infinity
+    back = json.loads(text)
+    assert back["d"] == "1E+999" and back["b"] == "/w==" and back["inf"] == "inf" and back["nan"] == "nan"
+    assert back["1"] == "int key" and back["t"] == ["2024-01-02", "0:00:05"] and back["np"] == 0.5
+    assert isinstance(back["o"], str)
+    entry = documents.Record("p.parquet", 0, value, None, "why").reject_entry()
+    assert json.loads(documents.dumps_exact(entry))["record"] == back
+
+
+def test_numbers_beyond_a_double_are_valid_json_and_kept_byte_for_byte(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    good = [b'{"text": "a perfectly good document", "meta": 1e999}',
+            b'{"text": "another one", "m": [-1.5E+400, 2e-999], "big": 123456789012345678901234567890}',
+            b'{"text": "a rescored one", "x": 1e999, "quality_factor": 5}']  # its old score fields are replaced
+    bad = [b'{"text": "nan", "m": NaN}', b'{"text": "inf", "m": Infinity}', b'{"text": "neg", "m": -Infinity}',
+           b'{"text": "comma", "m": 1e999,}', b'{"text": "lone \\ud800 surrogate", "m": 1e999}',
+           b'{"text": "both", "m": 1e999, "n": NaN}', b'{"text": "cut", "m": 1e999']
+    (inp / "a.jsonl").write_bytes(b"\n".join(good + bad) + b"\n")
+    r = score(inp, tmp_path / "out")
+    assert r.returncode == 3, r.stderr[-3000:]
+    out = lines(tmp_path / "out" / "a.jsonl")
+    assert len(out) == len(good)
+    for before, after in zip(good[:2], out):
+        assert after.startswith(before.rstrip(b"}"))  # byte for byte, the score fields appended
+    assert out[2].startswith(b'{"text":"a rescored one","x":1e999,') and b'"quality_factor":5' not in out[2]
+    rejects = [json.loads(x) for x in lines(tmp_path / "out" / "rejects" / "a.jsonl.rejects.jsonl")]
+    assert [e["line"] for e in rejects] == list(range(len(good) + 1, len(good) + len(bad) + 1))
+    assert all("malformed JSON" in e["reason"] for e in rejects), rejects
+
+
+def test_common_jsonl_path_does_not_take_the_fallback(tmp_path, monkeypatch):
+    """Only a line orjson refuses is parsed a second time."""
+    calls = []
+    real = documents._parse_overflowing
+    monkeypatch.setattr(documents, "_parse_overflowing", lambda line: calls.append(line) or real(line))
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "x", "n": 1.5e300}\n{"text": "y", "n": 1e400}\n')
+    recs = list(documents.read_jsonl(path, "a.jsonl"))
+    assert [r.error for r in recs] == [None, None] and recs[1].data["n"] == float("inf")
+    assert calls == [b'{"text": "y", "n": 1e400}\n']
+
+
+@pytest.mark.parametrize("link_to", ["out", "out/sub", "."])  # the output, a directory inside it, a directory above it
+def test_output_reached_from_the_input_through_a_link_is_refused(tmp_path, link_to):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_jsonl(inp / "a.jsonl", docs(2))
+    write_jsonl(tmp_path / "other" / "b.jsonl", docs(2))
+    os.symlink(tmp_path / "other", inp / "fine")  # an ordinary link elsewhere, with a loop under it
+    os.symlink(inp, tmp_path / "other" / "loop")
+    os.symlink(tmp_path / link_to, inp / "zlink")
+    if link_to == "out/sub":
+        write_jsonl(tmp_path / "src" / "s.jsonl", docs(2))
+        assert score(tmp_path / "src", out).returncode == 0  # OUT exists and holds scored files
+        (out / "sub").mkdir()
+        write_jsonl(out / "sub" / "c.jsonl", docs(2))
+    err = one_line_error(score(inp, out))  # refused even when OUT does not exist yet (a dangling link)
+    assert "inside the input directory" in err
+    assert "zlink is a symbolic link to" in score(inp, out).stderr  # the warning names the link
+    assert not (out / "a.jsonl").exists()
+
+
+def test_file_link_into_the_output_is_refused_and_a_link_loop_does_not_hang(tmp_path):
+    from scalingfilter.locations import contains, link_into
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_jsonl(inp / "a.jsonl", docs(2))
+    os.symlink(inp, inp / "loop")
+    os.symlink(inp / "self-loop", inp / "self-loop")  # a link to itself
+    assert contains(inp, out) is False and link_into(inp, out) is None
+    assert score(inp, out).returncode == 0
+    os.symlink(out / "a.jsonl", inp / "b.jsonl")  # a file of the output, read as input
+    assert link_into(inp, out) == "b.jsonl" and contains(inp, out) and not contains(inp, out, follow_links=False)
+    assert "inside the input directory" in one_line_error(score(inp, out))
+    os.symlink(tmp_path, inp / ".hidden-link")  # hidden names are not read: not a way in
+    (inp / "b.jsonl").unlink()
+    assert link_into(inp, out) is None

@@ -8,9 +8,12 @@ import gzip
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -554,3 +557,87 @@ def test_second_select_on_the_same_output_is_refused(scored, tmp_path, capsys):
     assert "is in use by another run" in err and f"select pid {os.getpid()}" in err
     assert not [p for p in out.rglob("*") if p.is_file() and p.name != "lock"]
     assert cli_main(select_argv(root, out)) == 0  # the lock of a finished holder is no obstacle
+
+
+# --------------------------------------------------------------------------------------------------
+# A select killed (SIGKILL) at any rename or unlink is finished by rerunning the same command
+
+
+KILL_SYSCALLS = ("rename", "renameat", "renameat2", "unlink", "unlinkat")
+
+
+def _strace_works() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    r = subprocess.run(["strace", "-f", "-o", os.devnull, "true"], capture_output=True)
+    return r.returncode == 0  # ptrace may be forbidden in a container
+
+
+def _syscalls_of(trace: Path) -> Counter:
+    """How many times each of KILL_SYSCALLS was entered, by name, from an `strace -f -o` trace."""
+    counts: Counter = Counter()
+    for line in trace.read_text().splitlines():
+        m = re.match(r"^\d+\s+(\w+)\(", line)  # an entry ("<... NAME resumed>" lines are not)
+        if m and m.group(1) in KILL_SYSCALLS:
+            counts[m.group(1)] += 1
+    return counts
+
+
+@pytest.mark.skipif(not _strace_works(), reason="needs a working strace (syscall injection)")
+def test_select_killed_at_every_rename_and_unlink_is_finished_by_its_rerun(small_scored, tmp_path, caplog):
+    """strace kills `select` (SIGKILL, no cleanup) on entering its k-th rename (each atomic file: the
+    in-progress marker first, the manifest last) or unlink, for every k; the same command, run again, must
+    finish with exit 0 and the output of an uninterrupted run, byte for byte."""
+    args = ("--keep", "0.6", "--method", "temperature", "--unscored", "keep", "--drop-score-fields")
+    clean, trace = tmp_path / "clean", tmp_path / "trace.txt"
+    cmd = [sys.executable, "-m", "scalingfilter.cli", *select_argv(small_scored, clean, *args)]
+    r = subprocess.run(["strace", "-f", "-o", str(trace), "-e", f"trace={','.join(KILL_SYSCALLS)}", *cmd],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    counts = _syscalls_of(trace)
+    renames = sum(n for name, n in counts.items() if name.startswith("rename"))
+    assert renames >= 7, counts  # marker, three data files, unscored list, mask, manifest
+    expected_files, expected_manifest = output_files(clean), comparable_manifest(clean)
+    tried = 0
+    for name, n in sorted(counts.items()):
+        for k in range(1, n + 1):
+            out = tmp_path / f"out-{name}-{k}"
+            cmd = [sys.executable, "-m", "scalingfilter.cli", *select_argv(small_scored, out, *args)]
+            killed = subprocess.run(["strace", "-f", "-o", os.devnull, "-e", f"trace={name}",
+                                     "-e", f"inject={name}:signal=SIGKILL:when={k}", *cmd],
+                                    capture_output=True, text=True, timeout=300)
+            assert killed.returncode != 0, (name, k, killed.stderr[-2000:])  # it was killed, not finished
+            assert cli_main(select_argv(small_scored, out, *args)) == 0, (name, k, caplog.text[-2000:])
+            assert output_files(out) == expected_files, (name, k)  # no temporary left, every file as a clean run's
+            assert comparable_manifest(out) == expected_manifest, (name, k)
+            assert not (out / IN_PROGRESS_NAME).exists(), (name, k)
+            tried += 1
+    assert tried >= renames
+
+
+def test_complete_selection_with_a_leftover_marker(small_scored, tmp_path):
+    """Killed between writing the manifest and removing the in-progress marker: the same command redoes it
+    without a flag; another command must still pass --force-overwrite (the selection there is complete)."""
+    out = tmp_path / "out"
+    select_corpus(small_scored, out, keep=0.5)
+    reference = output_files(out)
+    marker = {"pid": 1, "started": "then", "input_dir": str(small_scored), "config": asdict(SelectConfig(keep=0.5))}
+    (out / IN_PROGRESS_NAME).write_bytes(orjson.dumps(marker))
+    with pytest.raises(SelectionError, match="holds an earlier selection; pass --force-overwrite"):
+        select_corpus(small_scored, out, keep=0.9)
+    assert output_files(out) == {**reference, IN_PROGRESS_NAME: orjson.dumps(marker)}  # refused: nothing touched
+    select_corpus(small_scored, out, keep=0.5)
+    assert output_files(out) == reference and not (out / IN_PROGRESS_NAME).exists()
+
+
+def test_temporaries_left_in_the_state_directory_do_not_block_the_rerun(small_scored, tmp_path):
+    out = tmp_path / "out"
+    (out / ".scalingfilter").mkdir(parents=True)
+    (out / ".scalingfilter" / ".tmp-12345-0123abcd-selection.in-progress").write_text("{")  # killed before its rename
+    select_corpus(small_scored, out, keep=0.5)
+    assert not list((out / ".scalingfilter").glob(".tmp-*"))
+    other = tmp_path / "other"  # anything else in OUT is still protected
+    (other / ".scalingfilter").mkdir(parents=True)
+    (other / ".scalingfilter" / "notes.txt").write_text("mine")
+    with pytest.raises(SelectionError, match="holds no earlier selection"):
+        select_corpus(small_scored, other, keep=0.5)
