@@ -282,6 +282,7 @@ def check_scored_dir(root: Path) -> tuple[list[str], dict[str, int]]:
     if not summaries:
         raise InputError(f"{str(root)!r} has no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
                          f"(a score run that was interrupted writes it when rerun and finished)")
+    parts: list[tuple[str, Any]] = []
     for path in summaries:
         try:
             summary = read_json(path)
@@ -289,6 +290,9 @@ def check_scored_dir(root: Path) -> tuple[list[str], dict[str, int]]:
             raise _inconsistent(root, f"{path.name} is unreadable: {exc}") from None
         if isinstance(summary, dict) and isinstance(summary.get("files"), int) and summary.get("files_done", summary["files"]) != summary["files"]:
             raise _inconsistent(root, f"{path.name} says {summary.get('files_done')} of {summary['files']} files are done")
+        parts.append((path.name, summary))
+    if summaries[0].name != SUMMARY_NAME:
+        check_node_parts_done(root, parts)
     files = find_scored_files(root)
     expected: dict[str, int] = {}
     for marker in sorted((root / FINAL_MARKERS).glob("*.json")):
@@ -304,6 +308,37 @@ def check_scored_dir(root: Path) -> tuple[list[str], dict[str, int]]:
     if unmarked:
         raise _inconsistent(root, f"{unmarked[0]} has no final marker in {FINAL_MARKERS}" + (f", and {len(unmarked) - 1} more files" if len(unmarked) > 1 else ""))
     return files, expected
+
+
+_PART_SUMMARY = re.compile(r"summary\.parts-(\d+)-(\d+)\.json")
+
+
+def check_node_parts_done(root: Path, parts: list[tuple[str, Any]]) -> None:
+    """A directory scored by node parts (--nparts N) is finished when its part summaries cover parts 0..N-1:
+    a node part still running, dead, or rescoring a changed file has none, and its files would silently be
+    missing from the selection. N comes from the summaries' `node_parts`; summaries written before it was
+    recorded say their range in their name only, and must then at least cover 0..max without a gap."""
+    covered: set[int] = set()
+    totals: set[int] = set()
+    for name, summary in parts:
+        node = summary.get("node_parts") if isinstance(summary, dict) else None
+        m = _PART_SUMMARY.fullmatch(name)
+        if isinstance(node, dict) and all(type(node.get(k)) is int for k in ("nparts", "rank_part_start", "rank_nparts")):
+            totals.add(node["nparts"])
+            covered.update(range(node["rank_part_start"], node["rank_part_start"] + node["rank_nparts"]))
+        elif m:
+            covered.update(range(int(m[1]), int(m[2]) + 1))
+        else:
+            raise _inconsistent(root, f"{name} does not say which node parts it covers")
+    if len(totals) > 1:
+        raise _inconsistent(root, f"its node-part summaries come from runs of different --nparts ({', '.join(map(str, sorted(totals)))})")
+    n = totals.pop() if totals else max(covered) + 1
+    missing = sorted(set(range(n)) - covered)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InputError(f"{str(root)!r} is not finished: node part(s) {shown} of {n} have no summary (still running, "
+                         f"stopped, or rescoring a changed file); finish them (score --nparts {n} --rank-part-start K "
+                         f"--rank-nparts 1 for each) before selecting")
 
 
 def check_record_counts(table: ScoreTable, expected: dict[str, int]) -> None:
@@ -773,6 +808,11 @@ def _check_fields_present(table: ScoreTable) -> None:
             hint = ("perplexity-gating needs it" if name == GATE_FIELD and name != table.score_field
                     else f"choose another --score-field (default {DEFAULT_SCORE_FIELD!r})")
             raise SelectionError(f"no document of {table.root!r} has the field {name!r}; {hint}")
+    if table.n and not np.isfinite(table.score).any() and table.with_field.get(table.score_field):
+        # e.g. --score-field text or truncated: every document would count as unscored and nothing be selected
+        top = ", ".join(f"{k} ({v:,})" for k, v in table.unscored_reasons.most_common(2))
+        raise SelectionError(f"the field {table.score_field!r} holds no usable score in any document of {table.root!r} ({top}); "
+                             f"choose a numeric score field (default {DEFAULT_SCORE_FIELD!r}; or 'qf_distilled')")
 
 
 def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, config: SelectConfig | None = None, **options: Any) -> dict[str, Any]:

@@ -641,3 +641,35 @@ def test_temporaries_left_in_the_state_directory_do_not_block_the_rerun(small_sc
     (other / ".scalingfilter" / "notes.txt").write_text("mine")
     with pytest.raises(SelectionError, match="holds no earlier selection"):
         select_corpus(small_scored, other, keep=0.5)
+
+
+def test_node_parts_select_only_when_every_part_has_finished(tmp_path, capsys, monkeypatch):
+    """Scored by node parts (--nparts 2): with only part 0 done, select refuses (it would silently select from
+    half the corpus); with both, every document is there. Summaries from before node_parts was recorded say
+    their range in their names: a gap is refused too."""
+    from scalingfilter.pipeline import TEST_SCORER_ENV, score_corpus
+
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    src, root = tmp_path / "in", tmp_path / "scored"
+    src.mkdir()
+    for f in range(4):
+        write_records(src / f"f{f}.jsonl", [{"id": f * 10 + i, "text": f"file {f} document {i}"} for i in range(3)])
+    score_corpus(src, root, nparts=2, rank_part_start=0, rank_nparts=1, show_progress=False)
+    err = one_error_line(capsys, select_argv(root, tmp_path / "o", "--keep", "1.0"))
+    assert "node part(s) 1 of 2 have no summary" in err, err
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name != "lock"]
+    score_corpus(src, root, nparts=2, rank_part_start=1, rank_nparts=1, show_progress=False)
+    assert cli_main(select_argv(root, tmp_path / "o", "--keep", "1.0")) == 0
+    assert sorted(kept_ids(tmp_path / "o")) == sorted(f * 10 + i for f in range(4) for i in range(3))
+    # legacy part summaries (no node_parts): parts 0 and 2 only
+    for name in ("summary.parts-0-0.json", "summary.parts-1-1.json"):
+        (root / name).unlink()
+    for name in ("summary.parts-0-0.json", "summary.parts-2-2.json"):
+        (root / name).write_bytes(orjson.dumps({"files": 2, "files_done": 2}))
+    assert "node part(s) 1 of 3 have no summary" in one_error_line(capsys, select_argv(root, tmp_path / "o2", "--keep", "1.0"))
+
+
+def test_a_score_field_that_holds_no_number_is_one_line(small_scored, tmp_path, capsys):
+    for field in ("text", "truncated"):
+        err = one_error_line(capsys, select_argv(small_scored, tmp_path / field, "--score-field", field))
+        assert f"the field {field!r} holds no usable score" in err
