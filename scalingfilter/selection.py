@@ -341,6 +341,20 @@ def check_node_parts_done(root: Path, parts: list[tuple[str, Any]]) -> None:
                          f"--rank-nparts 1 for each) before selecting")
 
 
+def scored_versions(root: Path) -> dict[str, dict[str, Any]]:
+    """Which version of each input file a scored directory holds: its final marker's input fingerprint (size,
+    mtime, etag) and record count, by scored file. A rescore of a changed input rewrites it, so a selection
+    (which records these) can tell when the scored directory it was made from has been rescored since."""
+    versions = {}
+    for marker in sorted((root / FINAL_MARKERS).glob("*.json")):
+        try:
+            m = read_json(marker)
+            versions[str(m["source"])] = {k: m[k] for k in ("size", "mtime_ns", "etag", "records") if k in m}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise _inconsistent(root, f"final marker {marker.name} is unreadable: {type(exc).__name__}: {exc}") from None
+    return versions
+
+
 def check_record_counts(table: ScoreTable, expected: dict[str, int]) -> None:
     """Every data file holds the records its final marker says (records - rejected)."""
     for rel, n in zip(table.files, table.file_counts):
@@ -823,6 +837,7 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
     inp, out = location(input_dir), location(output_dir)
     _check_paths(out, inp)
     files, expected = check_scored_dir(inp)
+    versions = scored_versions(inp)
     with JobLock(out, "select"), tempfile.SpooledTemporaryFile(max_size=8 << 20) as unscored_log:
         table = read_scores(inp, cfg, unscored_log, files)
         check_record_counts(table, expected)
@@ -840,8 +855,11 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
                 shutil.copyfileobj(unscored_log, fh)
         write_mask_file(out / STATE_DIR / MASK_NAME, {"kept": mask, "scored": table.scored, "files": np.array(table.files, dtype=str),
                                                       "file_counts": np.array(table.file_counts, dtype=np.int64)})
+        if scored_versions(inp) != versions:  # a score run rescored files while this one read them
+            raise _inconsistent(inp, "files were rescored while `select` read them; rerun select when scoring has finished")
         manifest = build_manifest(cfg, table, mask, bounds, write, inp, out,
                                   {"pass1": round(t1 - t0, 3), "total": round(time.time() - t0, 3)})
+        manifest["scored_versions"] = versions
         write_json_atomic(out / MANIFEST_NAME, manifest)  # last: the selection is complete
         (out / IN_PROGRESS_NAME).unlink(missing_ok=True)
     return manifest

@@ -265,6 +265,25 @@ def test_selection_from_another_corpus_is_refused(scored, tmp_path):
         build_report(root, tmp_path / "r", selected_dir=tmp_path / "sel")
 
 
+def test_a_selection_made_before_a_rescore_is_refused(tmp_path, monkeypatch):
+    """An input edited without changing its line count, then rescored: the old mask, matched by file name and
+    record count only, would mark other documents as kept."""
+    from scalingfilter.pipeline import TEST_SCORER_ENV, score_corpus
+
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [orjson.dumps({"id": i, "text": "word " * (i + 1)}) for i in range(12)]
+    (src / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    score_corpus(src, tmp_path / "scored", show_progress=False)
+    select_corpus(tmp_path / "scored", tmp_path / "sel", keep=0.5)
+    build_report(tmp_path / "scored", tmp_path / "r1", selected_dir=tmp_path / "sel")  # the same version: accepted
+    (src / "a.jsonl").write_bytes(b"\n".join(reversed(lines)) + b"\n")  # the same documents, another order
+    score_corpus(src, tmp_path / "scored", show_progress=False)
+    with pytest.raises(InputError, match="was made before a.jsonl .* was rescored"):
+        build_report(tmp_path / "scored", tmp_path / "r2", selected_dir=tmp_path / "sel")
+
+
 def one_error_line(capsys, argv: list[str]) -> str:
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

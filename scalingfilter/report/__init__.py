@@ -41,9 +41,19 @@ STATS_NAME = "stats.json"
 
 
 def _load_kept(corpus: Corpus, scored_dir: Path, selected_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    from ..selection import scored_versions
+
     sel = read_selection(selected_dir)
     if sel["files"] != corpus.files or sel["file_counts"] != corpus.counts:
         raise InputError(f"the selection in {str(selected_dir)!r} was not made from {str(scored_dir)!r} (its files or record counts differ)")
+    then = sel["manifest"].get("scored_versions")  # absent in selections made before it was recorded
+    if isinstance(then, dict):
+        now = scored_versions(scored_dir)
+        changed = sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
+        if changed:  # the same names and counts, other records: the mask would mark the wrong documents
+            raise InputError(f"the selection in {str(selected_dir)!r} was made before {changed[0]}"
+                             + (f" (and {len(changed) - 1} more files)" if len(changed) > 1 else "")
+                             + f" in {str(scored_dir)!r} was rescored from a changed input; rerun `scalingfilter select`")
     return sel["kept"].astype(bool), sel
 
 
