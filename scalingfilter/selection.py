@@ -118,6 +118,9 @@ class SelectConfig:
     score_field: str = DEFAULT_SCORE_FIELD
     drop_score_fields: bool = False
     force_overwrite: bool = False
+    # documents scored on fewer tokens join the unscored: a quality factor from a handful of tokens is noise,
+    # and near-empty pages (whitespace, a title) get some of the highest (0: off, the paper's method)
+    min_tokens: int = 0
 
     def check(self) -> "SelectConfig":
         def one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -135,6 +138,8 @@ class SelectConfig:
             raise SelectionError(f"--seed must be a non-negative integer (got {self.seed!r})")
         if not self.score_field:
             raise SelectionError("--score-field must name a record field")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, (int, np.integer)) or self.min_tokens < 0:
+            raise SelectionError(f"--min-tokens must be a non-negative integer (got {self.min_tokens!r})")
         return self
 
     @property
@@ -244,7 +249,11 @@ def read_scores(scored_dir: str | os.PathLike, config: SelectConfig | None = Non
         readable.append(data is not None)
         for name in needed:
             with_field[name] += data is not None and name in data
+        t = data.get("n_tokens") if data else None
+        n_tok = int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) else 0
         problem = score_problem(data, rec.error, needed)
+        if problem is None and n_tok < cfg.min_tokens:
+            problem = f"fewer than {cfg.min_tokens} scored tokens (--min-tokens): {n_tok}"
         if problem is None:
             score.append(float(data[cfg.score_field]))
             if need_ppl:
@@ -258,8 +267,7 @@ def read_scores(scored_dir: str | os.PathLike, config: SelectConfig | None = Non
                 entry = {"source": rel, "index": rec.index, "line": rec.index + 1, "reason": problem,
                          "kept": cfg.unscored == "keep" and data is not None}
                 unscored_log.write(orjson.dumps(entry) + b"\n")
-        t = data.get("n_tokens") if data else None
-        tok.append(int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) else 0)
+        tok.append(n_tok)
     return ScoreTable(str(root), files, counts, score.get(), ppl.get(), tok.get(), readable.get(), cfg.score_field, reasons, with_field)
 
 
@@ -353,6 +361,9 @@ def scored_versions(root: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise _inconsistent(root, f"final marker {marker.name} is unreadable: {type(exc).__name__}: {exc}") from None
     return versions
+
+
+SHORT_DOCUMENT_TOKENS = 16  # the manifest counts the selected documents scored on fewer tokens than this
 
 
 def check_record_counts(table: ScoreTable, expected: dict[str, int]) -> None:
@@ -791,6 +802,9 @@ def build_manifest(cfg: SelectConfig, table: ScoreTable, mask: np.ndarray, bound
         "output_dir": str(out),
         "unscored_policy": cfg.unscored,
         "drop_score_fields": cfg.drop_score_fields,
+        "min_tokens": cfg.min_tokens,
+        # said to the user when --min-tokens is off: near-empty pages can top a quality-factor ranking
+        "selected_below_short_tokens": int((mask & (table.n_tokens < SHORT_DOCUMENT_TOKENS)).sum()),
         "tie_break": "corpus position: files in sorted path order, records in file order (earlier first)",
         "thresholds": _threshold_summary(cfg, bounds, table, mask),
         "documents_in": table.n,
@@ -898,6 +912,10 @@ def format_manifest(m: dict[str, Any]) -> str:
         lines.append(f"threshold: {name} >= {th[name]:.6g}")
     if "large_ppl_low" in th:
         lines.append(f"gate: large-model perplexity in [{th['large_ppl_low']:.6g}, {th['large_ppl_high']:.6g}]")
+    short = m.get("selected_below_short_tokens", 0)
+    if short and not m.get("min_tokens"):
+        lines.append(f"note: {short:,} selected documents were scored on fewer than {SHORT_DOCUMENT_TOKENS} tokens, where a "
+                     f"quality factor is mostly noise; --min-tokens {SHORT_DOCUMENT_TOKENS} leaves such documents out")
     if m["documents_unscored"]:
         reasons = ", ".join(f"{k} ({v})" for k, v in list(m["unscored_reasons"].items())[:5])
         action = "kept in the output" if m["unscored_policy"] == "keep" else "not in the output"

@@ -673,3 +673,21 @@ def test_a_score_field_that_holds_no_number_is_one_line(small_scored, tmp_path, 
     for field in ("text", "truncated"):
         err = one_error_line(capsys, select_argv(small_scored, tmp_path / field, "--score-field", field))
         assert f"the field {field!r} holds no usable score" in err
+
+
+@pytest.mark.parametrize("method", ["top-k", "perplexity-gating"])
+def test_min_tokens_leaves_short_documents_out_as_unscored(scored, tmp_path, method):
+    """--min-tokens N: a document scored on fewer tokens joins the unscored (counted, listed, excluded); the rest
+    are selected as if the short ones had no score. Without it, the manifest counts the short documents selected."""
+    root, records = scored
+    m = select_corpus(root, tmp_path / "plain", keep=0.7, method=method)
+    short = [r["id"] for r in records if r["quality_factor"] is not None and r["n_tokens"] < 16]
+    assert short and m["min_tokens"] == 0
+    assert m["selected_below_short_tokens"] == len(set(kept_ids(tmp_path / "plain")) & set(short)) > 0
+    assert "--min-tokens 16 leaves such documents out" in format_manifest(m)
+    m = select_corpus(root, tmp_path / "min", keep=0.7, method=method, min_tokens=50)
+    as_unscored = [dict(r, quality_factor=None, large_ppl=None) if r["n_tokens"] < 50 else r for r in records]
+    assert sorted(kept_ids(tmp_path / "min")) == reference_selection(as_unscored, method, 0.7, "documents")
+    n_short = sum(r["quality_factor"] is not None and r["n_tokens"] < 50 for r in records)
+    assert m["unscored_reasons"]["fewer than 50 scored tokens (--min-tokens)"] == n_short
+    assert m["selected_below_short_tokens"] == 0 and "--min-tokens 16" not in format_manifest(m)

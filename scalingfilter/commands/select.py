@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.flag(parser, "unscored", choices=UNSCORED_POLICIES, default=d.unscored,
                help="documents without a score (too short, unreadable, no such field): exclude (default) or keep them; "
                     "either way they are counted and listed in OUT/.scalingfilter/unscored.jsonl")
+    flags.flag(parser, "min-tokens", type=flags.non_negative_int, default=d.min_tokens, metavar="N",
+               help="documents scored on fewer than N tokens count as unscored (a quality factor from a handful of tokens "
+                    f"is noise, and near-empty pages can get the highest); default {d.min_tokens}: off, as the paper")
     flags.flag(parser, "drop-score-fields", action="store_true", help="remove the fields `score` added from the output records")
     flags.flag(parser, "force-overwrite", action="store_true",
                help="replace an earlier selection (complete or interrupted) in --output-dir; an interrupted one is "
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = SelectConfig(keep=args.keep, method=args.method, by=args.by, seed=args.seed, temperature=args.temperature,
                           unscored=args.unscored, score_field=args.score_field, drop_score_fields=args.drop_score_fields,
-                          force_overwrite=args.force_overwrite)
+                          force_overwrite=args.force_overwrite, min_tokens=args.min_tokens)
     manifest = select_corpus(args.input_dir, args.output_dir, config)
     print(format_manifest(manifest))
     print(f"manifest: {args.output_dir}/{MANIFEST_NAME}")
