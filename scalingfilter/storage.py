@@ -217,11 +217,20 @@ class JobLock:
         return self
 
     @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            return JobLock._describe(orjson.loads(os.pread(fd, 4096, 0) or b"{}"))
-        except (OSError, orjson.JSONDecodeError):
-            return "holder unknown"
+    def _holder(fd: int, wait_s: float = 0.5) -> str:
+        """Who holds the lock. The holder writes who it is just after taking the lock, so a run refused in that
+        instant reads an empty (or half-written) file: it looks again for up to `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                info = orjson.loads(os.pread(fd, 4096, 0))
+                if isinstance(info, dict) and info:
+                    return JobLock._describe(info)
+            except (OSError, orjson.JSONDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                return "a run that is just starting"
+            time.sleep(0.02)
 
     @staticmethod
     def _describe(info: dict[str, Any]) -> str:

@@ -442,3 +442,26 @@ def test_file_link_into_the_output_is_refused_and_a_link_loop_does_not_hang(tmp_
     os.symlink(tmp_path, inp / ".hidden-link")  # hidden names are not read: not a way in
     (inp / "b.jsonl").unlink()
     assert link_into(inp, out) is None
+
+
+def test_a_run_refused_while_the_holder_starts_names_the_holder(tmp_path):
+    """The holder takes the lock, then writes who it is: a run refused in that instant waits for the name
+    (two runs started at once used to say "? pid ? on ?")."""
+    import fcntl
+    import threading
+
+    from scalingfilter.errors import LockedError
+    from scalingfilter.storage import JobLock
+
+    lock = tmp_path / "out" / ".scalingfilter" / "lock"
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, nothing written yet
+    late = threading.Timer(0.1, lambda: os.pwrite(fd, json.dumps({"command": "score", "pid": 4242, "host": "h", "started": "t"}).encode(), 0))
+    late.start()
+    try:
+        with pytest.raises(LockedError, match="score pid 4242 on h"):
+            JobLock(tmp_path / "out", "select").acquire()
+    finally:
+        late.join()
+        os.close(fd)
