@@ -39,6 +39,7 @@ import json
 import math
 import os
 import zlib
+from json.decoder import scanstring
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -391,6 +392,44 @@ def _has_surrogate(value: Any) -> bool:
         elif isinstance(v, list):
             stack.extend(v)
     return False
+
+
+_JSON_WHITESPACE = " \t\r\n"
+_decoder = json.JSONDecoder()
+
+
+def drop_fields_from_line(line: bytes, names: tuple[str, ...] | frozenset[str]) -> bytes:
+    """A JSON object line without its top-level members named in `names`; every other member is kept
+    as its original text (a 30-digit integer or 0.10 stays as written; nothing is re-serialised).
+    A line that is not an object is returned as it is."""
+    text = line.decode("utf-8")
+    body = text.rstrip(_JSON_WHITESPACE)
+    newline = "\n" if line.endswith(b"\n") else ""
+    n = len(body)
+
+    def skip(i: int) -> int:
+        while i < n and body[i] in _JSON_WHITESPACE:
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= n or body[i] != "{":
+        return line
+    members: list[tuple[int, int, str]] = []  # (start, end, key) of each "key": value
+    i = skip(i + 1)
+    while i < n and body[i] != "}":
+        start = i
+        key, i = scanstring(body, i + 1)  # body[start] is the key's opening quote
+        i = skip(skip(i) + 1)  # past the colon
+        _value, i = _decoder.raw_decode(body, i)
+        members.append((start, i, key))
+        i = skip(i)
+        if i < n and body[i] == ",":
+            i = skip(i + 1)
+    kept = [body[a:b] for a, b, key in members if key not in names]
+    if len(kept) == len(members):
+        return line
+    return ("{" + ",".join(kept) + "}" + newline).encode("utf-8")
 
 
 def read_jsonl(path: str | os.PathLike, source: str, text_field: str = "text", start: int = 0, stop: int | None = None) -> Iterator[Record]:

@@ -777,7 +777,10 @@ class ScoreJob:
             if rec.raw is None:  # parquet: typed columns, nothing to lose
                 writer.write({**rec.data, **values})
             else:  # JSONL: every byte of the input line kept where the fields can be appended
-                line = None if (fields.keys() & rec.data.keys()) else splice_fields(rec.raw, values)
+                raw = rec.raw
+                if fields.keys() & rec.data.keys():  # scored before (a scored corpus rescored): the old values go
+                    raw = documents.drop_fields_from_line(raw, frozenset(fields))
+                line = splice_fields(raw, values)
                 writer.write_line(line if line is not None else documents.dumps_exact({**documents.exact_record(rec), **values}))
             if score.error is None:
                 stats.scored += 1

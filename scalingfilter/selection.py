@@ -65,7 +65,6 @@ crash-recovery test uses it to interrupt a run at a known point.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -77,14 +76,13 @@ import zipfile
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from json.decoder import scanstring
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import orjson
 
-from .documents import InputError, file_format, find_scored_files, open_binary, open_binary_writer, read_records
+from .documents import InputError, drop_fields_from_line, file_format, find_scored_files, open_binary, open_binary_writer, read_records
 from .errors import SelectionError
 from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
 from .storage import LOCK_NAME, TMP_PREFIX, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
@@ -624,44 +622,6 @@ def _record_lines(path: Path) -> Iterator[bytes | None]:
         if not isinstance(exc, (EOFError, OSError, ValueError, zlib.error)) and type(exc).__name__ != "ZstdError":
             raise
         yield None
-
-
-_WHITESPACE = " \t\r\n"
-_decoder = json.JSONDecoder()
-
-
-def drop_fields_from_line(line: bytes, names: tuple[str, ...] | frozenset[str]) -> bytes:
-    """A JSON object line without its top-level members named in `names`; every other member is kept
-    as its original text (a 30-digit integer or 0.10 stays as written; nothing is re-serialised).
-    A line that is not an object is returned as it is."""
-    text = line.decode("utf-8")
-    body = text.rstrip(_WHITESPACE)
-    newline = "\n" if line.endswith(b"\n") else ""
-    n = len(body)
-
-    def skip(i: int) -> int:
-        while i < n and body[i] in _WHITESPACE:
-            i += 1
-        return i
-
-    i = skip(0)
-    if i >= n or body[i] != "{":
-        return line
-    members: list[tuple[int, int, str]] = []  # (start, end, key) of each "key": value
-    i = skip(i + 1)
-    while i < n and body[i] != "}":
-        start = i
-        key, i = scanstring(body, i + 1)  # body[start] is the key's opening quote
-        i = skip(skip(i) + 1)  # past the colon
-        _value, i = _decoder.raw_decode(body, i)
-        members.append((start, i, key))
-        i = skip(i)
-        if i < n and body[i] == ",":
-            i = skip(i + 1)
-    kept = [body[a:b] for a, b, key in members if key not in names]
-    if len(kept) == len(members):
-        return line
-    return ("{" + ",".join(kept) + "}" + newline).encode("utf-8")
 
 
 def _changed(rel: str, more: bool) -> SelectionError:

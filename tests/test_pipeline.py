@@ -366,3 +366,22 @@ def test_input_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path):
     assert sum(n for why, n in s["skipped_paths"].items() if "UTF-8" in why) == 2
     assert {e["path"] for e in s["skipped_examples"]} == {"caf\\xe9.jsonl", "r\\xe9sum\\xe9s/x.jsonl", ".cach\\xe9.jsonl"}
     assert sorted(p.name for p in out.iterdir()) == [".scalingfilter", "ok.jsonl", "summary.json"]
+
+
+def test_a_scored_corpus_rescored_keeps_every_other_member_as_written(tmp_path, monkeypatch):
+    """Records that already carry score fields (a scored corpus scored again): the old values are replaced, each
+    once, and every other member keeps its text (a 30-digit integer, 0.10, 1E+2), as for unscored records."""
+    from scalingfilter.pipeline import TEST_SCORER_ENV
+
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(
+        b'{"id": 1, "quality_factor": 9.5, "big": 123456789012345678901234567890, "f": 0.10, "text": "doc one here", '
+        b'"n_tokens": 99, "e": 1E+2}\n')
+    score_corpus(tmp_path / "in", tmp_path / "out", show_progress=False)
+    line = (tmp_path / "out" / "a.jsonl").read_bytes()
+    for member in (b'"id": 1', b'"big": 123456789012345678901234567890', b'"f": 0.10', b'"text": "doc one here"', b'"e": 1E+2'):
+        assert member in line, member
+    record = orjson.loads(line)
+    assert record["quality_factor"] != 9.5 and record["n_tokens"] == 3
+    assert line.count(b'"quality_factor"') == 1 and line.count(b'"n_tokens"') == 1
