@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ra
 
 from scalingfilter.engines.ray_engine import (  # noqa: E402
     FAILED_SUMMARY_NAME,
+    TEST_HANG_LOAD_ENV,
     TEST_HANG_WORKER_ENV,
     TEST_KILL_DRIVER_ENV,
     TEST_KILL_WORKER_ENV,
@@ -170,6 +172,33 @@ def test_worker_that_hangs_mid_unit_is_killed_and_its_unit_retried(tmp_path, ray
     assert_same_tree(tmp_path / "local", tmp_path / "ray")
     assert output_ids(tmp_path / "ray", "big.jsonl") == list(range(400))  # nothing dropped, nothing duplicated
     assert not list((tmp_path / "ray" / ".scalingfilter" / "parts").rglob("*"))  # the killed worker's temporary is gone
+
+
+def test_a_worker_whose_model_never_loads_is_replaced(tmp_path, ray_address, monkeypatch, caplog):
+    """The only worker hangs loading its scorer (a hung download): without the timeout the job waits forever;
+    with it the worker is killed once its load outlasts --unit-timeout, a new one loads, the job finishes."""
+    write_corpus(tmp_path / "in", bad=False)
+    monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
+    score_corpus(tmp_path / "in", tmp_path / "local", show_progress=False, **SPLIT)
+    monkeypatch.setenv(TEST_HANG_LOAD_ENV, "1")
+    t0 = time.time()
+
+    def stuck(*_):  # without the load timeout the driver would wait forever: fail the test instead
+        raise TimeoutError("the job did not finish in 75 s")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(75)
+    try:
+        with caplog.at_level(logging.WARNING, logger="scalingfilter"):
+            summary = score_with_ray(ScoreConfig(str(tmp_path / "in"), str(tmp_path / "ray"), show_progress=False, **SPLIT),
+                                     RayOptions(workers=1, unit_timeout=5))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert summary["workers_lost"] == 1 and summary["workers_started"] == 2 and summary["unit_retries"] == []
+    assert [r.getMessage() for r in caplog.records if "loading its model" in r.getMessage()], caplog.text
+    assert time.time() - t0 < 90
+    assert_same_tree(tmp_path / "local", tmp_path / "ray")
 
 
 def test_unit_that_hangs_on_every_attempt_is_a_one_line_error_and_a_rerun_finishes(tmp_path, ray_address, monkeypatch):

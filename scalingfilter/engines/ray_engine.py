@@ -20,7 +20,9 @@ Invariants:
   driver's clock), and its unit is handled as a dead worker's: retried within the same `max_unit_retries`,
   the worker replaced within the same budget. A unit given up after a timeout ends the command with a
   one-line `UnitTimeoutError` (exit 2) once the other units are done; done units are kept for a rerun.
-  Only workers with work are watched: one that hangs loading its model holds no unit;
+  A worker whose process started but whose model has not loaded after `unit_timeout` seconds (a hung
+  download or filesystem) is killed and replaced within the same budget (it holds no unit); an actor still
+  waiting for a node or a GPU has not started and is left to wait;
 - nothing is written twice: a unit's files appear by rename only when complete and its done marker decides
   whether it is done (a killed worker leaves at most a hidden temporary file, which assembly removes), so
   each input document is in the output or the rejects exactly once, also after a kill and a retry;
@@ -36,6 +38,8 @@ Test hooks (used by tests/test_ray_engine.py; harmless when unset):
   there (a crash in the middle of a unit); once per job (a marker file in the temporary directory);
 - SCALINGFILTER_TEST_HANG_WORKER_AT_DOC=N: the first worker to write N documents of a unit sleeps there
   forever (a hang in the middle of a unit, ended by the unit timeout); once per job, as above;
+- SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD=1: the first worker to start loading its scorer sleeps there forever
+  (ended by the unit timeout); once per job;
 - SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N: the driver SIGKILLs itself once N units are reported done;
 - SCALINGFILTER_TEST_SCORER=fixed (pipeline's hook): score with the fixed no-model scorer.
 """
@@ -63,6 +67,7 @@ log = logging.getLogger("scalingfilter")
 
 TEST_KILL_WORKER_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
 TEST_HANG_WORKER_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_DOC"
+TEST_HANG_LOAD_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD"
 TEST_KILL_DRIVER_ENV = "SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS"
 FAILED_SUMMARY_NAME = "summary.incomplete.json"  # in the state directory: an unfinished job has no summary.json
 PROGRESS_EVERY_S = 2.0  # a worker reports its documents and tokens to the driver's counter this often
@@ -126,7 +131,7 @@ def _first_to(marker: str) -> bool:
 def _test_hooks() -> tuple[tuple[str, int, str], ...]:
     """The at-doc hooks set in the environment, as (action, N, marker path); a fresh marker per job."""
     hooks = []
-    for action, env in (("kill", TEST_KILL_WORKER_ENV), ("hang", TEST_HANG_WORKER_ENV)):
+    for action, env in (("kill", TEST_KILL_WORKER_ENV), ("hang", TEST_HANG_WORKER_ENV), ("hang-load", TEST_HANG_LOAD_ENV)):
         if os.environ.get(env):
             marker = os.path.join(tempfile.gettempdir(), f"scalingfilter-test-{action}-{os.getpid()}-{time.time_ns()}")
             hooks.append((action, int(os.environ[env]), marker))
@@ -181,11 +186,18 @@ class ScoreWorker:
             self.reported_at = time.time()
 
     def ready(self) -> tuple[int, str]:
+        """Load the scorer. Its first report says the process runs (the driver then times its loading: an
+        actor still waiting for a node or a GPU is not loading, and is never taken for hung)."""
+        self.report(now=True)
+        if any(action == "hang-load" and _first_to(marker) for action, _, marker in self.hooks):
+            while True:  # test hook: a load that never returns, until the driver kills this process
+                time.sleep(3600)
         self.scorer = self.job.spec.load()
         if hasattr(self.scorer, "on_batch"):  # the pair scorer: each batch is progress (long windows on a CPU)
             self.scorer.on_batch = self.report
         for hook in self.hooks:
-            self.scorer = _AtDoc(self.scorer, *hook)
+            if hook[0] != "hang-load":
+                self.scorer = _AtDoc(self.scorer, *hook)
         return os.getpid(), socket.gethostname()
 
     def run(self, items: list[tuple]) -> list[tuple]:
@@ -379,6 +391,13 @@ class _Dispatcher:
         for actor, info in list(self.workers.items()):
             if limit and info["busy"] and now - info["progress_at"] > limit:
                 self.stalled(actor, info, now - info["progress_at"])
+            elif limit and not info["ready"] and info["reports"] and now - info["progress_at"] > limit:
+                # started (it reported) but its model never finished loading (a hung download or filesystem):
+                # with every worker so, the job would wait forever; it holds no unit, so it is only replaced
+                log.warning("a worker has been loading its model for %.0f s (--unit-timeout %g); killed it, a new one starts",
+                            now - info["progress_at"], limit)
+                self.ray.kill(actor)
+                self.drop_worker(actor, f"loading for more than {limit:g} s")
 
     def stalled(self, actor, info: dict[str, Any], idle_s: float) -> None:
         """Kill a hung worker, in one line naming its unit; then as if it had died (a timeout charged)."""
