@@ -361,7 +361,8 @@ def _run_diversity_to_url(cfg: DiversityConfig) -> dict[str, Any] | None:
     """An output URL: the run writes into a local staging directory, published file by file when it ends.
     The embedding cache travels with it: --load-from-cache seeds the staging directory with the bucket's
     cache, and a new cache is published meta last (the bucket's old meta is deleted first), so a publish
-    cut half-way leaves no meta, hence no cache that the next run would trust."""
+    cut half-way leaves no meta, hence no cache that the next run would trust. An earlier run's rejects.jsonl
+    goes when this run has none (a publish only adds objects)."""
     from dataclasses import replace
 
     from .embedding import CACHE_EMBEDDINGS, CACHE_IDS, CACHE_META, CACHE_ROWS
@@ -376,6 +377,8 @@ def _run_diversity_to_url(cfg: DiversityConfig) -> dict[str, Any] | None:
         result = run_diversity(replace(cfg, output_dir=str(local)))
         if (local / CACHE_META).exists():
             (remote / CACHE_META).unlink(missing_ok=True)
+        if not (local / REJECTS_FILE).exists():  # as a local run removes it: no rejects this time
+            (remote / REJECTS_FILE).unlink(missing_ok=True)
         return result
 
 

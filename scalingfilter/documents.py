@@ -367,8 +367,15 @@ def _parse_overflowing(line: bytes) -> Any:
             overflow = True
         return value
 
+    def parse_int(text: str) -> int | float:
+        nonlocal overflow
+        if len(text.lstrip("-")) <= 308:
+            return int(text)
+        overflow = True  # beyond a double, where orjson gives up (and beyond int()'s 4,300 digits, for some)
+        return -math.inf if text.startswith("-") else math.inf
+
     try:
-        data = json.loads(line.decode("utf-8"), parse_float=parse_float, parse_constant=_refuse_constant)
+        data = json.loads(line.decode("utf-8"), parse_float=parse_float, parse_int=parse_int, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return _INVALID
     if not overflow or _has_surrogate(data):

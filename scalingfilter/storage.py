@@ -189,32 +189,74 @@ class JobLock:
         self.path = Path(directory) / STATE_DIR / name
         self.command = command
         self._fd: int | None = None
+        self._shared_fd: int | None = None  # a named (node-part) lock also holds the directory's main lock, shared
 
     def acquire(self) -> "JobLock":
+        """Node parts (named locks) may share a directory with each other, never with a run over the whole
+        directory: each part also holds the main lock shared, a whole-directory run holds it exclusively."""
         import fcntl
 
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise storage_error(exc) or exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-            holder = self._holder(fd)
+        fd = self._open(self.path)
+        if not self._try_flock(fd, fcntl.LOCK_EX):
+            holder = self._holder(fd) if self.path.name != LOCK_NAME else (self._part_holders() or self._holder(fd))
             os.close(fd)
-            raise LockedError(
-                f"{self.path.parent.parent} is in use by another run ({holder}); wait for it to finish, "
-                f"or stop it (a killed run's lock is released at once)"
-            ) from None
+            raise self._refusal(holder)
+        if self.path.name != LOCK_NAME:
+            main = self._open(self.path.with_name(LOCK_NAME))
+            if not self._try_flock(main, fcntl.LOCK_SH):
+                holder = self._holder(main)
+                os.close(main)
+                os.close(fd)
+                raise self._refusal(holder)
+            self._shared_fd = main
         info = _holder_info(self.command)
         os.ftruncate(fd, 0)
         os.pwrite(fd, orjson.dumps(info), 0)
         self._fd = fd
         return self
+
+    def _open(self, path: Path) -> int:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc) or exc
+
+    @staticmethod
+    def _try_flock(fd: int, mode: int) -> bool:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            return False
+        return True
+
+    def _refusal(self, holder: str) -> LockedError:
+        return LockedError(f"{self.path.parent.parent} is in use by another run ({holder}); wait for it to finish, "
+                           f"or stop it (a killed run's lock is released at once)")
+
+    def _part_holders(self) -> str:
+        """The node-part runs holding the directory now (their own lock files say who they are), or ''."""
+        import fcntl
+
+        live = []
+        for path in sorted(self.path.parent.glob(f"{LOCK_NAME}.parts-*")):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                if self._try_flock(fd, fcntl.LOCK_SH):
+                    continue  # nobody holds it
+                live.append(f"node part {path.name.removeprefix(LOCK_NAME + '.parts-')}: {self._holder(fd)}")
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return "; ".join(live)
 
     @staticmethod
     def _holder(fd: int, wait_s: float = 0.5) -> str:
@@ -237,9 +279,11 @@ class JobLock:
         return f"{info.get('command', '?')} pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        for name in ("_fd", "_shared_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)  # closing the descriptor drops the flock
+                setattr(self, name, None)
 
     def __enter__(self) -> "JobLock":
         return self.acquire()

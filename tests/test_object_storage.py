@@ -513,7 +513,7 @@ def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, co
     assert not any(k.endswith("/.scalingfilter/lock") for k in got)
 
 
-def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, corpus, monkeypatch, capsys):
+def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, corpus, monkeypatch, capsys, tmp_path):
     """The embedding cache is published with the results and copied down by --load-from-cache; a publish
     cut after the new embeddings but before their meta leaves no meta in the bucket, so the next run
     recomputes instead of trusting old meta over new rows."""
@@ -547,6 +547,13 @@ def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, co
     assert torn["embeddings.npy"] != first["embeddings.npy"] and "embeddings.meta.json" not in torn
     assert cli.main([*args, "--load-from-cache"]) == 0
     assert json.loads(bucket_files(s3, out)["results.json"])["embedding"]["cached_rows_used"] == 0  # recomputed, not trusted
+    # a rerun on input without a bad record leaves no earlier rejects.jsonl behind (a publish only adds objects)
+    assert "rejects.jsonl" in bucket_files(s3, out)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "a.jsonl").write_text("".join(json.dumps({"text": f"clean document {i} " * 3}) + "\n" for i in range(20)))
+    assert cli.main([*args[:2], str(clean), *args[3:]]) == 0
+    assert "rejects.jsonl" not in bucket_files(s3, out)
 
 
 @pytest.mark.slow

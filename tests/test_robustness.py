@@ -379,7 +379,8 @@ def test_numbers_beyond_a_double_are_valid_json_and_kept_byte_for_byte(tmp_path)
     inp.mkdir()
     good = [b'{"text": "a perfectly good document", "meta": 1e999}',
             b'{"text": "another one", "m": [-1.5E+400, 2e-999], "big": 123456789012345678901234567890}',
-            b'{"text": "a rescored one", "x": 1e999, "quality_factor": 5}']  # its old score fields are replaced
+            b'{"text": "integers beyond a double", "n": 1' + b"0" * 400 + b', "m": -' + b"9" * 5000 + b'}',
+            b'{"text": "a rescored one", "x": 1e999, "quality_factor": 5}']  # its old score fields are replaced (last)
     bad = [b'{"text": "nan", "m": NaN}', b'{"text": "inf", "m": Infinity}', b'{"text": "neg", "m": -Infinity}',
            b'{"text": "comma", "m": 1e999,}', b'{"text": "lone \\ud800 surrogate", "m": 1e999}',
            b'{"text": "both", "m": 1e999, "n": NaN}', b'{"text": "cut", "m": 1e999']
@@ -388,10 +389,10 @@ def test_numbers_beyond_a_double_are_valid_json_and_kept_byte_for_byte(tmp_path)
     assert r.returncode == 3, r.stderr[-3000:]
     out = lines(tmp_path / "out" / "a.jsonl")
     assert len(out) == len(good)
-    for before, after in zip(good[:2], out):
+    for before, after in zip(good[:3], out):
         assert after.startswith(before.rstrip(b"}"))  # byte for byte, the score fields appended
     # the old score fields cut out, every other member as written
-    assert out[2].startswith(b'{"text": "a rescored one","x": 1e999,') and b'"quality_factor": 5' not in out[2]
+    assert out[3].startswith(b'{"text": "a rescored one","x": 1e999,') and b'"quality_factor": 5' not in out[3]
     rejects = [json.loads(x) for x in lines(tmp_path / "out" / "rejects" / "a.jsonl.rejects.jsonl")]
     assert [e["line"] for e in rejects] == list(range(len(good) + 1, len(good) + len(bad) + 1))
     assert all("malformed JSON" in e["reason"] for e in rejects), rejects
@@ -466,3 +467,19 @@ def test_a_run_refused_while_the_holder_starts_names_the_holder(tmp_path):
     finally:
         late.join()
         os.close(fd)
+
+
+def test_node_parts_share_a_directory_with_each_other_never_with_a_whole_run(tmp_path):
+    """A whole-directory run's restart cleanup removes every temporary in OUT: it must never run beside a node
+    part (it used to: their locks had different names, and the node part died on its deleted temporaries)."""
+    from scalingfilter.errors import LockedError
+    from scalingfilter.storage import JobLock
+
+    with JobLock(tmp_path, "score", "lock.parts-0-0"), JobLock(tmp_path, "score", "lock.parts-1-1"):  # parts together: fine
+        with pytest.raises(LockedError, match=r"node part 0-0: score pid \d+.*node part 1-1: score pid"):
+            JobLock(tmp_path, "score").acquire()
+    with JobLock(tmp_path, "score"):
+        with pytest.raises(LockedError, match=rf"in use by another run \(score pid {os.getpid()}"):
+            JobLock(tmp_path, "score", "lock.parts-0-0").acquire()
+    with JobLock(tmp_path, "score"):  # every lock released on exit: the whole run gets the directory again
+        pass
