@@ -49,7 +49,7 @@ def run_command(prog: str, run, args: argparse.Namespace) -> int:
     Anything else is a bug and keeps its traceback."""
     import logging
 
-    from .errors import EXIT_INTERRUPTED, ScalingFilterError
+    from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ScalingFilterError, Terminated
     from .storage import storage_error
 
     for name in QUIET_LOGGERS:  # they log tracebacks of retried calls (even at ERROR); our one-line errors say what failed
@@ -63,7 +63,10 @@ def run_command(prog: str, run, args: argparse.Namespace) -> int:
     except ScalingFilterError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated) or Terminated.received:
+            print(f"\n{prog}: stopped (SIGTERM); rerun the same command to continue (finished work is kept)", file=sys.stderr)
+            return EXIT_TERMINATED
         print(f"\n{prog}: interrupted; rerun the same command to continue (finished work is kept)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:

@@ -557,13 +557,20 @@ FASTTEXT_MAGIC, FASTTEXT_VERSION = 793712314, 12
 _FASTTEXT_HEADER = struct.Struct("<ii12idiiiqq")
 
 
-def check_fasttext_file(path: Path) -> None:
+_HEADER_ARGS = ("dim", "ws", "epoch", "minCount", "neg", "wordNgrams", "loss", "model", "bucket", "minn", "maxn", "lrUpdateRate")
+_FASTTEXT_LOSS = {"hs": 1, "ns": 2, "softmax": 3, "ova": 4}
+_FASTTEXT_SUPERVISED = 3
+
+
+def check_fasttext_file(path: Path, trained_with: dict[str, Any] | None = None) -> None:
     """Refuse a model file fastText would misread. fastText trusts its header: a damaged one makes it loop over
     billions of dictionary entries or allocate whatever size it reads (gigabytes, then std::bad_alloc), and a
     truncated file loads without a word, its matrices left as allocated. The card's SHA-256 catches a damaged
     copy; this catches a card re-hashed over one, before fastText reads anything: the file must be laid out as
     its header says (dictionary entries, then the input matrix of (words + buckets) x dim and the output matrix
-    of labels x dim, in float32), to the byte. Reads the dictionary (a pass over its words), not the matrices."""
+    of labels x dim, in float32), to the byte, and the header must hold the settings the card says the model
+    was trained with (`trained_with`: the card's fastText arguments; a changed wordNgrams loads and predicts
+    other scores). Reads the dictionary (a pass over its words), not the matrices."""
     import mmap
 
     size = path.stat().st_size
@@ -575,6 +582,15 @@ def check_fasttext_file(path: Path) -> None:
         n_entries, n_words, n_labels, _tokens, prune = fields[15:]
         if magic != FASTTEXT_MAGIC or not 0 < version <= FASTTEXT_VERSION:
             raise ModelLoadError(f"{path} is not a fastText model (its header is not fastText's)")
+        header = dict(zip(_HEADER_ARGS, fields[2:14]))
+        expected = {k: v for k, v in (trained_with or {}).items() if k in header}
+        if "loss" in expected:
+            expected["loss"] = _FASTTEXT_LOSS.get(expected["loss"], expected["loss"])
+        if trained_with is not None:
+            expected["model"] = _FASTTEXT_SUPERVISED
+        differ = [f"{k}: {header[k]} in the file, {v} in the card" for k, v in expected.items() if header[k] != v]
+        if differ:
+            raise ModelLoadError(f"{path} does not hold the model its card describes ({'; '.join(differ)}): it was altered")
         damaged = ModelLoadError(f"{path} is damaged or truncated: it is not laid out as its header says")
         if not (0 < dim <= 1 << 16 and bucket >= 0 and n_words >= 0 and n_labels > 0 and n_words + n_labels == n_entries
                 and n_entries * 10 <= size and -1 <= prune <= size // 8):  # an entry takes >= 10 bytes
@@ -598,7 +614,7 @@ def load_model(model_dir: str | os.PathLike, card: dict[str, Any] | None = None)
     fasttext = require("fasttext", EXTRA, "scalingfilter classify")
     card = card or load_card(model_dir)
     path = Path(model_dir) / MODEL_NAME
-    check_fasttext_file(path)
+    check_fasttext_file(path, ((card.get("settings") or {}).get("fasttext")) if isinstance(card, dict) else None)
     try:
         model = fasttext.load_model(str(path))
     except (ValueError, RuntimeError, OSError, MemoryError) as exc:

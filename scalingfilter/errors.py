@@ -18,6 +18,15 @@ EXIT_OK = 0
 EXIT_ERROR = 2
 EXIT_REJECTED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's scancel, a preemption notice) turned into an interruption where the default
+    death would be untidy (the Ray driver: Ray's own handler prints native stack dumps and exits 1). Ray's
+    calls may re-raise it as a plain KeyboardInterrupt, so the handler also sets `received`."""
+
+    received = False
 
 
 class ScalingFilterError(Exception):

@@ -790,13 +790,17 @@ def build_manifest(cfg: SelectConfig, table: ScoreTable, mask: np.ndarray, bound
 # The command: check the input, pass 1, choose, prepare OUT, pass 2, mask, manifest (last)
 
 
-def _check_fields_present(table: ScoreTable) -> None:
+def _check_fields_present(table: ScoreTable, min_tokens: int = 0) -> None:
     for name, n in table.with_field.items():
         if table.n and n == 0:
             hint = ("perplexity-gating needs it" if name == GATE_FIELD and name != table.score_field
                     else f"choose another --score-field (default {DEFAULT_SCORE_FIELD!r})")
             raise SelectionError(f"no document of {table.root!r} has the field {name!r}; {hint}")
     if table.n and not np.isfinite(table.score).any() and table.with_field.get(table.score_field):
+        short = next((n for k, n in table.unscored_reasons.items() if k.endswith("(--min-tokens)")), 0)
+        if short:  # the field is fine: the bound leaves nothing
+            raise SelectionError(f"--min-tokens {min_tokens} leaves no document of {table.root!r} to select ({short:,} scored on "
+                                 f"fewer tokens; the longest has {int(table.n_tokens.max()):,}); lower it")
         # e.g. --score-field text or truncated: every document would count as unscored and nothing be selected
         top = ", ".join(f"{k} ({v:,})" for k, v in table.unscored_reasons.most_common(2))
         raise SelectionError(f"the field {table.score_field!r} holds no usable score in any document of {table.root!r} ({top}); "
@@ -815,7 +819,7 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
     with JobLock(out, "select"), tempfile.SpooledTemporaryFile(max_size=8 << 20) as unscored_log:
         table = read_scores(inp, cfg, unscored_log, files)
         check_record_counts(table, expected)
-        _check_fields_present(table)
+        _check_fields_present(table, cfg.min_tokens)
         mask, bounds = choose(table, cfg)
         t1 = time.time()
 

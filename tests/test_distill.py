@@ -312,6 +312,8 @@ def test_a_damaged_model_is_refused_even_when_its_card_was_rehashed(trained, tmp
     cases = {f"cut{n}": data[:n] for n in (4, 91, 100, 1000, len(data) // 2, len(data) - 8)}
     cases["entries"] = data[:64] + (2**31 - 1).to_bytes(4, "little") + data[68:]  # the dictionary's size, damaged
     cases["magic"] = b"\0" * 4 + data[4:]
+    ngrams = int.from_bytes(data[28:32], "little")  # the header's wordNgrams: loads, and predicts other scores
+    cases["wordNgrams"] = data[:28] + (ngrams % 3 + 1).to_bytes(4, "little") + data[32:]
     for name, content in {**cases, "whole": data}.items():
         bad = tmp_path / name
         bad.mkdir()

@@ -226,6 +226,35 @@ def test_unit_that_hangs_on_every_attempt_is_a_one_line_error_and_a_rerun_finish
     assert_same_tree(tmp_path / "local", out)
 
 
+def test_sigterm_stops_the_driver_with_one_line_and_a_rerun_finishes(tmp_path, ray_address):
+    """A scheduler's SIGTERM (scancel, preemption) while a unit hangs: one line, exit 143, its workers gone (the
+    default was Ray's native stack dumps and exit 1, the status kept for bugs); the rerun finishes the job."""
+    write_corpus(tmp_path / "in", bad=False)
+    args = ["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "ray"), "--split-bytes", "2000",
+            "--unit-docs", "90", "--engine", "ray", "--ray-address", ray_address, "--workers", "2", "--no-progress",
+            "--unit-timeout", "0"]  # the hang lasts until the signal
+    log = tmp_path / "driver.log"
+    env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TEST_HANG_WORKER_ENV: "3"})
+    with open(log, "w") as err:
+        proc = subprocess.Popen([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 90
+        while "ready" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(2)  # a worker is inside the hang now (it reaches document 3 of its first unit at once)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    text = log.read_text()
+    assert rc == 143 and "stopped (SIGTERM); rerun the same command" in text, text[-3000:]
+    assert "Traceback" not in text and "PC: @" not in text and "SIGTERM received" not in text, text[-3000:]
+    rerun = run_cli(args, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    local = tmp_path / "local"
+    e = dict(os.environ, **{TEST_SCORER_ENV: "fixed"})
+    subprocess.run([PY, "-m", "scalingfilter.cli", "score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(local),
+                    "--split-bytes", "2000", "--unit-docs", "90", "--no-progress"], cwd=REPO, env=e, check=True, capture_output=True)
+    assert_same_tree(local, tmp_path / "ray")
+
+
 def test_unit_timeout_below_the_report_interval_is_refused(tmp_path):
     write_corpus(tmp_path / "in", bad=False)
     proc = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray", "--unit-timeout", "2"])

@@ -691,3 +691,5 @@ def test_min_tokens_leaves_short_documents_out_as_unscored(scored, tmp_path, met
     n_short = sum(r["quality_factor"] is not None and r["n_tokens"] < 50 for r in records)
     assert m["unscored_reasons"]["fewer than 50 scored tokens (--min-tokens)"] == n_short
     assert m["selected_below_short_tokens"] == 0 and "--min-tokens 16" not in format_manifest(m)
+    with pytest.raises(SelectionError, match=r"--min-tokens 1000 leaves no document .* the longest has \d+\); lower it"):
+        select_corpus(root, tmp_path / "none", keep=0.7, method=method, min_tokens=1000)
