@@ -85,7 +85,7 @@ import orjson
 from .documents import InputError, drop_fields_from_line, file_format, find_scored_files, open_binary, open_binary_writer, read_records
 from .errors import SelectionError
 from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
-from .storage import LOCK_NAME, TMP_PREFIX, JobLock, atomic_path, atomic_write, read_json, write_json_atomic
+from .storage import LOCK_NAME, JobLock, atomic_path, atomic_write, read_json, tmp_target, write_json_atomic
 from .locations import ObjectPath, contains, location, rmtree as remove_tree  # paths may be URLs (s3://...)
 
 log = logging.getLogger("scalingfilter")
@@ -528,10 +528,6 @@ def _check_paths(out: Path, inp: Path) -> None:
         raise SelectionError(f"output directory {str(out)!r} must not be, contain or lie inside the input directory {str(inp)!r}")
 
 
-# a temporary file of `storage.atomic_path` (TMP_PREFIX, pid, 8 hex digits, the final name)
-_TMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9]+-[0-9a-f]{{8}}-.+", re.DOTALL)
-
-
 def _contents(out: Path) -> list[Path]:
     """What OUT holds, apart from the run's own lock (which a failed run may leave behind)."""
     if not out.is_dir():
@@ -548,7 +544,7 @@ def _contents(out: Path) -> list[Path]:
 def _leftover_temporary(out: Path, p: Path) -> bool:
     """A temporary file a killed run of the tool left in OUT/.scalingfilter/ (e.g. the in-progress marker's,
     when the run was killed before renaming it): the tool's own debris, not content to protect."""
-    return p.parent == out / STATE_DIR and bool(_TMP_NAME.fullmatch(p.name)) and not p.is_dir()
+    return p.parent == out / STATE_DIR and tmp_target(p.name) is not None and not p.is_dir()
 
 
 def _same_selection(out: Path, marker: dict[str, Any]) -> bool:
