@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scalingfilter.engines.ray_engine import RayOptions, connect, worker_shape
+from scalingfilter.engines.ray_engine import RayOptions, connect, terminate_as_interrupt, worker_shape
 from scalingfilter.errors import ScalingFilterError
 
 log = logging.getLogger("scalingfilter")
@@ -56,6 +56,7 @@ class RayEncoder:
         self._model = model
         self.opts = opts or RayOptions()
         self._started_ray = connect(self.ray, self.opts)
+        terminate_as_interrupt()  # SIGTERM: one line and exit 143, as `score --engine ray`
         workers, gpw, cpw = worker_shape(self.ray.cluster_resources(), self.opts)
         device = "cuda" if gpw > 0 else "cpu"
         self._make = lambda: self.ray.remote(EmbedWorker).options(num_cpus=cpw, num_gpus=gpw, max_restarts=0, scheduling_strategy="SPREAD").remote(

@@ -278,7 +278,7 @@ def connect(ray, opts: RayOptions) -> bool:
     return True
 
 
-def _terminate_as_interrupt() -> None:
+def terminate_as_interrupt() -> None:
     """SIGTERM (scancel, a preemption) ends the driver like Ctrl-C: its workers and Ray stop in the `finally`s,
     one line, exit 143. Only from the main thread (the only one Python lets set a handler)."""
     import threading
@@ -632,7 +632,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
             return summary
         started_ray = connect(ray, opts)
         try:
-            _terminate_as_interrupt()  # after ray.init: its handler would print native dumps and exit 1
+            terminate_as_interrupt()  # after ray.init: its handler would print native dumps and exit 1
             shape = worker_shape(ray.cluster_resources(), opts)
             dispatcher = _Dispatcher(ray, job, plan, opts, shape)
             bar = tqdm(desc="scoring units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
