@@ -355,10 +355,33 @@ class ObjectLock:
                                   f"at once on its host, elsewhere after {self.ttl:.0f} s without a heartbeat)") from None
         else:
             raise LockedError(f"{self.path.parent.parent}: could not take the lock (another run took it first)")
+        conflict = self._other_kind_holders()
+        if conflict:  # as JobLock: node parts share a prefix with each other, never with a whole-prefix run
+            self.path.unlink(missing_ok=True)  # (two that start in the same instant both step back: safe)
+            raise LockedError(f"{self.path.parent.parent} is in use by another run ({conflict}); wait for it to finish, "
+                              f"or stop it")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, args=(body,), daemon=True, name="scalingfilter-lock-heartbeat")
         self._thread.start()
         return self
+
+    def _other_kind_holders(self) -> str:
+        """The live holders of the other kind of lock: node parts for a whole-prefix run, the whole-prefix run
+        for a node part; '' if none (a lock object whose holder is gone does not count)."""
+        whole = self.path.name == LOCK_NAME
+        found = []
+        for other in sorted(self.path.parent.glob(f"{LOCK_NAME}*")):
+            if (other.name == LOCK_NAME) == whole or not (other.name == LOCK_NAME or other.name.startswith(f"{LOCK_NAME}.parts-")):
+                continue
+            try:
+                info = orjson.loads(other.read_bytes() or b"{}")
+                age = time.time() - other.stat().st_mtime_ns / 1e9
+            except (StorageError, orjson.JSONDecodeError):
+                continue  # released meanwhile
+            if not self._stale(info, age):
+                part = other.name.removeprefix(f"{LOCK_NAME}.parts-")
+                found.append((f"node part {part}: " if other.name != LOCK_NAME else "") + JobLock._describe(info))
+        return "; ".join(found)
 
     def _create(self, body: bytes) -> None:
         try:

@@ -190,7 +190,13 @@ def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
         assert r.returncode == 2 and "in use by another run" in r.stderr and "Traceback" not in r.stderr
     assert not (out / ".scalingfilter" / "lock").exists()
     with JobLock(out, "score"):  # released: free again
-        pass
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):  # a node part never beside a whole-prefix run
+            JobLock(out, "score", "lock.parts-0-0").acquire()
+    assert not (out / ".scalingfilter" / "lock.parts-0-0").exists()  # the refused part stepped back
+    with JobLock(out, "score", "lock.parts-0-0"), JobLock(out, "score", "lock.parts-1-1"):  # parts together: fine
+        with pytest.raises(LockedError, match=r"node part 0-0: score pid \d+.*node part 1-1: score pid"):
+            JobLock(out, "score").acquire()
+        assert not (out / ".scalingfilter" / "lock").exists()
 
 
 def test_a_lock_of_another_host_is_taken_over_only_after_its_heartbeat_stopped(s3_env, bucket, monkeypatch):
