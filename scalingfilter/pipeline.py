@@ -60,7 +60,8 @@ from scalingfilter.processes import Processes
 from scalingfilter.schema import REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
 from scalingfilter.locations import ObjectPath
-from scalingfilter.storage import TMP_PREFIX, JobLock, atomic_path, atomic_write, fsync_dir, read_json, read_json_dir, tmp_target, write_json_atomic
+from scalingfilter.storage import (LOCK_NAME, JobLock, atomic_path, atomic_write, fsync_dir, part_lock_name, read_json, read_json_dir,
+                                   tmp_files, tmp_target, write_json_atomic)
 
 log = logging.getLogger("scalingfilter")
 MAX_REJECT_MESSAGES = 50  # per process; the rejects files have them all
@@ -230,15 +231,6 @@ def _key(source: str) -> str:
     """A flat, readable, collision-free name for a relative path."""
     base = source.replace("/", "__")[-80:]
     return f"{base}.{hashlib.sha1(source.encode()).hexdigest()[:10]}"
-
-
-def _tmp_files(directory: Path) -> list[os.DirEntry]:
-    """The temporary files (`storage.TMP_PREFIX`) directly in a local directory; none if it does not exist."""
-    try:
-        with os.scandir(directory) as it:
-            return [e for e in it if e.name.startswith(TMP_PREFIX) and e.is_file(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _subdirs(directory) -> list[str]:
@@ -453,7 +445,7 @@ class ScoreJob:
     @property
     def lock_name(self) -> str:
         c = self.cfg
-        return "lock" if c.nparts == 1 else f"lock.parts-{c.rank_part_start}-{c.rank_part_start + c.rank_nparts - 1}"
+        return LOCK_NAME if c.nparts == 1 else part_lock_name(c.rank_part_start, c.rank_part_start + c.rank_nparts - 1)
 
     # ---- planning (one process: rank 0, or the Ray driver)
     def walk(self, warn: bool = True) -> documents.CorpusFiles:
@@ -578,16 +570,16 @@ class ScoreJob:
         keys = {_key(s) for s in sources}
         stale = []
         for directory, names in owned.items():
-            for entry in _tmp_files(directory):
-                target = tmp_target(entry.name)
+            for path in tmp_files(directory):
+                target = tmp_target(path.name)
                 if target is None:
                     continue
                 # a done marker is KEY.PART.json
                 if names is None or target in names or (directory == done_dir and target.rsplit(".", 2)[0] in keys):
-                    stale.append(Path(entry.path))
+                    stale.append(path)
         for name in _subdirs(self.state / "parts"):
             if name in keys or self.cfg.nparts == 1:
-                stale.extend(Path(e.path) for e in _tmp_files(self.state / "parts" / name))
+                stale.extend(tmp_files(self.state / "parts" / name))
         for path in stale:
             path.unlink(missing_ok=True)
         if stale:

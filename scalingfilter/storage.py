@@ -136,17 +136,24 @@ def read_json(path: str | os.PathLike) -> Any:
     return orjson.loads(location(path).read_bytes())
 
 
-def remove_stale_tmp(directory: str | os.PathLike) -> None:
-    """Remove temporary files a killed writer left in `directory` (not recursive). An object store holds
-    none (temporaries are local; an interrupted multipart upload is invisible and expires by the bucket's
-    lifecycle rule)."""
+def tmp_files(directory: str | os.PathLike) -> list[Path]:
+    """The temporary files (`tmp_name`) directly in a local directory: none if it does not exist, and none
+    in an object store (temporaries are local; an interrupted multipart upload is invisible and expires by
+    the bucket's lifecycle rule)."""
     if isinstance(location(directory), ObjectPath):
-        return
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for p in Path(directory).iterdir():
-            if p.name.startswith(TMP_PREFIX) and p.is_file():
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        return []
+    try:
+        with os.scandir(directory) as it:
+            return [Path(e.path) for e in it if e.name.startswith(TMP_PREFIX) and e.is_file(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> None:
+    """Remove temporary files a killed writer left in `directory` (not recursive)."""
+    for p in tmp_files(directory):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +178,11 @@ def storage_error(exc: OSError) -> StorageError | None:
 
 
 LOCK_NAME = "lock"
+PART_LOCK_PREFIX = f"{LOCK_NAME}.parts-"  # + "A-B": the lock of node parts A..B, which share a directory
+
+
+def part_lock_name(first: int, last: int) -> str:
+    return f"{PART_LOCK_PREFIX}{first}-{last}"
 
 
 class JobLock:
@@ -244,7 +256,7 @@ class JobLock:
         import fcntl
 
         live = []
-        for path in sorted(self.path.parent.glob(f"{LOCK_NAME}.parts-*")):
+        for path in sorted(self.path.parent.glob(f"{PART_LOCK_PREFIX}*")):
             try:
                 fd = os.open(path, os.O_RDWR)
             except OSError:
@@ -252,7 +264,7 @@ class JobLock:
             try:
                 if self._try_flock(fd, fcntl.LOCK_SH):
                     continue  # nobody holds it
-                live.append(f"node part {path.name.removeprefix(LOCK_NAME + '.parts-')}: {self._holder(fd)}")
+                live.append(f"node part {path.name.removeprefix(PART_LOCK_PREFIX)}: {self._holder(fd)}")
             finally:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -371,7 +383,7 @@ class ObjectLock:
         whole = self.path.name == LOCK_NAME
         found = []
         for other in sorted(self.path.parent.glob(f"{LOCK_NAME}*")):
-            if (other.name == LOCK_NAME) == whole or not (other.name == LOCK_NAME or other.name.startswith(f"{LOCK_NAME}.parts-")):
+            if (other.name == LOCK_NAME) == whole or not (other.name == LOCK_NAME or other.name.startswith(PART_LOCK_PREFIX)):
                 continue
             try:
                 info = orjson.loads(other.read_bytes() or b"{}")
@@ -379,7 +391,7 @@ class ObjectLock:
             except (StorageError, orjson.JSONDecodeError):
                 continue  # released meanwhile
             if not self._stale(info, age):
-                part = other.name.removeprefix(f"{LOCK_NAME}.parts-")
+                part = other.name.removeprefix(PART_LOCK_PREFIX)
                 found.append((f"node part {part}: " if other.name != LOCK_NAME else "") + JobLock._describe(info))
         return "; ".join(found)
 
