@@ -57,7 +57,7 @@ import orjson
 from scalingfilter import documents, locations
 from scalingfilter.errors import ConfigMismatchError, InputError, RejectedRecordError, ScalingFilterError, UsageError  # noqa: F401
 from scalingfilter.processes import Processes
-from scalingfilter.schema import REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME
+from scalingfilter.schema import PART_SUMMARY_GLOB, REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME, part_summary_name
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
 from scalingfilter.locations import ObjectPath
 from scalingfilter.storage import (LOCK_NAME, JobLock, atomic_path, atomic_write, fsync_dir, part_lock_name, read_json, read_json_dir,
@@ -536,7 +536,7 @@ class ScoreJob:
         `select` would otherwise take for a finished directory."""
         stale = {str(p): p for p in (self.out / SUMMARY_NAME, self.out / self.summary_name)}
         if every_part:
-            stale.update((str(p), p) for p in self.out.glob("summary.parts-*.json"))
+            stale.update((str(p), p) for p in self.out.glob(PART_SUMMARY_GLOB))
         for p in stale.values():
             p.unlink(missing_ok=True)
         if not isinstance(self.out, ObjectPath):  # an object's DELETE is durable when it returns
@@ -882,7 +882,7 @@ class ScoreJob:
     @property
     def summary_name(self) -> str:
         c = self.cfg
-        return SUMMARY_NAME if c.nparts == 1 else f"summary.parts-{c.rank_part_start}-{c.rank_part_start + c.rank_nparts - 1}.json"
+        return SUMMARY_NAME if c.nparts == 1 else part_summary_name(c.rank_part_start, c.rank_part_start + c.rank_nparts - 1)
 
     # ---- the local engine: one process, or torchrun's processes sharing the units statically
     def run(self) -> dict[str, Any]:

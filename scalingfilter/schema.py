@@ -27,4 +27,12 @@ DEFAULT_SCORE_FIELD = "quality_factor"
 STATE_DIR = ".scalingfilter"
 REJECTS_DIR = "rejects"
 SUMMARY_NAME = "summary.json"
+PART_SUMMARY_GLOB = "summary.parts-*.json"  # node parts A..B of a score job each write summary.parts-A-B.json
+
+
+PART_SUMMARY_PATTERN = r"summary\.parts-(\d+)-(\d+)\.json"  # the same name, its parts as groups
+
+
+def part_summary_name(first: int, last: int) -> str:
+    return f"summary.parts-{first}-{last}.json"
 RESERVED_NAMES = (STATE_DIR, REJECTS_DIR)

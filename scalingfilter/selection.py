@@ -84,7 +84,7 @@ import orjson
 
 from .documents import InputError, drop_fields_from_line, file_format, find_scored_files, open_binary, open_binary_writer, read_records
 from .errors import SelectionError
-from .schema import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
+from .schema import DEFAULT_SCORE_FIELD, PART_SUMMARY_GLOB, PART_SUMMARY_PATTERN, SCORE_FIELDS, STATE_DIR, SUMMARY_NAME
 from .storage import LOCK_NAME, JobLock, atomic_path, atomic_write, read_json, tmp_target, write_json_atomic
 from .locations import ObjectPath, contains, location, rmtree as remove_tree  # paths may be URLs (s3://...)
 
@@ -284,7 +284,7 @@ def check_scored_dir(root: Path) -> tuple[list[str], dict[str, int]]:
     missing, a data file without a final marker, an unfinished job."""
     if not root.is_dir():
         raise InputError(f"input directory {str(root)!r} does not exist")
-    summaries = [root / SUMMARY_NAME] if (root / SUMMARY_NAME).exists() else sorted(root.glob("summary.parts-*.json"))
+    summaries = [root / SUMMARY_NAME] if (root / SUMMARY_NAME).exists() else sorted(root.glob(PART_SUMMARY_GLOB))
     if not summaries:
         raise InputError(f"{str(root)!r} has no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
                          f"(a score run that was interrupted writes it when rerun and finished)")
@@ -316,7 +316,7 @@ def check_scored_dir(root: Path) -> tuple[list[str], dict[str, int]]:
     return files, expected
 
 
-_PART_SUMMARY = re.compile(r"summary\.parts-(\d+)-(\d+)\.json")
+_PART_SUMMARY = re.compile(PART_SUMMARY_PATTERN)
 
 
 def check_node_parts_done(root: Path, parts: list[tuple[str, Any]]) -> None:

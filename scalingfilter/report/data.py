@@ -21,7 +21,7 @@ import orjson
 
 from ..documents import find_scored_files, read_records
 from ..errors import InputError
-from ..schema import STATE_DIR, SUMMARY_NAME
+from ..schema import PART_SUMMARY_GLOB, STATE_DIR, SUMMARY_NAME
 from ..selection import MANIFEST_NAME, MASK_NAME, load_selection_mask, score_problem
 
 SCORED_HINT = "is this a `scalingfilter score` output?"
@@ -48,7 +48,7 @@ def read_score_summary(scored_dir: Path) -> dict[str, Any]:
         raise InputError(f"{str(scored_dir)!r} is not a directory; {SCORED_HINT}")
     path = scored_dir / SUMMARY_NAME
     if not path.is_file():
-        parts = sorted(p.name for p in scored_dir.glob("summary.parts-*.json"))
+        parts = sorted(p.name for p in scored_dir.glob(PART_SUMMARY_GLOB))
         why = (f"it holds only node-part summaries ({', '.join(parts)}): report on a directory whose scoring wrote {SUMMARY_NAME}"
                if parts else "scoring never ran there or has not finished")
         raise InputError(f"no {SUMMARY_NAME} in {str(scored_dir)!r} ({why}); {SCORED_HINT}")
