@@ -950,12 +950,11 @@ class CheckpointPublisher:
             self._put(rel)
 
 
-def _checkpoint_step(read: Callable[[], bytes]) -> int | None:
-    """The step a checkpoint.json says, or None (missing, unreadable: a copy from before the file existed)."""
-    import json
-
+def _checkpoint_step(path: Any) -> int | None:
+    """The step a checkpoint.json (a local file or an object) says, or None (missing, unreadable: a copy from
+    before the file existed)."""
     try:
-        step = json.loads(read()).get("step")
+        step = read_json(path).get("step")
     except (OSError, ValueError, AttributeError, StorageError):
         return None
     return step if isinstance(step, int) else None
@@ -967,8 +966,8 @@ def _bucket_is_ahead(local: Path, remote: Any, held: list[str], log: Callable[[s
     checkpoint.json existed)."""
     if CHECKPOINT_STEP_NAME not in held:
         return False
-    ours = _checkpoint_step((local / CHECKPOINT_STEP_NAME).read_bytes)
-    theirs = _checkpoint_step((remote / CHECKPOINT_STEP_NAME).read_bytes)
+    ours = _checkpoint_step(local / CHECKPOINT_STEP_NAME)
+    theirs = _checkpoint_step(remote / CHECKPOINT_STEP_NAME)
     if ours is None or theirs is None or theirs <= ours:
         return False
     log(f"the bucket holds the checkpoint of step {theirs:,}, later than this working copy's step {ours:,} (another "
