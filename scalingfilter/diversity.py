@@ -365,14 +365,13 @@ def _run_diversity_to_url(cfg: DiversityConfig) -> dict[str, Any] | None:
     goes when this run has none (a publish only adds objects)."""
     from dataclasses import replace
 
-    from .embedding import CACHE_EMBEDDINGS, CACHE_IDS, CACHE_META, CACHE_ROWS
+    from .embedding import CACHE_FILES, CACHE_META
     from .locations import location, staged_output
 
     remote = location(cfg.output_dir)
-    cache_files = (CACHE_EMBEDDINGS, CACHE_IDS, CACHE_ROWS, CACHE_META)
     with JobLock(cfg.output_dir, "diversity"), staged_output(remote, last=(CACHE_META, RESULTS_JSON, RESULTS_TXT)) as local:
-        if cfg.load_from_cache and all((remote / name).exists() for name in cache_files):
-            for name in cache_files:
+        if cfg.load_from_cache and all((remote / name).exists() for name in CACHE_FILES):
+            for name in CACHE_FILES:
                 (remote / name).get_to(local / name)
         result = run_diversity(replace(cfg, output_dir=str(local)))
         if (local / CACHE_META).exists():

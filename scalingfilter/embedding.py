@@ -40,6 +40,7 @@ CACHE_EMBEDDINGS = "embeddings.npy"
 CACHE_IDS = "embeddings.ids.txt"
 CACHE_ROWS = "embeddings.rows.npy"
 CACHE_META = "embeddings.meta.json"
+CACHE_FILES = (CACHE_EMBEDDINGS, CACHE_IDS, CACHE_ROWS, CACHE_META)  # the meta file last: it commits the cache
 CACHE_VERSION = 2  # 2: the cache may hold a subset of the documents (embeddings.rows.npy)
 CHUNK_TEXTS = 8192
 
@@ -216,7 +217,7 @@ class Cache:
 
     @property
     def paths(self) -> tuple[Path, Path, Path, Path]:
-        return self.out_dir / CACHE_EMBEDDINGS, self.out_dir / CACHE_IDS, self.out_dir / CACHE_ROWS, self.out_dir / CACHE_META
+        return tuple(self.out_dir / name for name in CACHE_FILES)  # type: ignore[return-value]
 
     def exists(self) -> bool:
         return all(p.exists() for p in self.paths)
