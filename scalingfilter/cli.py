@@ -61,7 +61,7 @@ def run_command(prog: str, run, args: argparse.Namespace) -> int:
         apply_storage_options(args)
         return int(run(args) or 0)
     except ScalingFilterError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc.cli_message()}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated) or Terminated.received:

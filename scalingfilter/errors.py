@@ -30,9 +30,33 @@ class Terminated(KeyboardInterrupt):
 
 
 class ScalingFilterError(Exception):
-    """A problem the user can fix; the message says what to do."""
+    """A problem the user can fix; the message says what to do.
+
+    The library's messages name its parameters as `name=value` (`max_len=1024`); `flags` maps each
+    parameter to the command-line flag that sets it, and the CLI prints `cli_message()`, which says
+    `--max-len=1024` instead (only `name=` is replaced: the word alone, as in "the small model", is prose)."""
 
     exit_status = EXIT_ERROR
+    flags: dict[str, str] = {}
+
+    def with_flags(self, **flags: str) -> "ScalingFilterError":
+        """This error, saying `flags[name]` instead of each parameter `name` when the CLI prints it."""
+        self.flags = {**self.flags, **flags}
+        return self
+
+    def cli_message(self) -> str:
+        import re
+
+        message = str(self)
+        for param, flag in self.flags.items():
+            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?==)", flag, message)
+        return message
+
+
+def param_error(param: str, message: str, cls: type | None = None) -> "ScalingFilterError":
+    """A bad value of the library parameter `param` (named in `message` as `param=...`): the CLI shows
+    its flag (`max_len=` -> `--max-len=`)."""
+    return (cls or UsageError)(message).with_flags(**{param: "--" + param.replace("_", "-")})
 
 
 class UsageError(ScalingFilterError):

@@ -10,6 +10,8 @@ from typing import Any
 
 # The paper's default pair (GPT-2 124M / 774M).
 PAIRS = {"gpt2": ("gpt2", "gpt2-large")}
+# The library's parameter names -> the CLI's flags, for errors about the pair's choice.
+PAIR_FLAGS = {"pair": "--pair", "small": "--small-model", "large": "--large-model"}
 
 
 from .errors import ModelLoadError  # noqa: E402
@@ -40,19 +42,20 @@ def resolve_pair(pair: str | None, small_model: str | None = None, large_model: 
             if not (small_model and large_model):
                 raise ModelLoadError(
                     "the bundled pair is not shipped in this installation of scalingfilter; "
-                    "use --pair gpt2 (needs the Hugging Face hub or a local copy), --pair DIR with a pair "
-                    "trained by `scalingfilter train`, or --small-model/--large-model"
-                )
+                    "use pair='gpt2' (needs the Hugging Face hub or a local copy), pair=DIR with a pair "
+                    "trained by `scalingfilter train`, or name both models (small=DIR and large=DIR)"
+                ).with_flags(**PAIR_FLAGS)
             small, large = small_model, large_model
         else:
             small, large = str(Path(root) / "small"), str(Path(root) / "large")
     else:
         root = Path(pair)
         if not root.is_dir():
-            raise ModelLoadError(f"--pair {pair!r} is neither 'gpt2', 'bundled' nor a directory")
+            raise ModelLoadError(f"pair={pair!r} is neither 'gpt2', 'bundled' nor a directory").with_flags(**PAIR_FLAGS)
         missing = [s for s in ("small", "large") if not (root / s).is_dir()]
         if missing:
-            raise ModelLoadError(f"--pair {pair!r}: the directory has no {' or '.join(missing)}/ subdirectory (expected small/ and large/ model directories)")
+            raise ModelLoadError(f"pair={pair!r}: the directory has no {' or '.join(missing)}/ subdirectory "
+                                 "(expected small/ and large/ model directories)").with_flags(**PAIR_FLAGS)
         small, large = str(root / "small"), str(root / "large")
     return small_model or small, large_model or large
 
@@ -65,7 +68,7 @@ def resolve_device(device: str = "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ModelLoadError("--device cuda was asked for but CUDA is not available (torch.cuda.is_available() is False)")
+            raise ModelLoadError("device='cuda' was asked for but CUDA is not available (torch.cuda.is_available() is False)").with_flags(device="--device")
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     return torch.device(device)
 
@@ -84,7 +87,7 @@ def resolve_dtype(dtype: str, device, cuda_default: str = "bfloat16") -> Any:
     if dtype == "auto":
         return getattr(torch, cuda_default) if str(getattr(device, "type", device)).startswith("cuda") else torch.float32
     if dtype not in DTYPE_NAMES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+        raise ModelLoadError(f"dtype={dtype!r} is unknown; choose auto, float32, bfloat16 or float16").with_flags(dtype="--dtype")
     return getattr(torch, DTYPE_NAMES[dtype])
 
 
@@ -155,9 +158,9 @@ def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"cannot load the {role} model {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
         f"If the hub is unreachable from here, download it where it is reachable "
-        f"(`huggingface-cli download {name} --local-dir DIR`), copy DIR here, and pass --{role}-model DIR "
-        f"(or --pair DIR with DIR/small and DIR/large)."
-    )
+        f"(`huggingface-cli download {name} --local-dir DIR`), copy DIR here, and pass {role}=DIR "
+        f"(or pair=DIR with DIR/small and DIR/large)."
+    ).with_flags(**PAIR_FLAGS)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import orjson
 
 from scalingfilter import documents, locations
-from scalingfilter.errors import ConfigMismatchError, InputError, RejectedRecordError, ScalingFilterError, UsageError  # noqa: F401
+from scalingfilter.errors import ConfigMismatchError, InputError, RejectedRecordError, ScalingFilterError, UsageError, param_error  # noqa: F401
 from scalingfilter.processes import Processes
 from scalingfilter.schema import PART_SUMMARY_GLOB, REJECTS_DIR, RESERVED_NAMES, SCORE_FIELD_TYPES, STATE_DIR, SUMMARY_NAME, part_summary_name
 from scalingfilter.sharding import Unit, file_units, node_files, rank_share
@@ -66,7 +66,6 @@ from scalingfilter.storage import (LOCK_NAME, JobLock, atomic_path, atomic_write
 log = logging.getLogger("scalingfilter")
 MAX_REJECT_MESSAGES = 50  # per process; the rejects files have them all
 BIG_DOC_CHARS = 1_000_000
-MAX_LEN_CAP = 1024  # default tokens scored per document, where the models take that many
 COUNT_FOR_PROGRESS_BYTES = 256 << 20  # count the documents of unsplit files for the progress total up to this size
 
 # Test hooks (documented in tests/README and used by the crash and engine tests):
@@ -117,7 +116,7 @@ class ScoreConfig:
     small_model: str | None = None
     large_model: str | None = None
     text_field: str = "text"
-    # None: what the pair directory's scoring.json says, else min(MAX_LEN_CAP, the models' context)
+    # None: what the pair directory's scoring.json says, else min(1024, the models' context) (scorer.resolve_scoring)
     max_len: int | None = None
     max_tokens_per_batch: int | None = None
     prepend_bos: bool | None = None  # None: the pair's scoring.json, else False
@@ -144,30 +143,27 @@ class ScoreConfig:
         for name, low in (("unit_docs", 1), ("split_bytes", 0), ("window_docs", 1), ("max_len", 2), ("max_tokens_per_batch", 1)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
-                raise UsageError(f"--{name.replace('_', '-')} must be an integer of at least {low} (got {v!r})")
+                raise param_error(name, f"{name}={v!r}: must be an integer of at least {low}")
 
 
 def lm_pair_spec(cfg: ScoreConfig) -> ScorerSpec:
-    """The meta-model pair: resolve names, scoring defaults and the context, without loading weights."""
-    from scalingfilter.models import ensure_hub_reachable_or_offline, pair_context, pair_scoring_defaults, resolve_pair
+    """The meta-model pair: settings resolved by `scorer.resolve_scoring` (no weights loaded), and each
+    worker's scorer built by `QualityScorer.from_pretrained`: the one code path of the library and every engine."""
+    from scalingfilter.scorer import resolve_scoring
 
-    small, large = resolve_pair(cfg.pair, cfg.small_model, cfg.large_model)
-    ensure_hub_reachable_or_offline([small, large])
-    defaults = pair_scoring_defaults(cfg.pair) if not (cfg.small_model or cfg.large_model) else {}
-    context = pair_context(small, large)
-    max_len = cfg.max_len or defaults.get("max_len") or min(MAX_LEN_CAP, context or MAX_LEN_CAP)
-    if context is not None and max_len > context:
-        raise UsageError(f"--max-len {max_len} exceeds the models' context of {context} tokens; use --max-len {context} or less")
-    prepend_bos = cfg.prepend_bos if cfg.prepend_bos is not None else bool(defaults.get("prepend_bos", False))
+    resolved = resolve_scoring(cfg.pair, small=cfg.small_model, large=cfg.large_model, max_len=cfg.max_len,
+                               prepend_bos=cfg.prepend_bos)
+    settings = resolved.recorded()
 
     def load() -> DocScorer:
-        from scalingfilter.models import load_pair
-        from scalingfilter.scoring import PairScorer
+        from scalingfilter.scorer import QualityScorer, check_loaded_settings
 
-        pair = load_pair(cfg.pair, cfg.small_model, cfg.large_model, cfg.device, cfg.dtype)
-        return PairScorer(pair, max_len, cfg.max_tokens_per_batch, prepend_bos, cfg.window_docs, packing=cfg.packing)
+        scorer = QualityScorer.from_pretrained(cfg.pair, small=cfg.small_model, large=cfg.large_model, device=cfg.device,
+                                               dtype=cfg.dtype, max_len=cfg.max_len, prepend_bos=cfg.prepend_bos,
+                                               max_tokens_per_batch=cfg.max_tokens_per_batch, packing=cfg.packing,
+                                               window_docs=cfg.window_docs)
+        return check_loaded_settings(scorer, settings)
 
-    settings = {"small_model": small, "large_model": large, "max_len": max_len, "prepend_bos": prepend_bos}
     return ScorerSpec("quality factor", settings, dict(SCORE_FIELD_TYPES), load)
 
 

@@ -83,14 +83,18 @@ class Tokenization:
 
     def __init__(self, tokenizer, max_len: int, prepend_bos: bool = False, chars_per_token_cap: int = 32):
         if max_len < 2:
-            raise ValueError(f"max_len must be at least 2 (got {max_len})")
+            from scalingfilter.errors import param_error
+
+            raise param_error("max_len", f"max_len={max_len}: must be at least 2")
         self.backend = tokenizer.backend_tokenizer
         self.max_len = max_len
         self.bos_id = None
         if prepend_bos:
             bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             if bos is None:
-                raise ValueError("--prepend-bos: the tokenizer has neither a BOS nor an EOS token")
+                from scalingfilter.errors import param_error
+
+                raise param_error("prepend_bos", "prepend_bos=True: the tokenizer has neither a BOS nor an EOS token")
             self.bos_id = int(bos)
         self.content_len = max_len - (1 if self.bos_id is not None else 0)
         self.char_cap = max(4096, self.content_len * chars_per_token_cap)
@@ -212,13 +216,14 @@ class PairScorer:
     def __init__(self, pair, max_len: int = 1024, max_tokens_per_batch: int | None = None,
                  prepend_bos: bool = False, window_docs: int = 2048, window_chars: int = 4_000_000,
                  packing: str = "auto"):
+        from scalingfilter.errors import param_error
         from scalingfilter.models import max_positions
 
         self.pair = pair
         limits = [n for n in (max_positions(pair.small), max_positions(pair.large)) if n]
         limit = min(limits) if limits else None
         if limit is not None and max_len > limit:
-            raise ValueError(f"--max-len {max_len} exceeds the models' context of {limit} tokens")
+            raise param_error("max_len", f"max_len={max_len} exceeds the models' context of {limit} tokens; use max_len={limit} or less")
         self.tokenization = Tokenization(pair.tokenizer, max_len, prepend_bos)
         # CPU: 16k tokens a batch matched bigger budgets and beat 8k by ~13 % (BENCHMARKS.md)
         self.max_tokens_per_batch = max_tokens_per_batch or (32768 if pair.device.type == "cuda" else 16384)
@@ -274,17 +279,20 @@ class PairScorer:
     def score_texts(self, texts: Sequence[str]) -> list[DocScore]:
         return self.score_tokenized(self.tokenization.encode(texts))
 
-    def score_records(self, records: Iterable[Any], text_of=lambda r: r.text) -> Iterator[tuple[Any, DocScore | None]]:
+    def score_records(self, records: Iterable[Any], text_of=lambda r: r.text,
+                      window_docs: int | None = None) -> Iterator[tuple[Any, DocScore | None]]:
         """(record, score) for each record, in input order; records whose `text_of` is None
         (rejected upstream) come back with score None. Reading and tokenisation of the next window
         run in a background thread while this one is scored: memory holds two windows (the one scored and
-        the one waiting) and the one being read, whatever the file size."""
-        for window, positions, tokenized in read_ahead(self._tokenized_windows(records, text_of)):
+        the one waiting) and the one being read, whatever the file size. `window_docs`: this call's
+        window (default: the scorer's)."""
+        windows = self._tokenized_windows(records, text_of, window_docs or self.window_docs)
+        for window, positions, tokenized in read_ahead(windows):
             by_pos = dict(zip(positions, self.score_tokenized(tokenized)))
             for k, rec in enumerate(window):
                 yield rec, by_pos.get(k)
 
-    def _tokenized_windows(self, records: Iterable[Any], text_of) -> Iterator[tuple[list[Any], list[int], list[TokenizedDoc]]]:
+    def _tokenized_windows(self, records: Iterable[Any], text_of, window_docs: int) -> Iterator[tuple[list[Any], list[int], list[TokenizedDoc]]]:
         """The records cut into windows of at most window_docs records / window_chars characters, each tokenised."""
         window: list[Any] = []
         chars = 0
@@ -292,7 +300,7 @@ class PairScorer:
             window.append(rec)
             text = text_of(rec)
             chars += len(text) if text is not None else 0
-            if len(window) >= self.window_docs or chars >= self.window_chars:
+            if len(window) >= window_docs or chars >= self.window_chars:
                 yield self._tokenize_window(window, text_of)
                 window, chars = [], 0
         if window:

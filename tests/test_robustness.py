@@ -298,7 +298,7 @@ def test_unreachable_hub_fails_fast_with_the_commands_name(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert time.time() - t0 < 30
     line = one_line_error(r)
-    assert line.startswith("quality_factor: error:") and "'gpt2'" in line and "--pair DIR" in line
+    assert line.startswith("quality_factor: error:") and "'gpt2'" in line and "--pair=DIR" in line
 
 
 def test_train_never_makes_a_local_directory_named_like_an_output_url(tmp_path):
