@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scalingfilter import distill as D  # noqa: E402
+from scalingfilter.stages import distill as D  # noqa: E402
 from scalingfilter.documents import find_scored_files, read_records  # noqa: E402
 from scalingfilter.evaluation import auroc, pair_win_rate  # noqa: E402
 

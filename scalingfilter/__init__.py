@@ -1,3 +1,70 @@
-"""ScalingFilter: quality factors from a small/large language-model pair, and semantic diversity."""
+"""ScalingFilter: quality factors from a small/large language-model pair, and semantic diversity.
+
+The public API (each name is imported from its module on first use: `import scalingfilter` loads no
+torch, no numpy, no model):
+
+  QualityScorer       the pair's quality factor of texts, from Python (the CLI's numbers exactly)
+  QualityScore        one document's score fields (as `score` writes them)
+  score_corpus        score a directory (or bucket prefix) of files, restartable: `scalingfilter score`
+  select_corpus       keep the best fraction of a scored directory: `scalingfilter select`
+  threshold_for       a quality-factor threshold for streaming filters, with its interval
+  semantic_diversity  the Vendi score of texts or embeddings
+  vendi_score         the Vendi score of an n x d array
+  train_pair          train a small/large pair on a corpus: `scalingfilter train`
+  distill             train a fastText imitation of the quality factor: `scalingfilter distill`
+  DistilledScorer     P(keep) of texts under a distilled model (the numbers of `classify`)
+  evaluate            AUROC and pair win rate against labels: `scalingfilter evaluate`
+
+Integrations with datatrove, Ray Data and Hugging Face datasets: `scalingfilter.integrations`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> module that defines it (imported on first use)
+_EXPORTS = {
+    "QualityScorer": "scalingfilter.scorer",
+    "QualityScore": "scalingfilter.scorer",
+    "ScoringSettings": "scalingfilter.scorer",
+    "score_corpus": "scalingfilter.pipeline",
+    "select_corpus": "scalingfilter.selection",
+    "threshold_for": "scalingfilter.threshold",
+    "semantic_diversity": "scalingfilter.diversity",
+    "vendi_score": "scalingfilter.vendi",
+    "train_pair": "scalingfilter.api",
+    "distill": "scalingfilter.api",
+    "DistilledScorer": "scalingfilter.stages.distill",
+    "evaluate": "scalingfilter.api",
+    "ScalingFilterError": "scalingfilter.errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scalingfilter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never imported at run time
+    from scalingfilter.api import distill, evaluate, train_pair
+    from scalingfilter.stages.distill import DistilledScorer
+    from scalingfilter.diversity import semantic_diversity
+    from scalingfilter.errors import ScalingFilterError
+    from scalingfilter.pipeline import score_corpus
+    from scalingfilter.scorer import QualityScore, QualityScorer, ScoringSettings
+    from scalingfilter.selection import select_corpus
+    from scalingfilter.threshold import threshold_for
+    from scalingfilter.vendi import vendi_score

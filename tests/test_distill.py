@@ -18,7 +18,7 @@ import pytest
 
 fasttext = pytest.importorskip("fasttext")  # the [distill] extra (in the dev extra)
 
-from scalingfilter import distill as D  # noqa: E402
+from scalingfilter.stages import distill as D  # noqa: E402
 from scalingfilter.evaluation import auroc  # noqa: E402
 from scalingfilter.testing import read_scored  # noqa: E402
 
@@ -320,7 +320,7 @@ def test_a_damaged_model_is_refused_even_when_its_card_was_rehashed(trained, tmp
         (bad / "model.bin").write_bytes(content)
         (bad / "card.json").write_bytes((root / "model" / "card.json").read_bytes())
         code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
-                "from scalingfilter import distill\nfrom scalingfilter.errors import ModelLoadError\n"
+                "from scalingfilter.stages import distill\nfrom scalingfilter.errors import ModelLoadError\n"
                 "card = distill.load_card(sys.argv[1], verify=False)\n"
                 "try:\n    distill.load_model(sys.argv[1], card)\nexcept ModelLoadError as exc:\n    print('refused:', exc)\n"
                 "else:\n    print('loaded')\n")

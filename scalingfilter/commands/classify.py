@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill import classify_spec
+    from ..stages.distill import classify_spec
     from ..errors import EXIT_OK
     from ..pipeline import ScoreConfig, ScoreJob
     from .score import quiet_libraries, report_summary

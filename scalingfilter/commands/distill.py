@@ -14,7 +14,7 @@ from . import flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..distill import CHARS_PER_SCORED_TOKEN, FALLBACK_MAX_CHARS, LABEL_MODES, NORMALISERS, DistillSettings
+    from ..stages.distill import CHARS_PER_SCORED_TOKEN, FALLBACK_MAX_CHARS, LABEL_MODES, NORMALISERS, DistillSettings
 
     d = DistillSettings()
     flags.flag(parser, "input-dir", required=True, help="a finished `scalingfilter score` output directory (the labelled sample)")
@@ -56,7 +56,7 @@ def _max_chars(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill import DistillSettings, distill
+    from ..stages.distill import DistillSettings, distill
 
     settings = DistillSettings(keep=args.keep, labels=args.labels, max_docs=args.max_docs, heldout=args.heldout, seed=args.seed,
                                text_field=args.text_field, normalisation=args.normalise, max_chars=args.max_chars if args.max_chars == "auto" else (args.max_chars or None), dim=args.dim,

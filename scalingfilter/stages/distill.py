@@ -393,6 +393,7 @@ def p_keep(model, texts: list[str]) -> list[float]:
 
 def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, chars: np.ndarray | None = None) -> dict[str, Any]:
     """Agreement of P(keep) with the quality factor on held-out documents."""
+    require("scipy", EXTRA, "scalingfilter distill")
     from scipy.stats import spearmanr
 
     from scalingfilter.evaluation import auroc
@@ -444,6 +445,7 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
     s.validate()
     say = log or (lambda _m: None)
     fasttext = require("fasttext", EXTRA, "scalingfilter distill")
+    require("scipy", EXTRA, "scalingfilter distill")  # the held-out agreement (Spearman, AUROC): checked before the long part
     scored_dir, model_dir = Path(scored_dir), Path(model_dir)
     summary = check_scored_dir(scored_dir)
     max_chars_setting = s.max_chars
@@ -720,13 +722,45 @@ class FastTextScorer:
             self.close()
 
 
+class DistilledScorer:
+    """P(keep) of texts under a distilled fastText model (a directory `scalingfilter distill` wrote):
+    the numbers `scalingfilter classify` writes as qf_distilled, from Python.
+
+    >>> scorer = DistilledScorer.from_pretrained("distilled/")
+    >>> scorer.score(["Some text.", "More text."])   # [P(keep), ...]; None for a text with nothing to score
+
+    The model's card says how texts are normalised and cut (its max_chars) before fastText sees them;
+    this scorer applies them exactly as classify does (both go through FastTextScorer)."""
+
+    def __init__(self, model_dir: str | os.PathLike, workers: int = 1, chunk_docs: int = 512):
+        self.model_dir = str(model_dir)
+        self._scorer = FastTextScorer(model_dir, workers=workers, chunk_docs=chunk_docs)
+        self.card = self._scorer.card
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, workers: int = 1) -> "DistilledScorer":
+        return cls(model_dir, workers=workers)
+
+    def score(self, texts: Iterable[str]) -> list[float | None]:
+        """P(keep) of each text, in order (None for an empty text or one that is not a string)."""
+        return list(self.score_iter(texts))
+
+    def score_iter(self, texts: Iterable[str]) -> Iterator[float | None]:
+        for _, s in self.score_records(texts, text_of=lambda t: t if isinstance(t, str) else None):
+            yield s.value if s.error is None else None
+
+    def score_records(self, records: Iterable[Any], text_of: Callable[[Any], str | None]) -> Iterator[tuple[Any, DistilledScore]]:
+        """(record, DistilledScore) for each record, in order (its fields(): qf_distilled, distill_error)."""
+        return self._scorer.score_records(records, text_of)
+
+
 def classify_spec(model_dir: str | os.PathLike, workers: int | None = None):
     """The `classify` job's scorer for the score engine: settings are the model's identity and its
     text handling, so a rerun with another model is refused."""
     from scalingfilter.pipeline import ScorerSpec
 
+    require("fasttext", EXTRA, "scalingfilter classify")  # before reading the card (it hashes model.bin)
     card = load_card(model_dir)
-    require("fasttext", EXTRA, "scalingfilter classify")
     n = workers or default_workers()
     settings = {"model_sha256": card["model_sha256"], "normalisation": card["prediction"]["normalisation"],
                 "max_chars": card["prediction"].get("max_chars")}
