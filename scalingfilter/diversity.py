@@ -638,3 +638,45 @@ def interleave_chunks(embs: list[np.ndarray], idss: list[list[str]], chunk_texts
     return (np.concatenate(blocks, axis=0) if blocks else np.zeros((0, dim), np.float32)), all_ids
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# From Python: texts or embeddings in, a Vendi score out
+
+
+def semantic_diversity(items, *, model_name: str | None = None, device: str | None = None, dtype: str = "auto",
+                       batch_size: int | None = None, max_seq_length: int | None = None, groups: int = 1,
+                       group_size: int | None = None, seed: int = 0, q: float = 1.0, kernel: str = "reference") -> float:
+    """The semantic diversity of a set: the Vendi score (order q) of sentence embeddings.
+
+    `items`: texts (embedded with `model_name`, by default the bundled all-MiniLM-L6-v2, as `diversity`
+    embeds them) or an n x d array of embeddings. Without `group_size`: the score of all items (what
+    `scalingfilter diversity --full` reports). With it: the mean over `groups` disjoint groups of
+    `group_size` drawn with `seed` (the paper: groups=10, group_size=10_000; `diversity`'s default).
+    """
+    if kernel not in vendi.KERNELS:
+        raise UsageError(f"kernel={kernel!r}: choose one of {', '.join(vendi.KERNELS)}").with_flags(kernel="--kernel")
+    if isinstance(items, np.ndarray):
+        embeddings = np.asarray(items, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise UsageError(f"items: an array of embeddings must be n x d with n >= 1 (got shape {embeddings.shape})")
+    else:
+        texts = list(items)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UsageError(f"items[{bad}] is not a text ({type(texts[bad]).__name__}): pass texts or an n x d array")
+        if not texts:
+            raise UsageError("items: no texts to embed")
+        from scalingfilter.embedding import load_model
+
+        n = len(texts)
+        plan = plan_groups(n, groups, group_size or n, full=group_size is None)
+        # only the documents the groups draw are embedded, in corpus order, as the command embeds them
+        needed = needed_positions(n, plan, seed)
+        model = load_model(model_name, device, dtype, max_seq_length)
+        size = batch_size or (256 if str(model.device).startswith("cuda") else 64)
+        embeddings, _, _ = encode_stream(model, ((str(i), texts[i]) for i in needed), batch_size=size, progress=False)
+        return summarize(score_groups(embeddings, plan, seed=seed, q=q, kernel=kernel, n=n, positions=needed))[0]
+    n = embeddings.shape[0]
+    plan = plan_groups(n, groups, group_size or n, full=group_size is None)
+    return summarize(score_groups(embeddings, plan, seed=seed, q=q, kernel=kernel))[0]

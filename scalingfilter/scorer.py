@@ -176,6 +176,13 @@ class QualityScorer:
         for rec, doc_score in self._pair_scorer.score_records(records, text_of, window_docs):
             yield rec, (QualityScore.from_fields(doc_score.fields()) if doc_score is not None else None)
 
+    def map_function(self, text_column: str = "text"):
+        """A function for Hugging Face `datasets.Dataset.map(fn, batched=True)` that returns this scorer's score
+        columns of the texts in `text_column` (scalingfilter.integrations.datasets.map_function)."""
+        from scalingfilter.integrations.datasets import map_function
+
+        return map_function(text_column, scorer=self)
+
     # -- for engines ----------------------------------------------------------------------------
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 ORDER = {
-    "README.md": ["head", "score", "scaling", "storage", "selection", "diversity", "training", "distill", "layout"],
+    "README.md": ["head", "python", "score", "scaling", "storage", "selection", "diversity", "training", "distill", "layout"],
     "BENCHMARKS.md": ["head", "score", "engine", "storage", "diversity", "training", "distill"],
 }
 FOOTER = "\n<!-- Built by scripts/build_docs.py from docs/{stem}-*.md: edit those files, then run `make docs`. -->\n"

@@ -240,6 +240,24 @@ def test_classify_equals_a_plain_predict_loop(trained, tmp_path):
             assert rec["qf_distilled"] == pytest.approx(expected, abs=1e-7) and rec["distill_error"] is None
             n += 1
     assert n == 120 + 45 - 1
+    # the library's DistilledScorer gives the numbers classify wrote, exactly (same normalisation and cut)
+    from scalingfilter import DistilledScorer
+
+    scorer = DistilledScorer.from_pretrained(model_dir)
+    recs = [rec for rel in sorted(got) for rec in got[rel]]
+    texts = [rec.get("text", rec.get("raw_content")) for rec in recs]
+    assert scorer.score(texts) == [rec["qf_distilled"] for rec in recs]
+    assert scorer.score([None, "", "  "]) == [None, None, None]
+    # and so does the datatrove step built on it
+    from datatrove.data import Document
+
+    from scalingfilter.integrations.datatrove import DistilledAnnotator
+
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    annotated = list(DistilledAnnotator(str(model_dir)).run(iter(docs)))
+    assert [d.metadata["qf_distilled"] for d in annotated] == [rec["qf_distilled"] for rec in recs]
+    assert [d.metadata["distill_error"] for d in annotated] == [rec["distill_error"] for rec in recs]
+    assert len(annotated) == len(recs) == 165
 
 
 def test_classify_restart_after_kill_gives_identical_output(trained, tmp_path):

@@ -207,3 +207,32 @@ def test_import_loads_no_torch_and_every_public_name_resolves():
         assert name in dir(scalingfilter)
     with pytest.raises(AttributeError):
         scalingfilter.no_such_name  # noqa: B018
+
+
+def test_semantic_diversity_equals_the_diversity_command(tmp_path):
+    """Texts in: the bundled MiniLM embeds them as `diversity` does, so the score is the command's (--full:
+    one group of all; --group-size: the mean over the seeded groups). Embeddings in: vendi_score's."""
+    import numpy as np
+
+    from scalingfilter import semantic_diversity, vendi_score
+
+    texts = [t for t in generated_texts(90, seed=5) if t.strip()]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+
+    def command(*flags):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert cli_main(["diversity", "--input-dir", str(inp), "--output-dir", str(out), "--no-progress", *flags]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    full = command("--full")
+    assert semantic_diversity(texts) == full["mean"]
+    grouped = command("--groups", "3", "--group-size", "20", "--seed", "4")
+    assert semantic_diversity(texts, groups=3, group_size=20, seed=4) == grouped["mean"]
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(40, 8))
+    assert semantic_diversity(emb) == pytest.approx(vendi_score(emb.astype(np.float32)), rel=1e-12)
+    assert semantic_diversity(np.repeat(emb[:1], 5, axis=0)) == pytest.approx(1.0)  # five copies: one item's worth
+    with pytest.raises(UsageError, match=r"items\[1\]"):
+        semantic_diversity(["a", 3])
