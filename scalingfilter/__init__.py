@@ -21,7 +21,6 @@ Integrations with datatrove, Ray Data and Hugging Face datasets: `scalingfilter.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -45,7 +44,10 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (8 ms)
+
+
+def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'scalingfilter' has no attribute {name!r}")
@@ -54,7 +56,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list[str]:
+def __dir__():
     return sorted(list(globals()) + __all__)
 
 

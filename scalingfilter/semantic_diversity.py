@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 
 from .cli import run_command
 from .commands.diversity import add_arguments, run
@@ -27,5 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, run, args)
 
 
+class _EntryPointAndFunction(types.ModuleType):
+    """`scalingfilter.semantic_diversity` names both this module (the reference's entry point) and the public
+    function (`scalingfilter.semantic_diversity(texts)`); once this module is imported, the package attribute
+    is the module, so calling the module calls the function: either way the name works as documented."""
+
+    def __call__(self, *args, **kwargs):
+        from scalingfilter.diversity import semantic_diversity
+
+        return semantic_diversity(*args, **kwargs)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _EntryPointAndFunction

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalingfilter import cli, semantic_diversity
+import scalingfilter.semantic_diversity as semantic_diversity  # the reference's entry point (a module)
+from scalingfilter import cli
 from scalingfilter.diversity import REJECTS_FILE, RESULTS_JSON, RESULTS_TXT, DiversityConfig, run_diversity
 
 REPO = Path(__file__).resolve().parents[1]
-CORPORA = REPO / ".." / "shared" / "corpora"
+DATA = REPO / "tests" / "data"
 FAST = ["--max-seq-length", "32", "--no-progress"]  # short inputs keep the CPU tests quick
 
 
@@ -294,37 +295,54 @@ def test_torchrun_two_processes_match_one(corpus, tmp_path):
     assert not (tmp_path / "two" / ".embedding_parts").exists()
 
 
-@pytest.mark.skipif(not (CORPORA / "train").is_dir() and not os.environ.get("CI"), reason="../shared/corpora not present")
-def test_mixing_more_sources_raises_diversity():
-    """The paper's validation: at a fixed number of documents, mixtures of more sources score higher.
-
-    Six real sources, 60 documents each (first 300 characters, 32 tokens, to keep it quick); a k-source
-    mixture takes 60 / k documents from each (60 is divisible by 1..6, so every mixture has n = 60). Single sources differ a lot (a set of encyclopaedia articles on unrelated
-    topics is more diverse than a mixture of two novels), so the score of k sources is averaged over
-    every k-subset; that average must rise strictly with k."""
+def assert_mixing_more_sources_raises_diversity(sources: list[list[str]]):
+    """At a fixed number of documents, mixtures of more sources score higher: each source gives 60 documents
+    (first 300 characters, 32 tokens, to keep it quick); a k-source mixture takes 60 / k documents from each (60
+    is divisible by 1..6, so every mixture has n = 60). Single sources differ a lot, so the score of k sources is
+    averaged over every k-subset; that average must rise strictly with k."""
     from scalingfilter.embedding import load_model
     from scalingfilter.vendi import vendi_score
 
-    files = ["train/wikitext", "train/speeches", "train/tinyshakespeare", "train/gutenberg", "eval/dclm-human-dev", "eval/cleaneval-pairs"]
     per_source = 60
+    assert len(sources) == 6 and all(len(texts) == per_source for texts in sources)
     model = load_model(None, device="cpu", max_seq_length=32)
-    emb = []
-    for f in files:
-        texts = []
-        with gzip.open(CORPORA / f"{f}.jsonl.gz", "rt") as fh:
-            for line in fh:
-                t = json.loads(line)["text"]
-                if t.strip():
-                    texts.append(t[:300])
-                if len(texts) == per_source:
-                    break
-        emb.append(model.encode(texts, batch_size=32))
+    emb = [model.encode([t[:300] for t in texts], batch_size=32) for texts in sources]
     means = []
-    for k in range(1, len(files) + 1):
+    for k in range(1, len(sources) + 1):
         take = per_source // k
         assert take * k == per_source
-        means.append(np.mean([vendi_score(np.concatenate([emb[i][:take] for i in subset])) for subset in itertools.combinations(range(len(files)), k)]))
+        means.append(np.mean([vendi_score(np.concatenate([emb[i][:take] for i in subset])) for subset in itertools.combinations(range(len(sources)), k)]))
     assert all(b > a for a, b in zip(means, means[1:])), means
+
+
+def first_texts(path, n: int, source: str | None = None) -> list[str]:
+    """The first n non-blank texts of a JSONL.gz file (of one source where given)."""
+    texts = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if record["text"].strip() and source in (None, record.get("source")):
+                texts.append(record["text"])
+            if len(texts) == n:
+                break
+    return texts
+
+
+REAL_SOURCES = ["corpora/train/wikitext.jsonl.gz", "corpora/train/speeches.jsonl.gz", "corpora/train/tinyshakespeare.jsonl.gz",
+                "corpora/train/gutenberg.jsonl.gz", "corpora/eval/dclm-human-dev.jsonl.gz", "corpora/eval/cleaneval-pairs.jsonl.gz"]
+
+
+@pytest.mark.needs_shared(*REAL_SOURCES)
+def test_mixing_more_sources_raises_diversity(shared):
+    """The paper's validation on six real sources (../shared/corpora: developers and CI). A set of encyclopaedia
+    articles on unrelated topics is more diverse than a mixture of two novels, hence the average over subsets."""
+    assert_mixing_more_sources_raises_diversity([first_texts(shared(f), 60) for f in REAL_SOURCES])
+
+
+def test_mixing_more_generated_sources_raises_diversity():
+    """The same validation on six generated sources of one genre each (tests/data/sources.jsonl.gz: every clone)."""
+    names = ["weather", "recipes", "football", "code", "legal", "markets"]
+    assert_mixing_more_sources_raises_diversity([first_texts(DATA / "sources.jsonl.gz", 60, name) for name in names])
 
 
 @pytest.mark.parametrize("bad", [["--q", "-1"], ["--q", "x"], ["--group-size", "0"], ["--group_size", "0"], ["--groups", "0"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def mark_scored(directory):
 
 
 def rank_auroc(scores, labels):
-    """The Mann-Whitney U from average ranks (the formula this module used before sklearn)."""
+    """The Mann-Whitney U from average ranks."""
     from scipy.stats import rankdata
 
     y = np.asarray(labels) == max(labels)
@@ -47,6 +48,25 @@ def test_auroc_matches_pair_counting_with_ties(seed):
     scores = rng.integers(0, 6, n).astype(float)  # many ties
     assert auroc(scores, labels) == pytest.approx(brute_auroc(list(scores), list(labels)), abs=1e-12)
     assert auroc(scores, labels) == pytest.approx(rank_auroc(scores, labels), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_auroc_is_the_pairwise_probability_without_scikit_learn(seed, monkeypatch):
+    """auroc (scipy's average ranks) against the definition, counted pair by pair in O(n^2): P(positive scores
+    higher than negative) + 1/2 P(tie). Float scores with many exact ties, unbalanced classes, labels of any
+    kind (the larger value is positive); scikit-learn blocked: nothing in scalingfilter may need it."""
+    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import sklearn...` fails, even if another test imported it
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(40, 300))
+    scores = np.where(rng.random(n) < 0.5, rng.choice([-0.25, 0.0, 0.1, 1e-9, 3.5], n), rng.normal(0, 1, n))  # half tied
+    labels = np.where(rng.random(n) < 0.2, "good", "bad")  # unbalanced; "good" > "bad"
+    labels[:2] = ["bad", "good"]
+    pos = [s for s, y in zip(scores, labels) if y == "good"]
+    neg = [s for s, y in zip(scores, labels) if y == "bad"]
+    pairwise = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (len(pos) * len(neg))
+    assert auroc(scores.tolist(), labels.tolist()) == pytest.approx(pairwise, abs=1e-12)
+    assert auroc((-scores).tolist(), labels.tolist()) == pytest.approx(1 - pairwise, abs=1e-12)  # reversed scores
 
 
 def test_auroc_edge_cases():

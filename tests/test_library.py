@@ -236,3 +236,16 @@ def test_semantic_diversity_equals_the_diversity_command(tmp_path):
     assert semantic_diversity(np.repeat(emb[:1], 5, axis=0)) == pytest.approx(1.0)  # five copies: one item's worth
     with pytest.raises(UsageError, match=r"items\[1\]"):
         semantic_diversity(["a", 3])
+
+
+def test_the_entry_point_module_and_the_function_share_a_name():
+    """`python -m scalingfilter.semantic_diversity` is the reference's entry point; `scalingfilter.semantic_diversity`
+    the public function: after the module is imported, the package's name is the module, and calling it works."""
+    import numpy as np
+
+    import scalingfilter
+    import scalingfilter.semantic_diversity as entry
+
+    assert callable(entry.main)
+    emb = np.random.default_rng(1).normal(size=(12, 4))
+    assert scalingfilter.semantic_diversity(emb) == entry(emb) == pytest.approx(scalingfilter.vendi_score(emb.astype(np.float32)), rel=1e-12)

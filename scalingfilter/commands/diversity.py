@@ -86,6 +86,9 @@ def report_lines(result: dict[str, Any], output_dir: str | Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scalingfilter.embedding import require_extras
+
+    require_extras(args.model_name)  # the "diversity" extra, checked before any reading or downloading
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     if args.no_progress:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, require
 from ..storage import write_bytes_atomic, write_json_atomic
 from .data import Corpus, fetch_texts, read_corpus, read_score_summary, read_selection, rejected_count, summary_mismatch
 from .figures import Plot, make_figures
@@ -38,6 +38,15 @@ from .stats import (corpus_stats, group_stats, pick_examples, pick_gate_examples
 
 REPORT_NAME = "report.html"
 STATS_NAME = "stats.json"
+EXTRA = "report"  # pip install 'scalingfilter[report]'
+EXTRA_MODULES = ("matplotlib", "jinja2", "scipy")  # figures, the page, rank statistics
+
+
+def require_extras(what: str = "scalingfilter report") -> None:
+    """Fail at once, before any reading, with the one-line pip command when a module the report needs
+    is missing (the core install scores and selects; the report is the "report" extra)."""
+    for module in EXTRA_MODULES:
+        require(module, EXTRA, what)
 
 
 def _load_kept(corpus: Corpus, scored_dir: Path, selected_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -87,6 +96,7 @@ def build_report(
     """Write report.html, the PNG figures and stats.json into `report_dir`; return the stats."""
     from ..locations import is_remote, location, staged_output
 
+    require_extras()
     if is_remote(report_dir):  # written into a local directory, then each file sent whole (the page last)
         with staged_output(report_dir, last=(REPORT_NAME,)) as local:
             return build_report(scored_dir, local, selected_dir, text_field, group_field, n_examples, snippet_chars, max_points, notes, group_examples)
@@ -128,4 +138,4 @@ def build_report(
     return stats
 
 
-__all__ = ["build_report", "REPORT_NAME", "STATS_NAME"]
+__all__ = ["build_report", "require_extras", "REPORT_NAME", "STATS_NAME"]

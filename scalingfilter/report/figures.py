@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import require
 from ..storage import write_bytes_atomic
 
 KEPT_COLOUR = "#1b7837"
@@ -58,8 +59,7 @@ class Plot:
 
 
 def _pyplot():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "report", "scalingfilter report")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -79,8 +79,9 @@ def selection_rows(sel: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_page(stats: dict[str, Any], figures: list[dict[str, Any]], examples: dict[str, list[dict[str, Any]]],
                 group_examples: dict[str, dict[str, list[dict[str, Any]]]], notes: list[str]) -> str:
-    import jinja2
+    from ..errors import require
 
+    jinja2 = require("jinja2", "report", "scalingfilter report")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, pct=pct, b64=lambda data: base64.b64encode(data).decode("ascii"))

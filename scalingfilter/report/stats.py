@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import require
 from ..selection import rank_interval
 from .data import Corpus
 
@@ -36,6 +37,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[int, float | None]:
     n = int(ok.sum())
     if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return n, None
+    require("scipy", "report", "scalingfilter report")
     from scipy.stats import spearmanr
 
     rho = float(spearmanr(x[ok], y[ok]).statistic)
@@ -77,6 +79,7 @@ def selection_summary(selection: dict[str, Any], directory: str, log_qf: np.ndar
 def random_kept_range(group_size: int, pool: int, kept: int, coverage: float = 0.95) -> tuple[float, float]:
     """The central `coverage` range of the fraction of a group of `group_size` that a uniformly random choice
     of `kept` documents out of `pool` keeps (hypergeometric)."""
+    require("scipy", "report", "scalingfilter report")
     from scipy.stats import hypergeom
 
     if group_size == 0:
