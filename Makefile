@@ -24,7 +24,7 @@ test: $(BIN)/scalingfilter
 bench: $(BIN)/scalingfilter
 	$(BIN)/python benchmarks/bench_score.py
 
-docs:  # README.md and BENCHMARKS.md are built from docs/ (tests/test_docs.py fails when they drift)
+docs:  # BENCHMARKS.md is built from docs/BENCHMARKS-*.md (tests/test_docs.py fails when it drifts)
 	$(PYTHON) scripts/build_docs.py
 
 clean:

@@ -2,7 +2,7 @@
 
 The blocks run in one fresh Python process (so that Ray, datatrove and the models they load go when it
 ends), in a directory holding `corpus/`: two JSONL files of generated documents with a "text" field, as
-docs/README-python.md promises its blocks. A block that fails names itself and its first line."""
+README.md's Python section promises its blocks. A block that fails names itself and its first line."""
 
 from __future__ import annotations
 
