@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from .documents import find_scored_files, iter_corpus
 from .errors import InputError, require
-from .schema import SUMMARY_NAME
+from .schema import PART_SUMMARY_GLOB, PART_SUMMARY_PATTERN, SUMMARY_NAME
 
 EXTRA = "eval"  # scipy (rankdata), for the AUROC: pip install 'scalingfilter[eval]'
 
@@ -172,6 +173,16 @@ def evaluate_dir(scored_dir: str | os.PathLike, label_field: str = "label", pair
     if not location(scored_dir).is_dir():
         raise InputError(f"{scored_dir}: no such directory")
     if not (location(scored_dir) / SUMMARY_NAME).is_file():
+        parts = sorted(p.name for p in location(scored_dir).glob(PART_SUMMARY_GLOB))
+        if parts:  # a job of node parts (--nparts, `scalingfilter slurm`): each part wrote its own summary
+            present: set[int] = set()
+            for name in parts:  # summary.parts-A-B.json: node parts A..B
+                m = re.fullmatch(PART_SUMMARY_PATTERN, name)
+                present.update(range(int(m[1]), int(m[2]) + 1) if m else ())
+            raise InputError(f"{scored_dir}: no {SUMMARY_NAME}: it was scored in node parts (--nparts), and the summaries of "
+                             f"node part(s) {', '.join(map(str, sorted(present)))} are present ({', '.join(parts)}); once every "
+                             f"part is done, run `scalingfilter score` once more with the same arguments and no --nparts: it "
+                             f"finds every file scored and writes {SUMMARY_NAME} (`scalingfilter select` reads the parts as they are)")
         raise InputError(f"{scored_dir}: no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
                          f"(score the corpus first, or wait until scoring has finished)")
     if not find_scored_files(scored_dir):

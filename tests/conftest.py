@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny model pair built locally (no network) and sample texts."""
+"""Shared fixtures: a tiny model pair built locally (no network), sample texts, the S3 server, and the one rule for
+tests that read ../shared (`shared_path`, the `shared` fixture and the `needs_shared` marker)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,49 @@ def bucket(s3):
     name = f"bucket-{os.getpid()}-{_bucket_no[0]}"
     s3fs_for(s3).mkdir(name)
     return name
+
+
+# ---------------------------------------------------------------------------------------------
+# ../shared: real corpora, evals and tokenizers that developers and CI have beside the checkout and a user's
+# clone does not. Every test that reads it goes through `shared_path` (or the `needs_shared` marker), so the
+# rule is one: missing outside CI, the test is skipped with the path as its reason; missing in CI, it fails.
+# What a clone can check without ../shared is checked on tests/data (written by tests/data/make_data.py).
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: CI set and not empty, 0, false or no (CI services set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def shared_path(*parts: str) -> Path:
+    """`../shared/<parts>` (parts may hold "/"), for a test that reads it. Where it is missing the test is skipped,
+    naming the path, except in CI, which must have ../shared: there the test fails, naming the path."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if in_ci():
+            pytest.fail(f"{path} is missing: CI must have ../shared beside the checkout", pytrace=False)
+        skip = pytest.skip.Exception(f"needs {path} (../shared is not beside this checkout; developers and CI have it)")
+        skip._use_item_location = True  # report the test's location, not this line (as pytest does for a fixture's skip)
+        raise skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared():
+    """`shared_path`, for tests and fixtures that need a path under ../shared: `shared("corpora", "eval", "x.gz")`."""
+    return shared_path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths under ../shared; "
+                                       "skipped where one is missing, failed in CI (see conftest.shared_path)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Apply `needs_shared` before any fixture is set up, so a skipped test costs nothing."""
+    for mark in item.iter_markers("needs_shared"):
+        for path in mark.args:
+            shared_path(path)

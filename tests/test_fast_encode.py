@@ -1,6 +1,7 @@
 """`fast_encode`: the embeddings equal sentence-transformers' `encode` on the whole texts, the cut before
 tokenising keeps exactly the tokens the model would have kept, and the fast path really ran (texts were cut,
-tokenising happened off the calling thread)."""
+tokenising happened off the calling thread). Each runs on the pages generated in tests/data (every clone) and
+on CLEANEVAL's real web pages in ../shared (developers and CI; see conftest.shared_path)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ import pytest
 
 from scalingfilter.fast_encode import CHARS_PER_TOKEN_BOUND, cut_at_word, encode_texts, length_sorted_order, supports
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpu" / "gpt2-tokenizer"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,14 @@ def model():
     return load_model(None, device="cpu", max_seq_length=64)
 
 
-def web_pages(n: int) -> list[str]:
-    with gzip.open(CORPORA / "eval" / "cleaneval-pairs.jsonl.gz", "rt") as fh:
-        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+@pytest.fixture(scope="module", params=["generated", "cleaneval"])
+def web_pages(request, shared):
+    """`web_pages(n)`: the first n web pages (at most 40) of tests/data/pages.jsonl.gz (32 generated multilingual
+    pages, every clone) or of CLEANEVAL's real ones (../shared/corpora/eval, developers and CI)."""
+    path = DATA / "pages.jsonl.gz" if request.param == "generated" else shared("corpora", "eval", "cleaneval-pairs.jsonl.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        pages = [json.loads(line)["text"] for _, line in zip(range(40), fh)]
+    return lambda n: pages[:n]
 
 
 def awkward_texts() -> list[str]:
@@ -41,7 +46,7 @@ def awkward_texts() -> list[str]:
             "y" * (bound - 1) + " tail", "z " * (bound // 2) + "w" * 50]
 
 
-def test_embeddings_equal_sentence_transformers_encode(model):
+def test_embeddings_equal_sentence_transformers_encode(model, web_pages):
     texts = web_pages(40) + awkward_texts()
     random.Random(0).shuffle(texts)
     for batch_size in (1, 7, 64):
@@ -51,7 +56,7 @@ def test_embeddings_equal_sentence_transformers_encode(model):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_fast_path_ran_cut_texts_off_the_calling_thread(model, monkeypatch):
+def test_fast_path_ran_cut_texts_off_the_calling_thread(model, web_pages, monkeypatch):
     pages = web_pages(12)
     seen: list[tuple[int, str]] = []
     real = model.preprocess
@@ -96,17 +101,19 @@ def _random_texts(seed: int, n: int) -> list[str]:
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(20, 400))) for _ in range(n)]
 
 
-def test_cut_tokens_are_a_prefix_wordpiece(model):
+def test_cut_tokens_are_a_prefix_wordpiece(model, web_pages):
     tok = model.tokenizer
     texts = _random_texts(1, 150) + web_pages(10)
     assert _prefix_property(lambda t: tok(t, add_special_tokens=False)["input_ids"], texts, [50, 300, 1000]) > 300
 
 
-def test_cut_tokens_are_a_prefix_byte_level_bpe(tiny_pair_dir):
+@pytest.mark.parametrize("bpe", ["trained-here", "gpt2"])
+def test_cut_tokens_are_a_prefix_byte_level_bpe(tiny_pair_dir, shared, web_pages, bpe):
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    if GPT2_TOKENIZER.is_dir():  # GPT-2's own byte-level BPE
-        tok = GPT2TokenizerFast(vocab_file=str(GPT2_TOKENIZER / "vocab.json"), merges_file=str(GPT2_TOKENIZER / "merges.txt"))
+    if bpe == "gpt2":  # GPT-2's own byte-level BPE (../shared/gpu)
+        gpt2 = shared("gpu", "gpt2-tokenizer")
+        tok = GPT2TokenizerFast(vocab_file=str(gpt2 / "vocab.json"), merges_file=str(gpt2 / "merges.txt"))
     else:  # a byte-level BPE trained here
         tok = AutoTokenizer.from_pretrained(Path(tiny_pair_dir) / "small")
     texts = _random_texts(2, 150) + web_pages(10)

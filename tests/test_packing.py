@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from scalingfilter.packing import (
 )
 from scalingfilter.scoring import PairScorer, TokenizedDoc, layout_nll, token_nll
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "eval"
+DATA = Path(__file__).resolve().parent / "data"
 REL = 1e-5
 
 
@@ -96,12 +95,7 @@ def test_packed_equals_padded_on_texts_with_eos_and_truncation(long_pair, sample
     assert_same_scores(padded, packed)
 
 
-def dclm_texts(n):
-    path = CORPORA / "dclm-human-dev.jsonl.gz"
-    if not path.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} is missing (CI must have ../shared/corpora)")
-        pytest.skip("needs ../shared/corpora")
+def jsonl_texts(path, n):
     out = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:
@@ -111,15 +105,19 @@ def dclm_texts(n):
     return out
 
 
-def test_packed_equals_padded_with_the_bundled_pair():
+@pytest.mark.parametrize("corpus", ["generated", "dclm"])
+def test_packed_equals_padded_with_the_bundled_pair(shared, corpus):
+    """Real-length documents: generated multilingual web pages (tests/data, every clone) or DCLM's CommonCrawl
+    pages (../shared/corpora/eval, developers and CI), many over the bundled pair's 512 tokens."""
     from scalingfilter.bundled import bundled_pair_dir
     from scalingfilter.models import pair_scoring_defaults
 
+    path = DATA / "pages.jsonl.gz" if corpus == "generated" else shared("corpora", "eval", "dclm-human-dev.jsonl.gz")
     if bundled_pair_dir() is None:
         pytest.skip("the bundled pair is not shipped in this installation")
     pair = load_pair("bundled", device="cpu", dtype="float32")
     settings = pair_scoring_defaults("bundled")  # max_len 512, prepend BOS
-    texts = dclm_texts(24) + ["eos<|endoftext|>inside", "b"]
+    texts = jsonl_texts(path, 24) + ["eos<|endoftext|>inside", "b"]
     padded = PairScorer(pair, packing="off", max_tokens_per_batch=4096, **settings).score_texts(texts)
     packed = PairScorer(pair, packing="on", max_tokens_per_batch=4096, **settings).score_texts(texts)
     assert any(s.truncated for s in padded)

@@ -164,11 +164,15 @@ def test_unreachable_hub_model_error_names_model_and_fix():
     with pytest.raises(ModelLoadError) as err:
         load_pair(small_model="no-such-org/no-such-model-xyz", large_model="no-such-org/no-such-model-xyz", device="cpu")
     msg = str(err.value)
-    assert "no-such-org/no-such-model-xyz" in msg and "--small-model" in msg and "local" in msg
+    # the library names its parameter (small=DIR); the CLI, the flag (--small-model=DIR)
+    assert "no-such-org/no-such-model-xyz" in msg and "small=DIR" in msg and "local" in msg
+    assert "--small-model=DIR" in err.value.cli_message()
 
 
 def test_max_len_beyond_context_is_refused(pair):
-    with pytest.raises(ValueError, match="exceeds"):
+    from scalingfilter.errors import UsageError
+
+    with pytest.raises(UsageError, match="max_len=4096 exceeds"):
         PairScorer(pair, max_len=4096)
 
 
