@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scalingfilter import vendi  # noqa: E402
+from scalingfilter.stages import vendi  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "train" / "gutenberg.jsonl.gz"
 
@@ -99,7 +99,7 @@ def load_texts(count: int) -> list[str]:
 
 
 def bench_embedding(count: int, batch_sizes: list[int], seq_lengths: list[int]) -> list[dict]:
-    from scalingfilter.embedding import default_device, load_model
+    from scalingfilter.models.embedding import default_device, load_model
 
     device = default_device()
     texts = load_texts(count)
@@ -122,8 +122,8 @@ def bench_embedding(count: int, batch_sizes: list[int], seq_lengths: list[int]) 
 def bench_sampling(docs: int, group_size: int, seq: int = 128) -> dict:
     import tempfile
 
-    from scalingfilter.diversity import DiversityConfig, plan_groups, run_diversity, score_groups
-    from scalingfilter.embedding import Cache, embedding_dim, load_model
+    from scalingfilter.stages.diversity import DiversityConfig, plan_groups, run_diversity, score_groups
+    from scalingfilter.models.embedding import Cache, embedding_dim, load_model
 
     texts = [t[:1500] for t in load_texts(docs)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,7 +46,7 @@ def measure(model, texts: list[str], batch_size: int, label: str, log=print) -> 
     """Pages/s of tokenising alone and of encoding, sentence-transformers' way and ours, plus their max abs difference."""
     import numpy as np
 
-    from scalingfilter.fast_encode import _preprocess_fn, _tokenise, encode_texts
+    from scalingfilter.models.fast_encode import _preprocess_fn, _tokenise, encode_texts
 
     preprocess, max_len = _preprocess_fn(model), model.max_seq_length
     warm = texts[: 2 * batch_size]
@@ -90,7 +90,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from scalingfilter.embedding import load_model
+    from scalingfilter.models.embedding import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

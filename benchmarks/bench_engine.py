@@ -71,7 +71,7 @@ def write_texts(root: Path, docs: int) -> None:
 
 
 def child_score(engine: str, input_dir: str, output_dir: str, options: dict, workers: int) -> dict:
-    from scalingfilter.pipeline import ScoreConfig, ScoreJob
+    from scalingfilter.stages.score import ScoreConfig, ScoreJob
 
     cfg = ScoreConfig(input_dir, output_dir, show_progress=False, **options)
     t0 = time.time()
@@ -89,14 +89,14 @@ def child_score(engine: str, input_dir: str, output_dir: str, options: dict, wor
         summary = ScoreJob(cfg).run()
         summary["work_s"] = time.time() - first_unit[0]
     else:
-        from scalingfilter.engines.ray_engine import RayOptions, score_with_ray
+        from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
 
         summary = score_with_ray(cfg, RayOptions(workers=workers))
     return {"wall_s": time.time() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "summary": summary}
 
 
 def child_plan(input_dir: str, output_dir: str, options: dict) -> dict:
-    from scalingfilter.pipeline import ScoreConfig, ScoreJob
+    from scalingfilter.stages.score import ScoreConfig, ScoreJob
 
     t0 = time.time()
     plan = ScoreJob(ScoreConfig(input_dir, output_dir, show_progress=False, **options)).prepare()
@@ -107,8 +107,8 @@ def child_dispatch(input_dir: str, output_dir: str, batch_units: int, workers: i
     """Plan, then hand every unit to no-op workers through the engine's own dispatcher."""
     import ray
 
-    from scalingfilter.engines import ray_engine
-    from scalingfilter.pipeline import ScoreConfig, ScoreJob
+    from scalingfilter.jobs.engines import ray as ray_engine
+    from scalingfilter.stages.score import ScoreConfig, ScoreJob
 
     class NoopWorker(ray_engine.ScoreWorker):
         def ready(self):

@@ -82,7 +82,7 @@ def main() -> None:
     try:
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                           AWS_ENDPOINT_URL=endpoint, SCALINGFILTER_SPOOL_DIR=str(work / "spool"))
-        from scalingfilter.pipeline import score_corpus
+        from scalingfilter.stages.score import score_corpus
         from scalingfilter.testing import build_random_pair
 
         corpus = work / "in"
@@ -101,7 +101,7 @@ def main() -> None:
             "s3 -> s3": lambda r: score_corpus("s3://bench/in", f"s3://bench/out-{r}", **common),
         }
         # the raw cost the prefetch has to hide: reading (and decompressing, parsing) every record, no scoring
-        from scalingfilter.documents import iter_corpus
+        from scalingfilter.io.documents import iter_corpus
 
         reads: dict[str, list[float]] = {"local": [], "s3": []}
         for _ in range(3):

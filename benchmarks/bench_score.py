@@ -110,8 +110,8 @@ def run_ours(pair_dir: str, texts: list[str], max_len: int, dtype: str, threads:
         sys.path.insert(0, tree)
     import torch
 
-    from scalingfilter.models import load_pair
-    from scalingfilter.scoring import PairScorer
+    from scalingfilter.models.pair import load_pair
+    from scalingfilter.models.scoring import PairScorer
 
     torch.set_num_threads(threads)
     _quiet()
@@ -181,7 +181,7 @@ def speed(args) -> None:
 
 
 def memory_job(input_dir: str, out_dir: str, pair_dir: str) -> dict:
-    from scalingfilter.pipeline import score_corpus
+    from scalingfilter.stages.score import score_corpus
 
     _quiet()
 

@@ -124,9 +124,9 @@ def gpu(args) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from scalingfilter.models import load_pair
-    from scalingfilter.packing import packed_layout
-    from scalingfilter.scoring import PairScorer, Tokenization, layout_nll
+    from scalingfilter.models.pair import load_pair
+    from scalingfilter.models.packing import packed_layout
+    from scalingfilter.models.scoring import PairScorer, Tokenization, layout_nll
 
     if not (KIT / "make_shapes.py").is_file():
         sys.exit("gpu_kit/ is missing: run `python benchmarks/bench_score.py --prepare-kit` where ../shared is, and carry gpu_kit")
@@ -290,7 +290,7 @@ def gpu(args) -> None:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from bench_embed import measure
 
-        from scalingfilter.embedding import load_model
+        from scalingfilter.models.embedding import load_model
 
         n_pages = 64 if args.tiny else args.embed_pages
         for name in ("minilm", "bge"):

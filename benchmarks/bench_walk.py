@@ -18,7 +18,8 @@ import shutil
 import time
 from pathlib import Path
 
-from scalingfilter import documents, locations
+from scalingfilter.io import documents
+from scalingfilter.io import locations
 
 
 def build_tree(root: Path, files: int, dirs: int) -> None:

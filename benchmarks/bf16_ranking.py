@@ -40,9 +40,9 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from scalingfilter.evaluation import auroc
-    from scalingfilter.models import load_pair, pair_scoring_defaults
-    from scalingfilter.scoring import PairScorer
+    from scalingfilter.stages.evaluate import auroc
+    from scalingfilter.models.pair import load_pair, pair_scoring_defaults
+    from scalingfilter.models.scoring import PairScorer
 
     torch.set_num_threads(args.threads)
     settings = pair_scoring_defaults("bundled")

@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scalingfilter.stages import distill as D  # noqa: E402
-from scalingfilter.documents import find_scored_files, read_records  # noqa: E402
-from scalingfilter.evaluation import auroc, pair_win_rate  # noqa: E402
+from scalingfilter.io.documents import find_scored_files, read_records  # noqa: E402
+from scalingfilter.stages.evaluate import auroc, pair_win_rate  # noqa: E402
 
 GRID = {
     "fasttext-defaults": dict(epoch=5, lr=0.1, normalisation="whitespace"),

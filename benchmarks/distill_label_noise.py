@@ -24,8 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scalingfilter.documents import find_scored_files, read_records  # noqa: E402
-from scalingfilter.evaluation import auroc  # noqa: E402
+from scalingfilter.io.documents import find_scored_files, read_records  # noqa: E402
+from scalingfilter.stages.evaluate import auroc  # noqa: E402
 
 
 def main() -> None:

@@ -26,14 +26,14 @@ __version__ = "0.1.0"
 
 # name -> module that defines it (imported on first use)
 _EXPORTS = {
-    "QualityScorer": "scalingfilter.scorer",
-    "QualityScore": "scalingfilter.scorer",
-    "ScoringSettings": "scalingfilter.scorer",
-    "score_corpus": "scalingfilter.pipeline",
-    "select_corpus": "scalingfilter.selection",
-    "threshold_for": "scalingfilter.threshold",
-    "semantic_diversity": "scalingfilter.diversity",
-    "vendi_score": "scalingfilter.vendi",
+    "QualityScorer": "scalingfilter.models.scorer",
+    "QualityScore": "scalingfilter.models.scorer",
+    "ScoringSettings": "scalingfilter.models.scorer",
+    "score_corpus": "scalingfilter.stages.score",
+    "select_corpus": "scalingfilter.stages.select",
+    "threshold_for": "scalingfilter.stages.threshold",
+    "semantic_diversity": "scalingfilter.stages.diversity",
+    "vendi_score": "scalingfilter.stages.vendi",
     "train_pair": "scalingfilter.api",
     "distill": "scalingfilter.api",
     "DistilledScorer": "scalingfilter.stages.distill",
@@ -63,10 +63,10 @@ def __dir__():
 if TYPE_CHECKING:  # for type checkers and IDEs; never imported at run time
     from scalingfilter.api import distill, evaluate, train_pair
     from scalingfilter.stages.distill import DistilledScorer
-    from scalingfilter.diversity import semantic_diversity
+    from scalingfilter.stages.diversity import semantic_diversity
     from scalingfilter.errors import ScalingFilterError
-    from scalingfilter.pipeline import score_corpus
-    from scalingfilter.scorer import QualityScore, QualityScorer, ScoringSettings
-    from scalingfilter.selection import select_corpus
-    from scalingfilter.threshold import threshold_for
-    from scalingfilter.vendi import vendi_score
+    from scalingfilter.stages.score import score_corpus
+    from scalingfilter.models.scorer import QualityScore, QualityScorer, ScoringSettings
+    from scalingfilter.stages.select import select_corpus
+    from scalingfilter.stages.threshold import threshold_for
+    from scalingfilter.stages.vendi import vendi_score

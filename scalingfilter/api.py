@@ -16,7 +16,7 @@ def train_pair(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, l
     `output_dir` (small/, large/, scoring.json): what `scalingfilter train` does. `options` are the
     fields of `training.TrainConfig` (sizes="tiny", tokens=8e6, seq_len=512, device="auto", ...).
     Returns the training summary (parameters, tokens seen, held-out losses)."""
-    from scalingfilter.training import TrainConfig, train_pair as run_training
+    from scalingfilter.stages.train import TrainConfig, train_pair as run_training
 
     cfg = TrainConfig(input_dir=str(input_dir), output_dir=str(output_dir), **options)
     return run_training(cfg, log=log or (lambda _message: None))
@@ -36,6 +36,6 @@ def evaluate(scored_dir: str | os.PathLike, *, label_field: str = "label", pair_
              text_field: str = "text") -> dict[str, Any]:
     """AUROC and pair win rate of the quality factor and its baselines against the labels of a scored
     directory (what `scalingfilter evaluate` prints)."""
-    from scalingfilter.evaluation import evaluate_dir
+    from scalingfilter.stages.evaluate import evaluate_dir
 
     return evaluate_dir(scored_dir, label_field=label_field, pair_field=pair_field, text_field=text_field)

@@ -1,6 +1,6 @@
 """The error family: every failure a user can fix is a `ScalingFilterError`, printed as one line.
 
-`scalingfilter.cli.main` catches the base class once, prints `scalingfilter COMMAND: error: MESSAGE`
+`scalingfilter.cli.app.main` catches the base class once, prints `scalingfilter COMMAND: error: MESSAGE`
 and exits with the subclass's `exit_status`; anything else that escapes is a bug and keeps its
 traceback. No module here imports torch, so every stage (and the CLI) can raise and catch these.
 

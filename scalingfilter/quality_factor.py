@@ -4,7 +4,7 @@
   torchrun --nproc_per_node=N scalingfilter/quality_factor.py --input_dir IN --output_dir OUT
   python -m scalingfilter.quality_factor --input_dir IN --output_dir OUT
 
-Flags, defaults and behaviour are those of `scalingfilter score` (scalingfilter/commands/score.py).
+Flags, defaults and behaviour are those of `scalingfilter score` (scalingfilter/cli/score.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ if __package__ in (None, ""):
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, os.path.dirname(here))
 
-from scalingfilter.commands.score import add_arguments, run  # noqa: E402,F401
+from scalingfilter.cli.score import add_arguments, run  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalingfilter.cli import run_command
+    from scalingfilter.cli.app import run_command
 
     parser = argparse.ArgumentParser(prog="quality_factor", description="Quality factors of a corpus (ScalingFilter).")
     add_arguments(parser)

@@ -3,7 +3,7 @@
     python -m scalingfilter.semantic_diversity --input_dir IN --output_dir OUT [--column text]
         [--model_name NAME_OR_DIR] [--batch_size N] [--load_from_cache]
 
-The flags, defaults and output are those of `scalingfilter diversity` (scalingfilter/commands/diversity.py):
+The flags, defaults and output are those of `scalingfilter diversity` (scalingfilter/cli/diversity.py):
 every flag also takes the dash spelling (--input-dir), and --groups, --group-size, --seed, --full, --q,
 --kernel, ... work here too. As in the reference, the scores are printed and written to OUT/results.txt.
 """
@@ -14,8 +14,8 @@ import argparse
 import sys
 import types
 
-from .cli import run_command
-from .commands.diversity import add_arguments, run
+from scalingfilter.cli.app import run_command
+from scalingfilter.cli.diversity import add_arguments, run
 
 PROG = "semantic_diversity"
 
@@ -34,7 +34,7 @@ class _EntryPointAndFunction(types.ModuleType):
     is the module, so calling the module calls the function: either way the name works as documented."""
 
     def __call__(self, *args, **kwargs):
-        from scalingfilter.diversity import semantic_diversity
+        from scalingfilter.stages.diversity import semantic_diversity
 
         return semantic_diversity(*args, **kwargs)
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .tokenizer import train_bpe_tokenizer  # build_random_pair's tokenizer (the one `train` builds)
+from scalingfilter.models.tokenizer import train_bpe_tokenizer  # build_random_pair's tokenizer (the one `train` builds)
 
 TEST_SIZES = {"small": (2, 32, 2), "large": (2, 64, 4)}  # (layers, width, heads)
 
@@ -120,7 +120,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict], compress: str 
 
 def read_scored(out: str | os.PathLike) -> dict[str, list[dict]]:
     """Every record of a scored output directory, by relative path, in file order."""
-    from .documents import find_scored_files, read_records
+    from scalingfilter.io.documents import find_scored_files, read_records
 
     out = Path(out)
     return {rel: [r.data for r in read_records(out / rel, rel)] for rel in find_scored_files(out)}

@@ -59,7 +59,7 @@ def _fresh_filesystems() -> None:
     """Forget cached filesystem instances: they hold the endpoint and credentials they were made with."""
     import s3fs
 
-    from scalingfilter import locations
+    from scalingfilter.io import locations
 
     locations._filesystem.cache_clear()
     s3fs.S3FileSystem.clear_instance_cache()

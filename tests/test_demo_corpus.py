@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from scalingfilter.cli import main as cli_main
-from scalingfilter.demo_corpus import KINDS, build_demo_corpus, collect_demo_documents
-from scalingfilter.documents import iter_corpus
+from scalingfilter.cli.app import main as cli_main
+from scalingfilter.stages.demo_corpus import KINDS, build_demo_corpus, collect_demo_documents
+from scalingfilter.io.documents import iter_corpus
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_build_writes_a_corpus(tmp_path):
 
 
 def test_demo_end_to_end(tiny_pair_dir, tmp_path, capsys):
-    pytest.importorskip("scalingfilter.pipeline")
+    pytest.importorskip("scalingfilter.stages.score")
     out = tmp_path / "demo"
     assert cli_main(["demo", "--output-dir", str(out), "--pair", str(tiny_pair_dir), "--docs", "24", "--max-len", "64", "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -89,7 +89,7 @@ def test_demo_end_to_end(tiny_pair_dir, tmp_path, capsys):
 
 def test_demo_without_bundled_pair_says_so(tmp_path, monkeypatch, capsys):
     import scalingfilter.bundled
-    from scalingfilter.demo import resolve_demo_pair
+    from scalingfilter.stages.demo import resolve_demo_pair
 
     monkeypatch.setattr(scalingfilter.bundled, "bundled_pair_dir", lambda: None)  # an installation without the pair
     texts = [d["text"] for d in collect_demo_documents(20, seed=0)]

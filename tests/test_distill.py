@@ -19,7 +19,7 @@ import pytest
 fasttext = pytest.importorskip("fasttext")  # the [distill] extra (in the dev extra)
 
 from scalingfilter.stages import distill as D  # noqa: E402
-from scalingfilter.evaluation import auroc  # noqa: E402
+from scalingfilter.stages.evaluate import auroc  # noqa: E402
 from scalingfilter.testing import read_scored  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,8 +352,8 @@ def test_a_damaged_model_is_refused_even_when_its_card_was_rehashed(trained, tmp
 @pytest.mark.slow
 def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path):
     ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
-    from scalingfilter.engines.ray_engine import RayOptions, score_with_ray
-    from scalingfilter.pipeline import ScoreConfig
+    from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
+    from scalingfilter.stages.score import ScoreConfig
 
     root, _records, _card = trained
     inp = classify_corpus(tmp_path)

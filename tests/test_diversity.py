@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import scalingfilter.semantic_diversity as semantic_diversity  # the reference's entry point (a module)
-from scalingfilter import cli
-from scalingfilter.diversity import REJECTS_FILE, RESULTS_JSON, RESULTS_TXT, DiversityConfig, run_diversity
+from scalingfilter.cli import app as cli
+from scalingfilter.stages.diversity import REJECTS_FILE, RESULTS_JSON, RESULTS_TXT, DiversityConfig, run_diversity
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -49,14 +49,14 @@ def corpus(tmp_path_factory, sample_texts):
 def all_embeddings(sample_texts):
     """Every usable document embedded at once, independently of the command: what the code did
     before it embedded only the groups' documents."""
-    from scalingfilter.embedding import load_model
+    from scalingfilter.models.embedding import load_model
 
     return load_model(None, device="cpu", max_seq_length=32).encode(usable_texts(sample_texts), batch_size=64)
 
 
 def expected_scores(all_embeddings, n: int, groups: int, size: int, seed: int) -> list[float]:
     """The groups drawn from all n documents as before: a seeded permutation of range(n) cut into slices."""
-    from scalingfilter.vendi import vendi_score
+    from scalingfilter.stages.vendi import vendi_score
 
     perm = np.random.default_rng(seed).permutation(n)
     return [vendi_score(all_embeddings[perm[i * size : (i + 1) * size]]) for i in range(groups)]
@@ -185,7 +185,7 @@ def test_run_diversity_returns_the_result_and_the_command_prints_it(corpus, firs
     result = run_diversity(DiversityConfig(str(corpus), str(out), groups=3, group_size=15, load_from_cache=True, max_seq_length=32, progress=False))
     assert capsys.readouterr().out == ""
     assert result == json.loads((out / RESULTS_JSON).read_text())
-    from scalingfilter.commands.diversity import report_lines
+    from scalingfilter.cli.diversity import report_lines
 
     lines = report_lines(result, out)
     assert lines[:4] == [f"Semantic Diversity 0: {result['scores'][0]}", f"Semantic Diversity 1: {result['scores'][1]}",
@@ -195,7 +195,7 @@ def test_run_diversity_returns_the_result_and_the_command_prints_it(corpus, firs
 
 def test_second_run_on_the_same_output_is_refused(corpus, tmp_path):
     """The output directory is held for the run: another process's run stops at once, naming the holder."""
-    from scalingfilter.storage import JobLock
+    from scalingfilter.io.storage import JobLock
 
     out = tmp_path / "out"
     with JobLock(out, "diversity"):
@@ -259,7 +259,7 @@ def test_unreachable_hub_model_says_how_to_use_a_local_dir(monkeypatch):
     import sentence_transformers
 
     from scalingfilter import errors
-    from scalingfilter.embedding import ModelLoadError, load_model
+    from scalingfilter.models.embedding import ModelLoadError, load_model
 
     assert ModelLoadError is errors.ModelLoadError
 
@@ -300,8 +300,8 @@ def assert_mixing_more_sources_raises_diversity(sources: list[list[str]]):
     (first 300 characters, 32 tokens, to keep it quick); a k-source mixture takes 60 / k documents from each (60
     is divisible by 1..6, so every mixture has n = 60). Single sources differ a lot, so the score of k sources is
     averaged over every k-subset; that average must rise strictly with k."""
-    from scalingfilter.embedding import load_model
-    from scalingfilter.vendi import vendi_score
+    from scalingfilter.models.embedding import load_model
+    from scalingfilter.stages.vendi import vendi_score
 
     per_source = 60
     assert len(sources) == 6 and all(len(texts) == per_source for texts in sources)

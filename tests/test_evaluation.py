@@ -1,4 +1,4 @@
-"""AUROC and pair win rate (scalingfilter.evaluation) and `scalingfilter evaluate`."""
+"""AUROC and pair win rate (scalingfilter.stages.evaluate) and `scalingfilter evaluate`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from scalingfilter.cli import main
-from scalingfilter.documents import InputError, write_records
-from scalingfilter.evaluation import auroc, evaluate_dir, evaluate_records, format_table, pair_win_rate
-from scalingfilter.schema import SUMMARY_NAME
+from scalingfilter.cli.app import main
+from scalingfilter.io.documents import InputError, write_records
+from scalingfilter.stages.evaluate import auroc, evaluate_dir, evaluate_records, format_table, pair_win_rate
+from scalingfilter.jobs.state import SUMMARY_NAME
 
 
 def mark_scored(directory):

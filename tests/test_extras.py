@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from scalingfilter.documents import write_records
-from scalingfilter.schema import SUMMARY_NAME
+from scalingfilter.io.documents import write_records
+from scalingfilter.jobs.state import SUMMARY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 # Every module an extra brings (and scikit-learn / pandas, which only extras pull in): none of them is core.
@@ -30,7 +30,7 @@ def run_blocked(blocked, argv, tmp_path, timeout=300):
     code = ("import sys\n"
             f"for name in {tuple(blocked)!r}:\n"
             "    sys.modules[name] = None\n"
-            "from scalingfilter.cli import main\n"
+            "from scalingfilter.cli.app import main\n"
             f"sys.exit(main({list(argv)!r}))\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                SCALINGFILTER_SPOOL_DIR=str(tmp_path / "spool"))

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalingfilter.fast_encode import CHARS_PER_TOKEN_BOUND, cut_at_word, encode_texts, length_sorted_order, supports
+from scalingfilter.models.fast_encode import CHARS_PER_TOKEN_BOUND, cut_at_word, encode_texts, length_sorted_order, supports
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
 def model():
-    from scalingfilter.embedding import load_model
+    from scalingfilter.models.embedding import load_model
 
     return load_model(None, device="cpu", max_seq_length=64)
 

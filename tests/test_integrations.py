@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from scalingfilter.cli import main as cli_main
+from scalingfilter.cli.app import main as cli_main
 from scalingfilter.integrations.datatrove import QualityFactorAnnotator, QualityFactorFilter  # imports without datatrove
 
 N_FILES, PER_FILE = 4, 50
@@ -276,7 +276,7 @@ def test_datasets_map_equals_cli(corpus):
     from datasets.fingerprint import Hasher
 
     from scalingfilter.integrations.datasets import map_function
-    from scalingfilter.scorer import QualityScorer
+    from scalingfilter.models.scorer import QualityScorer
 
     ds = datasets.Dataset.from_dict({"id": corpus.ids, "text": corpus.texts})
     # batches of 50 hold the documents of one file: the CLI's windows, the same bits (the first batch has no

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scalingfilter.cli import main as cli_main
+from scalingfilter.cli.app import main as cli_main
 from scalingfilter.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]

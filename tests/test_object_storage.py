@@ -113,7 +113,7 @@ def local_reference(corpus, tmp_path_factory):
 
 
 def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3_env, bucket, corpus, tiny_pair_dir, tmp_path):
-    from scalingfilter.pipeline import score_corpus
+    from scalingfilter.stages.score import score_corpus
 
     s3 = s3_env
     options = dict(pair=str(tiny_pair_dir), max_len=64, device="cpu", unit_docs=10, split_bytes=0, show_progress=False)
@@ -133,7 +133,7 @@ def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3_env,
 
 
 def test_input_in_bucket_output_local_and_the_reverse(s3_env, bucket, corpus, local_reference, tmp_path):
-    from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
+    from scalingfilter.stages.score import fixed_scorer_spec, score_corpus
 
     s3 = s3_env
     upload(s3, corpus, f"s3://{bucket}/in")
@@ -172,8 +172,8 @@ def test_kill_9_mid_run_then_restart_gives_identical_output(s3, bucket, corpus, 
 def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
     """The lock object is created with a conditional PUT: a second holder is refused, naming the first."""
     from scalingfilter.errors import LockedError
-    from scalingfilter.locations import location
-    from scalingfilter.storage import JobLock, ObjectLock
+    from scalingfilter.io.locations import location
+    from scalingfilter.io.storage import JobLock, ObjectLock
 
     for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
         monkeypatch.setenv(k, v)
@@ -201,8 +201,8 @@ def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
 
 def test_a_lock_of_another_host_is_taken_over_only_after_its_heartbeat_stopped(s3_env, bucket, monkeypatch):
     from scalingfilter.errors import LockedError
-    from scalingfilter.locations import location
-    from scalingfilter.storage import LOCK_TTL_ENV, JobLock
+    from scalingfilter.io.locations import location
+    from scalingfilter.io.storage import LOCK_TTL_ENV, JobLock
 
     out = location(f"s3://{bucket}/out")
     lock = out / ".scalingfilter" / "lock"
@@ -429,7 +429,7 @@ def test_a_read_cut_mid_file_is_retried_then_a_clear_error_naming_the_object(s3,
 
 
 def test_remote_reader_streams_parquet_by_row_group_and_compressed_jsonl(s3, bucket, corpus, monkeypatch):
-    from scalingfilter import documents
+    from scalingfilter.io import documents
 
     for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
         monkeypatch.setenv(k, v)
@@ -445,8 +445,9 @@ def test_remote_reader_streams_parquet_by_row_group_and_compressed_jsonl(s3, buc
 
 
 def test_writers_and_atomic_write_on_urls_put_only_finished_objects(s3, bucket, monkeypatch):
-    from scalingfilter import documents, storage
-    from scalingfilter.locations import location
+    from scalingfilter.io import documents
+    from scalingfilter.io import storage
+    from scalingfilter.io.locations import location
 
     for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
         monkeypatch.setenv(k, v)
@@ -472,7 +473,7 @@ def test_writers_and_atomic_write_on_urls_put_only_finished_objects(s3, bucket, 
 
 def test_parse_storage_options():
     from scalingfilter.errors import UsageError
-    from scalingfilter.locations import parse_storage_options
+    from scalingfilter.io.locations import parse_storage_options
 
     assert parse_storage_options(["anon=true", "client_kwargs.region_name=eu-west-1", "max_concurrency=4", "endpoint_url=http://h:9000"]) == {
         "anon": True, "client_kwargs": {"region_name": "eu-west-1"}, "max_concurrency": 4, "endpoint_url": "http://h:9000"}
@@ -486,7 +487,7 @@ def test_parse_storage_options():
 
 def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, corpus, tmp_path):
     """The whole chain with every input and output in the bucket gives what it gives on local paths."""
-    from scalingfilter import cli
+    from scalingfilter.cli import app as cli
 
     s3 = s3_env
     upload(s3, corpus, f"s3://{bucket}/in")
@@ -523,9 +524,9 @@ def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, co
     """The embedding cache is published with the results and copied down by --load-from-cache; a publish
     cut after the new embeddings but before their meta leaves no meta in the bucket, so the next run
     recomputes instead of trusting old meta over new rows."""
-    from scalingfilter import cli
+    from scalingfilter.cli import app as cli
     from scalingfilter.errors import StorageError
-    from scalingfilter.locations import ObjectPath
+    from scalingfilter.io.locations import ObjectPath
 
     s3, out = s3_env, f"s3://{bucket}/div"
     args = ["diversity", "--input-dir", str(corpus), "--output-dir", out, "--groups", "2", "--group-size", "8",
@@ -567,8 +568,8 @@ def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference,
     """Ray workers share no disk: the filesystem options travel with the job's configuration (no AWS
     environment in the workers), the state lives in the bucket, and the output is the local engine's."""
     ray = pytest.importorskip("ray")
-    from scalingfilter.engines.ray_engine import RayOptions, score_with_ray
-    from scalingfilter.pipeline import ScoreConfig, fixed_scorer_spec
+    from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
+    from scalingfilter.stages.score import ScoreConfig, fixed_scorer_spec
 
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(k)
@@ -604,7 +605,7 @@ def test_torchrun_two_processes_on_buckets_equal_local(s3, bucket, corpus, local
 def test_a_streamed_read_cut_mid_file_is_retried(s3_env, bucket, tmp_path):
     """Prefetch off (as for a file above prefetch_bytes): the records stream through ranged reads, and a
     connection cut in the middle of the object is retried, the output the same as from the disk."""
-    from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
+    from scalingfilter.stages.score import fixed_scorer_spec, score_corpus
 
     corpus = tmp_path / "in"
     corpus.mkdir()
@@ -626,7 +627,7 @@ def test_a_streamed_read_cut_mid_file_is_retried(s3_env, bucket, tmp_path):
 def test_train_reads_its_corpus_from_a_bucket(s3_env, bucket, corpus):
     """train's inputs go through the walker: the same texts, split the same way, and a corpus fingerprint that
     changes when an object is rewritten (so a resumed run notices a changed corpus in a bucket too)."""
-    from scalingfilter.training import corpus_fingerprint, read_texts
+    from scalingfilter.stages.train import corpus_fingerprint, read_texts
 
     upload(s3_env, corpus, f"s3://{bucket}/in")
     local = read_texts(corpus, "text", 0, 0.2)
@@ -639,8 +640,8 @@ def test_train_reads_its_corpus_from_a_bucket(s3_env, bucket, corpus):
 
 
 def test_evaluate_on_a_bucket_equals_local(s3_env, bucket, tmp_path):
-    from scalingfilter.evaluation import evaluate_dir
-    from scalingfilter.pipeline import fixed_scorer_spec, score_corpus
+    from scalingfilter.stages.evaluate import evaluate_dir
+    from scalingfilter.stages.score import fixed_scorer_spec, score_corpus
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -656,7 +657,7 @@ def test_evaluate_on_a_bucket_equals_local(s3_env, bucket, tmp_path):
 def test_train_writes_its_pair_to_a_bucket(s3_env, bucket, corpus, tmp_path):
     """train --output-dir s3://...: the same files as a local run (same seed, one thread), train_log.json last;
     the bucket's lock object is not part of the pair."""
-    from scalingfilter.training import TrainConfig, train_pair
+    from scalingfilter.stages.train import TrainConfig, train_pair
 
     common = dict(input_dir=str(corpus), sizes="1x16x2,1x32x2", vocab_size=300, seq_len=16, batch_size=2, tokens=64,
                   threads=1, progress=False, checkpoint_every=2)
@@ -670,7 +671,7 @@ def test_train_writes_its_pair_to_a_bucket(s3_env, bucket, corpus, tmp_path):
     assert objects["scoring.json"] == (tmp_path / "local" / "scoring.json").read_bytes()
     assert not any(rel.startswith(".tmp-") or "/.tmp-" in rel for rel in objects)
     # another machine: no local working copy; --resume seeds it from the bucket (a finished run: nothing to redo)
-    from scalingfilter.locations import spool_dir
+    from scalingfilter.io.locations import spool_dir
 
     for d in spool_dir().glob("train-*"):
         shutil.rmtree(d)

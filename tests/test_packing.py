@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from scalingfilter.errors import UsageError
-from scalingfilter.models import load_pair
-from scalingfilter.packing import (
+from scalingfilter.models.pair import load_pair
+from scalingfilter.models.packing import (
     document_mask,
     pack_rows,
     packed_layout,
@@ -27,7 +27,7 @@ from scalingfilter.packing import (
     plan_packed_batches,
     resolve_packing,
 )
-from scalingfilter.scoring import PairScorer, TokenizedDoc, layout_nll, token_nll
+from scalingfilter.models.scoring import PairScorer, TokenizedDoc, layout_nll, token_nll
 
 DATA = Path(__file__).resolve().parent / "data"
 REL = 1e-5
@@ -110,7 +110,7 @@ def test_packed_equals_padded_with_the_bundled_pair(shared, corpus):
     """Real-length documents: generated multilingual web pages (tests/data, every clone) or DCLM's CommonCrawl
     pages (../shared/corpora/eval, developers and CI), many over the bundled pair's 512 tokens."""
     from scalingfilter.bundled import bundled_pair_dir
-    from scalingfilter.models import pair_scoring_defaults
+    from scalingfilter.models.pair import pair_scoring_defaults
 
     path = DATA / "pages.jsonl.gz" if corpus == "generated" else shared("corpora", "eval", "dclm-human-dev.jsonl.gz")
     if bundled_pair_dir() is None:
@@ -248,7 +248,7 @@ def test_gpt2_conv1d_becomes_linear_with_the_same_function(long_pair_dir):
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    from scalingfilter.fast_gpt2 import conv1d_to_linear
+    from scalingfilter.models.fast_gpt2 import conv1d_to_linear
 
     original = AutoModelForCausalLM.from_pretrained(long_pair_dir / "large").eval()
     converted = AutoModelForCausalLM.from_pretrained(long_pair_dir / "large").eval()

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalingfilter import documents
-from scalingfilter.pipeline import RejectedRecordError, score_corpus
-from scalingfilter.schema import SCORE_FIELDS
-from scalingfilter.sharding import ShardingError, file_units, node_files, rank_share
+from scalingfilter.io import documents
+from scalingfilter.stages.score import RejectedRecordError, score_corpus
+from scalingfilter.jobs.state import SCORE_FIELDS
+from scalingfilter.jobs.units import ShardingError, file_units, node_files, rank_share
 from scalingfilter.testing import free_port, read_scored, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_force_overwrite_replaces_old_output(tmp_path, tiny_pair_dir, sample_tex
     score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=64, show_progress=False)
     first = read_scored(tmp_path / "out")["x.jsonl"]
     # other settings on the same output directory are refused ...
-    from scalingfilter.pipeline import ConfigMismatchError
+    from scalingfilter.stages.score import ConfigMismatchError
 
     with pytest.raises(ConfigMismatchError, match="force_overwrite"):
         score_corpus(tmp_path / "in", tmp_path / "out", pair=str(tiny_pair_dir), max_len=32, show_progress=False)
@@ -371,7 +371,7 @@ def test_input_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path):
 def test_a_scored_corpus_rescored_keeps_every_other_member_as_written(tmp_path, monkeypatch):
     """Records that already carry score fields (a scored corpus scored again): the old values are replaced, each
     once, and every other member keeps its text (a 30-digit integer, 0.10, 1E+2), as for unscored records."""
-    from scalingfilter.pipeline import TEST_SCORER_ENV
+    from scalingfilter.stages.score import TEST_SCORER_ENV
 
     monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
     (tmp_path / "in").mkdir()

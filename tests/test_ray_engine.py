@@ -26,7 +26,7 @@ import pytest
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")  # CI installs the dev extra
 
-from scalingfilter.engines.ray_engine import (  # noqa: E402
+from scalingfilter.jobs.engines.ray import (  # noqa: E402
     FAILED_SUMMARY_NAME,
     TEST_HANG_LOAD_ENV,
     TEST_HANG_WORKER_ENV,
@@ -37,7 +37,7 @@ from scalingfilter.engines.ray_engine import (  # noqa: E402
     worker_shape,
 )
 from scalingfilter.errors import RejectedRecordError, UsageError  # noqa: E402
-from scalingfilter.pipeline import TEST_SCORER_ENV, ScoreConfig, score_corpus  # noqa: E402
+from scalingfilter.stages.score import TEST_SCORER_ENV, ScoreConfig, score_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -334,10 +334,10 @@ def test_engine_ray_without_ray_installed_names_the_extra(tmp_path):
 
 def test_diversity_engine_ray_gives_one_process_embeddings_and_scores(tmp_path, ray_address, sample_texts):
     """`diversity --engine ray`: the same embeddings (to 1e-6) and the same scores as one process."""
-    from scalingfilter.cli import build_parser
-    from scalingfilter.commands.diversity import config_from_args
-    from scalingfilter.diversity import run_diversity
-    from scalingfilter.embedding import CACHE_EMBEDDINGS
+    from scalingfilter.cli.app import build_parser
+    from scalingfilter.cli.diversity import config_from_args
+    from scalingfilter.stages.diversity import run_diversity
+    from scalingfilter.models.embedding import CACHE_EMBEDDINGS
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps({"id": i, "text": f"{sample_texts[i % len(sample_texts)]} ({i} {i * i})"}) + "\n"
@@ -359,7 +359,7 @@ def test_diversity_engine_ray_gives_one_process_embeddings_and_scores(tmp_path, 
 
 def test_local_run_killed_after_its_last_unit_then_ray_assembles(tmp_path, ray_address, monkeypatch):
     """Started with the local engine, finished with Ray: every unit was done but no file assembled."""
-    from scalingfilter.pipeline import TEST_KILL_ENV
+    from scalingfilter.stages.score import TEST_KILL_ENV
 
     write_corpus(tmp_path / "in")
     env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TEST_KILL_ENV: "13"})  # all 13 units, then killed before assembling
@@ -379,8 +379,8 @@ def test_each_batch_of_the_pair_counts_as_progress(tmp_path, tiny_pair_dir, monk
     """A window of a large pair on a CPU can take longer than --unit-timeout before its first document is
     written: the worker's scorer reports each batch, so a slow but healthy worker is never taken for hung.
     (In-process: the worker class without Ray, its counter a recorder.)"""
-    from scalingfilter.engines import ray_engine
-    from scalingfilter.pipeline import ScoreJob
+    from scalingfilter.jobs.engines import ray as ray_engine
+    from scalingfilter.stages.score import ScoreJob
 
     write_corpus(tmp_path / "in", bad=False)
     cfg = ScoreConfig(str(tmp_path / "in"), str(tmp_path / "out"), pair=str(tiny_pair_dir), max_len=32, max_tokens_per_batch=64,

@@ -17,11 +17,11 @@ import orjson
 import pytest
 from scipy.stats import spearmanr
 
-from scalingfilter.cli import main as cli_main
-from scalingfilter.documents import InputError, iter_corpus, write_records
-from scalingfilter.report import build_report
-from scalingfilter.schema import STATE_DIR, SUMMARY_NAME
-from scalingfilter.selection import select_corpus
+from scalingfilter.cli.app import main as cli_main
+from scalingfilter.io.documents import InputError, iter_corpus, write_records
+from scalingfilter.stages.report import build_report
+from scalingfilter.jobs.state import STATE_DIR, SUMMARY_NAME
+from scalingfilter.stages.select import select_corpus
 from test_selection import make_scored_dir, mark_as_scored
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -234,7 +234,7 @@ def test_report_with_selection_and_groups(scored, tmp_path, method):
 
 def test_random_range_is_the_hypergeometric_one():
     """The 95 % range of a random selection's kept fraction, against a simulation of random selections."""
-    from scalingfilter.report.stats import random_kept_range
+    from scalingfilter.stages.report.stats import random_kept_range
 
     rng = np.random.default_rng(0)
     pool, kept, group = 500, 350, 60
@@ -268,7 +268,7 @@ def test_selection_from_another_corpus_is_refused(scored, tmp_path):
 def test_a_selection_made_before_a_rescore_is_refused(tmp_path, monkeypatch):
     """An input edited without changing its line count, then rescored: the old mask, matched by file name and
     record count only, would mark other documents as kept."""
-    from scalingfilter.pipeline import TEST_SCORER_ENV, score_corpus
+    from scalingfilter.stages.score import TEST_SCORER_ENV, score_corpus
 
     monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
     src = tmp_path / "in"
@@ -371,7 +371,7 @@ def test_log_axis_labels_do_not_collide():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scalingfilter.report.figures import plain_log_axis
+    from scalingfilter.stages.report.figures import plain_log_axis
 
     for lo, hi in ((30, 45), (28, 512), (55, 511), (1, 3e6), (0.02, 7)):
         fig, ax = plt.subplots(figsize=(7.5, 4.4))
@@ -396,7 +396,7 @@ def test_kept_fraction_labels_readable():
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgb
 
-    from scalingfilter.report.figures import _kept_bars
+    from scalingfilter.stages.report.figures import _kept_bars
 
     rows = {"a": {"kept_fraction": 1.0, "random_kept_range": [0.6, 0.8]}, "b": {"kept_fraction": 0.1, "random_kept_range": [0.6, 0.8]}}
     fig, ax = plt.subplots()

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalingfilter import documents
-from scalingfilter.storage import JobLock
+from scalingfilter.io import documents
+from scalingfilter.io.storage import JobLock
 from scalingfilter.testing import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_second_run_on_a_held_output_is_refused_naming_the_holder(tmp_path):
 
 def test_lock_of_a_killed_run_is_released(tmp_path):
     """flock dies with its holder: a run killed while holding the lock never blocks the next one."""
-    code = f"from scalingfilter.storage import JobLock; import os, signal; JobLock({str(tmp_path / 'out')!r}, 'score').acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    code = f"from scalingfilter.io.storage import JobLock; import os, signal; JobLock({str(tmp_path / 'out')!r}, 'score').acquire(); os.kill(os.getpid(), signal.SIGKILL)"
     assert subprocess.run([PY, "-c", code]).returncode == -signal.SIGKILL
     assert (tmp_path / "out" / ".scalingfilter" / "lock").exists()
     write_jsonl(tmp_path / "in" / "a.jsonl", docs(3))
@@ -430,7 +430,7 @@ def test_output_reached_from_the_input_through_a_link_is_refused(tmp_path, link_
 
 
 def test_file_link_into_the_output_is_refused_and_a_link_loop_does_not_hang(tmp_path):
-    from scalingfilter.locations import contains, link_into
+    from scalingfilter.io.locations import contains, link_into
 
     inp, out = tmp_path / "in", tmp_path / "out"
     write_jsonl(inp / "a.jsonl", docs(2))
@@ -453,7 +453,7 @@ def test_a_run_refused_while_the_holder_starts_names_the_holder(tmp_path):
     import threading
 
     from scalingfilter.errors import LockedError
-    from scalingfilter.storage import JobLock
+    from scalingfilter.io.storage import JobLock
 
     lock = tmp_path / "out" / ".scalingfilter" / "lock"
     lock.parent.mkdir(parents=True)
@@ -473,7 +473,7 @@ def test_node_parts_share_a_directory_with_each_other_never_with_a_whole_run(tmp
     """A whole-directory run's restart cleanup removes every temporary in OUT: it must never run beside a node
     part (it used to: their locks had different names, and the node part died on its deleted temporaries)."""
     from scalingfilter.errors import LockedError
-    from scalingfilter.storage import JobLock
+    from scalingfilter.io.storage import JobLock
 
     with JobLock(tmp_path, "score", "lock.parts-0-0"), JobLock(tmp_path, "score", "lock.parts-1-1"):  # parts together: fine
         with pytest.raises(LockedError, match=r"node part 0-0: score pid \d+.*node part 1-1: score pid"):

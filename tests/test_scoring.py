@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from scalingfilter.models import ModelLoadError, load_pair
-from scalingfilter.scoring import PairScorer, Tokenization, plan_batches, quality_factor
+from scalingfilter.models.pair import ModelLoadError, load_pair
+from scalingfilter.models.scoring import PairScorer, Tokenization, plan_batches, quality_factor
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_score_records_keeps_order_and_passes_rejects(pair, sample_texts):
 
 def test_on_batch_is_called_once_per_batch(pair, sample_texts):
     """The Ray engine's sign of life during a long window: one call per batch of model work."""
-    from scalingfilter.scoring import plan_batches
+    from scalingfilter.models.scoring import plan_batches
 
     scorer = PairScorer(pair, max_len=64, max_tokens_per_batch=128, packing="off")
     calls = []
@@ -184,7 +184,7 @@ def test_max_len_beyond_context_is_refused(pair):
 def test_a_pairs_scoring_json_with_wrong_types_is_one_line(tmp_path, tiny_pair_dir, content, message):
     import shutil
 
-    from scalingfilter.models import pair_scoring_defaults
+    from scalingfilter.models.pair import pair_scoring_defaults
 
     pair = tmp_path / "pair"
     shutil.copytree(tiny_pair_dir, pair)

@@ -21,14 +21,14 @@ import orjson
 import pytest
 import zstandard
 
-from scalingfilter.cli import main as cli_main
-from scalingfilter.documents import find_scored_files, read_records, write_records
+from scalingfilter.cli.app import main as cli_main
+from scalingfilter.io.documents import find_scored_files, read_records, write_records
 from scalingfilter.errors import InputError
-from scalingfilter.selection import (
+from scalingfilter.stages.select import (
     ABORT_ENV, ABORT_EXIT_STATUS, IN_PROGRESS_NAME, MANIFEST_NAME, SCORE_FIELDS, SelectConfig, SelectionError,
     format_manifest, load_selection_mask, rank_interval, select_corpus, select_mask, sort_keys,
 )
-from scalingfilter.storage import JobLock
+from scalingfilter.io.storage import JobLock
 
 FILES = ["a.jsonl", "sub/b.jsonl.gz", "sub/deeper/c.parquet"]
 
@@ -647,7 +647,7 @@ def test_node_parts_select_only_when_every_part_has_finished(tmp_path, capsys, m
     """Scored by node parts (--nparts 2): with only part 0 done, select refuses (it would silently select from
     half the corpus); with both, every document is there. Summaries from before node_parts was recorded say
     their range in their names: a gap is refused too."""
-    from scalingfilter.pipeline import TEST_SCORER_ENV, score_corpus
+    from scalingfilter.stages.score import TEST_SCORER_ENV, score_corpus
 
     monkeypatch.setenv(TEST_SCORER_ENV, "fixed")
     src, root = tmp_path / "in", tmp_path / "scored"

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from scalingfilter.cli import build_parser
-from scalingfilter.commands.slurm import build_script
+from scalingfilter.cli.app import build_parser
+from scalingfilter.cli.slurm import build_script
 from scalingfilter.errors import InputError, UsageError
-from scalingfilter.evaluation import evaluate_dir
+from scalingfilter.stages.evaluate import evaluate_dir
 from scalingfilter.jobs import node_parts
 from scalingfilter.jobs.slurm import QUOTING_FILTERS, TEMPLATES, SlurmJob, environment, render, sbatch, shell_command, shell_word
-from scalingfilter.pipeline import TEST_KILL_ENV, TEST_SCORER_ENV, score_corpus
+from scalingfilter.stages.score import TEST_KILL_ENV, TEST_SCORER_ENV, score_corpus
 from scalingfilter.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -538,7 +538,7 @@ def test_array_script_with_an_object_storage_output_reports_success(tmp_path, s3
 
 
 def test_without_jinja2_the_command_says_which_extra_to_install(tmp_path):
-    code = ("import sys\nsys.modules['jinja2'] = None\nfrom scalingfilter.cli import main\n"
+    code = ("import sys\nsys.modules['jinja2'] = None\nfrom scalingfilter.cli.app import main\n"
             "sys.exit(main(['slurm', '--nodes', '1', '--gpus-per-node', '0', '--', '--input-dir', 'i', '--output-dir', 'o']))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pip install 'scalingfilter[slurm]'" in r.stderr, r.stderr

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from scalingfilter.streams import chunked, read_ahead
+from scalingfilter.io.streams import chunked, read_ahead
 
 
 def test_chunked_cuts_in_order_with_a_short_last_chunk():

@@ -13,9 +13,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from scalingfilter.cli import main as cli_main
+from scalingfilter.cli.app import main as cli_main
 from scalingfilter.errors import ScalingFilterError
-from scalingfilter.threshold import ThresholdEstimate, beta_cdf, needed_sample_size, pool_fraction_interval, threshold_for
+from scalingfilter.stages.threshold import ThresholdEstimate, beta_cdf, needed_sample_size, pool_fraction_interval, threshold_for
 
 stats = pytest.importorskip("scipy.stats")
 

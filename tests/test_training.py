@@ -1,4 +1,4 @@
-"""Meta-model training (scalingfilter.training, `scalingfilter train`) and the bundled pair."""
+"""Meta-model training (scalingfilter.stages.train, `scalingfilter train`) and the bundled pair."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from scalingfilter import training
-from scalingfilter.cli import main
-from scalingfilter.documents import InputError, write_records
+from scalingfilter.stages import train as training
+from scalingfilter.cli.app import main
+from scalingfilter.io.documents import InputError, write_records
 from scalingfilter.errors import ConfigMismatchError, ModelLoadError
-from scalingfilter.training import TokenWindows, TrainConfig, lr_at, parse_sizes, train_pair
+from scalingfilter.stages.train import TokenWindows, TrainConfig, lr_at, parse_sizes, train_pair
 
 SIZES = "2x16x2,2x32x4"
 
@@ -199,7 +199,7 @@ def test_bundled_pair():
 def test_export_checkpoint_of_a_partial_run(corpus, tmp_path):
     from safetensors.torch import load_file
 
-    from scalingfilter.training import export_checkpoint
+    from scalingfilter.stages.train import export_checkpoint
 
     out = tmp_path / "run"
     train_pair(cfg(corpus, out), log=quiet)  # the final checkpoint holds the final weights
@@ -264,7 +264,7 @@ def test_run_files_and_scoring_json(corpus, tmp_path):
     document starts right after the separator, which is the tokenizer's BOS. No temporary file is left."""
     from transformers import AutoTokenizer
 
-    from scalingfilter.models import pair_scoring_defaults
+    from scalingfilter.models.pair import pair_scoring_defaults
 
     out = tmp_path / "run"
     res = train_pair(cfg(corpus, out, tokens=2 * 32 * 2), log=quiet)

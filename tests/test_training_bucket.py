@@ -21,11 +21,11 @@ import torch
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from scalingfilter import locations  # noqa: E402
-from scalingfilter.documents import write_records  # noqa: E402
+from scalingfilter.io import locations  # noqa: E402
+from scalingfilter.io.documents import write_records  # noqa: E402
 from scalingfilter.errors import InputError, StorageError  # noqa: E402
 from scalingfilter.testing import bucket_files  # noqa: E402
-from scalingfilter.training import PUBLISH_FAILURES_TO_STOP, TEST_KILL_AFTER_CHECKPOINTS_ENV, TrainConfig, train_pair  # noqa: E402
+from scalingfilter.stages.train import PUBLISH_FAILURES_TO_STOP, TEST_KILL_AFTER_CHECKPOINTS_ENV, TrainConfig, train_pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 steps of 2 x 16 tokens, a checkpoint every 2 steps: checkpoints at steps 2, 4, 6 and 8 (the final one)
@@ -124,7 +124,7 @@ def test_a_machine_that_comes_back_continues_from_the_bucket_not_its_older_copy(
 def recording_puts(monkeypatch, fail) -> list[tuple[str, bool]]:
     """Every whole-object PUT of the run, in order, as (key, succeeded); `fail(key, attempt)` says which fail
     (as the store fails after its retries: a StorageError)."""
-    from scalingfilter.locations import ObjectPath
+    from scalingfilter.io.locations import ObjectPath
 
     real = ObjectPath.put_from
     puts: list[tuple[str, bool]] = []

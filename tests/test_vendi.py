@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from scalingfilter import vendi
-from scalingfilter.diversity import PAPER_GROUP_SIZE, format_results_txt, group_indices, plan_groups, summarize
+from scalingfilter.stages import vendi
+from scalingfilter.stages.diversity import PAPER_GROUP_SIZE, format_results_txt, group_indices, plan_groups, summarize
 
 ORDERS = [0, 0.5, 1, 2, 3, "inf"]
 
@@ -148,7 +148,7 @@ def test_results_txt_is_the_reference_format():
 
 
 def test_interleave_chunks_restores_input_order():
-    from scalingfilter.diversity import interleave_chunks
+    from scalingfilter.stages.diversity import interleave_chunks
 
     n, chunk, world = 23, 4, 3
     rows = np.arange(n, dtype=np.float32)[:, None]

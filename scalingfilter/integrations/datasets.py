@@ -2,7 +2,7 @@
 columns of `scalingfilter score`.
 
     import datasets
-    from scalingfilter import QualityScorer   # or: from scalingfilter.scorer import QualityScorer
+    from scalingfilter import QualityScorer   # or: from scalingfilter.models.scorer import QualityScorer
 
     scorer = QualityScorer.from_pretrained("bundled")
     ds = datasets.load_dataset("json", data_files="corpus/*.jsonl", split="train")
@@ -36,7 +36,7 @@ import uuid
 from typing import Any
 
 from scalingfilter.errors import UsageError
-from scalingfilter.scorer import QualityScore
+from scalingfilter.models.scorer import QualityScore
 
 SCORE_FIELDS = ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor", "n_tokens", "truncated", "score_error")
 _FLOAT_FIELDS = ("small_loss", "large_loss", "small_ppl", "large_ppl", "quality_factor")
@@ -101,7 +101,7 @@ class ScoreColumnsFunction:
     @property
     def scorer(self):
         if self._scorer is None:
-            from scalingfilter.scorer import QualityScorer
+            from scalingfilter.models.scorer import QualityScorer
 
             self._scorer = QualityScorer.from_pretrained(**self._load_kwargs)
         return self._scorer
@@ -136,7 +136,7 @@ def map_function(text_column: str = "text", scorer=None, **scorer_kwargs: Any) -
     if scorer is not None and scorer_kwargs:
         raise UsageError(f"map_function: pass either scorer= or from_pretrained arguments ({', '.join(scorer_kwargs)}), not both")
     if scorer is None:
-        from scalingfilter.scorer import QualityScorer
+        from scalingfilter.models.scorer import QualityScorer
 
         scorer = QualityScorer.from_pretrained(**scorer_kwargs)
         load_kwargs = dict(scorer_kwargs)

@@ -41,7 +41,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scalingfilter.errors import MissingExtraError, param_error, require
-from scalingfilter.scorer import DEFAULT_WINDOW_DOCS, NO_TEXT, QualityScore
+from scalingfilter.models.scorer import DEFAULT_WINDOW_DOCS, NO_TEXT, QualityScore
 
 if TYPE_CHECKING:
     from datatrove.data import Document, DocumentsPipeline
@@ -118,7 +118,7 @@ class QualityFactorAnnotator(PipelineStep):
     def scorer(self):
         """The `QualityScorer`, loaded on first use (in the task that runs this step)."""
         if self._scorer is None:
-            from scalingfilter.scorer import QualityScorer
+            from scalingfilter.models.scorer import QualityScorer
 
             self._scorer = QualityScorer.from_pretrained(**self.scorer_kwargs)
         return self._scorer

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from scalingfilter.scorer import QualityScore
+from scalingfilter.models.scorer import QualityScore
 
 # column -> pyarrow type of the fields QualityScore.to_dict() gives, in its order
 SCORE_COLUMNS = {
@@ -79,7 +79,7 @@ class QualityFactorMapper:
     pair is loaded here, once per actor."""
 
     def __init__(self, text_column: str = "text", **scorer_kwargs: Any):
-        from scalingfilter.scorer import QualityScorer
+        from scalingfilter.models.scorer import QualityScorer
 
         self.text_column = text_column
         self.scorer = QualityScorer.from_pretrained(**scorer_kwargs)

@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 from scalingfilter.errors import ScalingFilterError, UsageError
-from scalingfilter.schema import PART_SUMMARY_GLOB, PART_SUMMARY_PATTERN, SUMMARY_NAME, part_summary_name
+from scalingfilter.jobs.state import PART_SUMMARY_GLOB, PART_SUMMARY_PATTERN, SUMMARY_NAME, part_summary_name
 
 NO_SUMMARY = "none"  # mark's token when there is no summary yet
 
@@ -40,8 +40,8 @@ class _ScoreArgsParser(argparse.ArgumentParser):
 def score_parser() -> argparse.ArgumentParser:
     """`scalingfilter score`'s parser, with the --storage-option flag the CLI adds to every command; errors
     are one-line UsageErrors."""
-    from scalingfilter.commands import score
-    from scalingfilter.locations import add_storage_option_flag
+    from scalingfilter.cli import score
+    from scalingfilter.io.locations import add_storage_option_flag
 
     parser = _ScoreArgsParser(prog="scalingfilter score", add_help=False)
     score.add_arguments(parser)
@@ -74,7 +74,7 @@ def summary_identity(out: Any, part: int, nparts: int) -> str:
 def part_problem(out: Any, part: int, nparts: int, before: str | None = None) -> str | None:
     """None when node part `part` of `nparts` is finished (by a run that started after `mark` printed
     `before`; None: by any run), else why not, in words."""
-    from scalingfilter.storage import read_json
+    from scalingfilter.io.storage import read_json
 
     path = summary_path(out, part, nparts)
     now = summary_identity(out, part, nparts)
@@ -142,8 +142,8 @@ def progress(out: Any, output_dir: str, part: int, nparts: int) -> str:
         return (f"{head}; done: {_ranges(sorted(present & set(range(nparts))))}; not yet: {_ranges(missing)} "
                 f"(the other tasks of the array; each says when it is done)")
     from scalingfilter.errors import InputError
-    from scalingfilter.selection import check_node_parts_done
-    from scalingfilter.storage import read_json
+    from scalingfilter.stages.select import check_node_parts_done
+    from scalingfilter.io.storage import read_json
 
     try:  # the check `select` makes: every summary's own record of its parts (a stale summary of another --nparts shows)
         check_node_parts_done(out, [(p.name, read_json(p)) for p in out.glob(PART_SUMMARY_GLOB)])
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     try:
-        from scalingfilter.locations import apply_storage_options, location
+        from scalingfilter.io.locations import apply_storage_options, location
 
         if not 0 <= args.part < args.parts:
             raise UsageError(f"--part {args.part} is not one of the {args.parts} node parts")

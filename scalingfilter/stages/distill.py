@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from scalingfilter.errors import InputError, ModelLoadError, UsageError, require
-from scalingfilter.schema import SUMMARY_NAME
+from scalingfilter.jobs.state import SUMMARY_NAME
 
 LABEL_KEEP = "__label__keep"
 LABEL_DROP = "__label__drop"
@@ -205,7 +205,7 @@ def tails_labels(qf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def check_scored_dir(scored_dir: str | os.PathLike) -> dict[str, Any]:
     """The summary of a finished `scalingfilter score` output directory, or a one-line InputError."""
-    from scalingfilter.storage import read_json
+    from scalingfilter.io.storage import read_json
 
     root = Path(scored_dir)
     if not root.is_dir():
@@ -236,8 +236,8 @@ class Pool:
 
 
 def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
-    from scalingfilter.documents import find_scored_files
-    from scalingfilter.selection import _reason_class, iter_scored, score_problem
+    from scalingfilter.io.documents import find_scored_files
+    from scalingfilter.stages.select import _reason_class, iter_scored, score_problem
 
     s = s.resolved(check_scored_dir(scored_dir))
     files = find_scored_files(scored_dir)
@@ -271,7 +271,7 @@ def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
 
 def iter_pool_texts(scored_dir: str | os.PathLike, files: list[str], s: DistillSettings) -> Iterator[tuple[int, str | None]]:
     """Pass 2: (corpus position, normalised text or None) in the order of `read_pool`."""
-    from scalingfilter.selection import iter_scored, score_problem
+    from scalingfilter.stages.select import iter_scored, score_problem
 
     s = s.resolved(check_scored_dir(scored_dir))
     for pos, (_fi, _rel, rec) in enumerate(iter_scored(scored_dir, files)):
@@ -396,7 +396,7 @@ def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, 
     require("scipy", EXTRA, "scalingfilter distill")
     from scipy.stats import spearmanr
 
-    from scalingfilter.evaluation import auroc
+    from scalingfilter.stages.evaluate import auroc
 
     n = len(p)
     k = int(math.floor(keep * n + 0.5))
@@ -439,7 +439,7 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
             force_overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train MODEL_DIR/model.bin on the scored corpus and write MODEL_DIR/card.json; returns the card.
     Every check that can refuse the run happens before anything is written."""
-    from scalingfilter.storage import JobLock, atomic_path, write_json_atomic
+    from scalingfilter.io.storage import JobLock, atomic_path, write_json_atomic
 
     s = settings or DistillSettings()
     s.validate()
@@ -527,7 +527,7 @@ def _package_version() -> str | None:
 
 def load_card(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The card of a `distill` output directory, checked against its model.bin; a one-line error if it is not one."""
-    from scalingfilter.storage import read_json
+    from scalingfilter.io.storage import read_json
 
     d = Path(model_dir)
     card_path, model_path = d / CARD_NAME, d / MODEL_NAME
@@ -757,7 +757,7 @@ class DistilledScorer:
 def classify_spec(model_dir: str | os.PathLike, workers: int | None = None):
     """The `classify` job's scorer for the score engine: settings are the model's identity and its
     text handling, so a rerun with another model is refused."""
-    from scalingfilter.pipeline import ScorerSpec
+    from scalingfilter.stages.score import ScorerSpec
 
     require("fasttext", EXTRA, "scalingfilter classify")  # before reading the card (it hashes model.bin)
     card = load_card(model_dir)

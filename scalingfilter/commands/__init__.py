@@ -1,1 +1,0 @@
-"""Subcommands of the `scalingfilter` console script: each module defines `add_arguments` and `run`."""

@@ -1,0 +1,1 @@
+"""Models: loading a meta-model pair, scoring texts with it (QualityScorer), packing, kernels, tokenizers, sentence embeddings."""
