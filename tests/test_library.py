@@ -33,7 +33,7 @@ def generated_texts(n: int, seed: int = 0) -> list[str]:
     texts = ["", "a", "Home", "def add(a, b):\n    return a + b\n", "x " * 3000]
     while len(texts) < n:
         kind = rng.random()
-        length = int(rng.expovariate(1 / 60)) + 1
+        length = int(rng.expovariate(1 / 40)) + 1
         words = [rng.choice(WORDS) for _ in range(length)]
         if kind < 0.15:
             texts.append(" | ".join(words[:20]))
@@ -88,12 +88,12 @@ def bundled_scorer():
 
 @pytest.mark.parametrize("corpus", ["generated", "pool"])
 def test_bundled_pair_scores_exactly_as_the_cli(tmp_path, bundled_scorer, shared, corpus):
-    """220 generated texts (every clone has them); 60 real web pages of the pool where ../shared is (always in
+    """200 generated texts (every clone has them); 30 real web pages of the pool where ../shared is (always in
     CI: conftest.shared_path skips without it, fails in CI without it)."""
     if corpus == "pool":
-        texts = real_pages(shared("corpora", "pool", "rawpages.jsonl.gz"), 60) + generated_texts(5)
+        texts = real_pages(shared("corpora", "pool", "rawpages.jsonl.gz"), 30) + generated_texts(5)
     else:
-        texts = generated_texts(220)
+        texts = generated_texts(200)
     records, summary = cli_scores(tmp_path, texts, "--pair", "bundled")
     recorded = bundled_scorer.settings.recorded()
     assert recorded == {k: summary["settings"][k] for k in recorded}
@@ -107,7 +107,7 @@ def test_random_pair_without_scoring_json_defaults_and_overrides(tmp_path, tiny_
     from scalingfilter import QualityScorer
 
     assert not (tiny_pair_dir / "scoring.json").exists()
-    texts = generated_texts(220, seed=1)
+    texts = generated_texts(200, seed=1)
     default = QualityScorer.from_pretrained(str(tiny_pair_dir))
     # no scoring.json: min(1024, the models' context of 256), no BOS
     assert (default.settings.max_len, default.settings.prepend_bos) == (256, False)
@@ -215,7 +215,7 @@ def test_semantic_diversity_equals_the_diversity_command(tmp_path):
 
     from scalingfilter import semantic_diversity, vendi_score
 
-    texts = [t for t in generated_texts(90, seed=5) if t.strip()]
+    texts = [t for t in generated_texts(50, seed=5) if t.strip()]
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
@@ -227,8 +227,8 @@ def test_semantic_diversity_equals_the_diversity_command(tmp_path):
 
     full = command("--full")
     assert semantic_diversity(texts) == full["mean"]
-    grouped = command("--groups", "3", "--group-size", "20", "--seed", "4")
-    assert semantic_diversity(texts, groups=3, group_size=20, seed=4) == grouped["mean"]
+    grouped = command("--groups", "3", "--group-size", "12", "--seed", "4")
+    assert semantic_diversity(texts, groups=3, group_size=12, seed=4) == grouped["mean"]
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8))
     assert semantic_diversity(emb) == pytest.approx(vendi_score(emb.astype(np.float32)), rel=1e-12)

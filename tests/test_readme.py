@@ -16,12 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 RUNNER = r'''
-import json, sys, traceback
+import json, sys, time, traceback
 blocks = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__readme__"}
 for i, (line, code) in enumerate(blocks):
+    started = time.time()
     try:
         exec(compile(code, f"README.md:{line}", "exec"), namespace)
+        print(f"block {i + 1} (line {line}): {time.time() - started:.1f} s", file=sys.stderr)
     except BaseException:
         traceback.print_exc()
         print(f"README block {i + 1} (line {line}) failed", file=sys.stderr)
@@ -44,7 +46,7 @@ def corpus(root: Path) -> None:
     menus = ["Home | About | Contact | Login", "Subscribe now! Click here", "Copyright 2024. All rights reserved.",
              "Privacy policy | Terms of use | Cookies"]
     docs = []
-    for i in range(120):
+    for i in range(60):
         if i % 3 == 0:
             docs.append(" ".join(rng.choice(menus) for _ in range(rng.randint(1, 4))))
         else:
