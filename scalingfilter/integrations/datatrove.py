@@ -84,7 +84,26 @@ def _source_file(doc: "Document") -> Any:
 _NO_TEXT_SCORE = QualityScore(None, None, None, None, None, 0, False, NO_TEXT)
 
 
-class QualityFactorAnnotator(PipelineStep):
+class _LazyScorerStep(PipelineStep):
+    """A step whose scorer is loaded on first use, in the task that runs it: pickled or deep-copied to a
+    task, the settings travel, a loaded model does not."""
+
+    _scorer = None
+
+    def _load(self):
+        raise NotImplementedError
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            self._scorer = self._load()
+        return self._scorer
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_scorer": None}
+
+
+class QualityFactorAnnotator(_LazyScorerStep):
     """Adds the score fields of `scalingfilter score` (small_loss, large_loss, small_ppl, large_ppl, quality_factor,
     n_tokens, truncated, score_error) to each document's metadata.
 
@@ -114,18 +133,10 @@ class QualityFactorAnnotator(PipelineStep):
         self.per_file_windows = per_file_windows
         self._scorer = None
 
-    @property
-    def scorer(self):
-        """The `QualityScorer`, loaded on first use (in the task that runs this step)."""
-        if self._scorer is None:
-            from scalingfilter.models.scorer import QualityScorer
+    def _load(self):
+        from scalingfilter.models.scorer import QualityScorer
 
-            self._scorer = QualityScorer.from_pretrained(**self.scorer_kwargs)
-        return self._scorer
-
-    def __getstate__(self) -> dict[str, Any]:
-        # pickled or deep-copied to a task: the settings travel, a loaded pair does not
-        return {**self.__dict__, "_scorer": None}
+        return QualityScorer.from_pretrained(**self.scorer_kwargs)
 
     def run(self, data: "DocumentsPipeline", rank: int = 0, world_size: int = 1) -> "DocumentsPipeline":
         if data is None:
@@ -159,7 +170,7 @@ class QualityFactorAnnotator(PipelineStep):
         return doc
 
 
-class DistilledAnnotator(PipelineStep):
+class DistilledAnnotator(_LazyScorerStep):
     """Adds P(keep) of a distilled fastText model (a directory `scalingfilter distill` wrote) to each document's
     metadata as `qf_distilled` (and `distill_error`, None unless the text is empty): the numbers `classify`
     writes, with the model card's normalisation and cut (datatrove's FastTextClassifierFilter reads the whole
@@ -174,17 +185,10 @@ class DistilledAnnotator(PipelineStep):
         self.model_dir = str(model_dir)
         self._scorer = None
 
-    @property
-    def scorer(self):
-        """The `DistilledScorer`, loaded on first use (in the task that runs this step)."""
-        if self._scorer is None:
-            from scalingfilter.stages.distill import DistilledScorer
+    def _load(self):
+        from scalingfilter.stages.distill import DistilledScorer
 
-            self._scorer = DistilledScorer.from_pretrained(self.model_dir)
-        return self._scorer
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_scorer": None}
+        return DistilledScorer.from_pretrained(self.model_dir)
 
     def run(self, data: "DocumentsPipeline", rank: int = 0, world_size: int = 1) -> "DocumentsPipeline":
         if data is None:
