@@ -3,7 +3,7 @@ SCALINGFILTER_TEST_SCORER=fixed, except in the `pair` case).
 
 Cases (each engine run in its own process, so that peak RSS is the driver's own):
   tiny      N tiny files (3 documents each), one unit per file: both engines end to end
-  dispatch  planning (ScoreJob.prepare) and pure dispatch of N units to no-op workers (the driver's loop and
+  dispatch  planning (Job.prepare) and pure dispatch of N units to no-op workers (the driver's loop and
             Ray's calls, no file work): units/s and driver peak RSS at 10,000 and 100,000 units, batched
             (whole small files sent 64 to a call, as the engine does) and one unit per call (split files)
   big       a few large files split into many units: both engines end to end; the per-unit overhead of
@@ -71,7 +71,9 @@ def write_texts(root: Path, docs: int) -> None:
 
 
 def child_score(engine: str, input_dir: str, output_dir: str, options: dict, workers: int) -> dict:
-    from scalingfilter.stages.score import ScoreConfig, ScoreJob
+    from scalingfilter.jobs.engines.local import run_local
+    from scalingfilter.jobs.job import Job
+    from scalingfilter.stages.score import ScoreConfig
 
     cfg = ScoreConfig(input_dir, output_dir, show_progress=False, **options)
     t0 = time.time()
@@ -79,14 +81,14 @@ def child_score(engine: str, input_dir: str, output_dir: str, options: dict, wor
         # the local engine's work_s, measured as the Ray engine's: from the first unit started (the scorer
         # loaded) to the end of the run
         first_unit: list[float] = []
-        score_unit = ScoreJob.score_unit
+        run_unit = Job.run_unit
 
         def timed(self, *a, **k):
             first_unit.append(first_unit[0] if first_unit else time.time())
-            return score_unit(self, *a, **k)
+            return run_unit(self, *a, **k)
 
-        ScoreJob.score_unit = timed
-        summary = ScoreJob(cfg).run()
+        Job.run_unit = timed
+        summary = run_local(Job(*cfg.to_job()))
         summary["work_s"] = time.time() - first_unit[0]
     else:
         from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
@@ -96,10 +98,11 @@ def child_score(engine: str, input_dir: str, output_dir: str, options: dict, wor
 
 
 def child_plan(input_dir: str, output_dir: str, options: dict) -> dict:
-    from scalingfilter.stages.score import ScoreConfig, ScoreJob
+    from scalingfilter.jobs.job import Job
+    from scalingfilter.stages.score import ScoreConfig
 
     t0 = time.time()
-    plan = ScoreJob(ScoreConfig(input_dir, output_dir, show_progress=False, **options)).prepare()
+    plan = Job(*ScoreConfig(input_dir, output_dir, show_progress=False, **options).to_job()).prepare()
     return {"plan_s": time.time() - t0, "units": len(plan.pending), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -108,17 +111,21 @@ def child_dispatch(input_dir: str, output_dir: str, batch_units: int, workers: i
     import ray
 
     from scalingfilter.jobs.engines import ray as ray_engine
-    from scalingfilter.stages.score import ScoreConfig, ScoreJob
+    from scalingfilter.jobs.engines.ray_worker import DoUnit, JobWorker, UnitDone
+    from scalingfilter.jobs.job import Job
+    from dataclasses import asdict
 
-    class NoopWorker(ray_engine.ScoreWorker):
+    from scalingfilter.jobs.units import UnitStats
+    from scalingfilter.stages.score import ScoreConfig
+
+    class NoopWorker(JobWorker):
         def ready(self):
             return os.getpid(), "bench"
 
         def run(self, items):
-            zero = {"records": 0, "tokens": 0}
-            return [("unit", f"{i[1][0]}#{i[1][1]:05d}", zero) for i in items if i[0] == "score"]
+            return [UnitDone(i.unit, asdict(UnitStats())) for i in items if isinstance(i, DoUnit)]
 
-    job = ScoreJob(ScoreConfig(input_dir, output_dir, show_progress=False))
+    job = Job(*ScoreConfig(input_dir, output_dir, show_progress=False).to_job())
     t0 = time.time()
     plan = job.prepare()
     plan_s = time.time() - t0

@@ -101,7 +101,7 @@ def main() -> None:
             "s3 -> s3": lambda r: score_corpus("s3://bench/in", f"s3://bench/out-{r}", **common),
         }
         # the raw cost the prefetch has to hide: reading (and decompressing, parsing) every record, no scoring
-        from scalingfilter.io.documents import iter_corpus
+        from scalingfilter.io.walk import iter_corpus
 
         reads: dict[str, list[float]] = {"local": [], "s3": []}
         for _ in range(3):

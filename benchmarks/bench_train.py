@@ -29,9 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def load_tokens(input_dir: str, max_docs: int, vocab_size: int):
     import numpy as np
 
-    from scalingfilter.io.documents import iter_corpus
+    from scalingfilter.io.walk import iter_corpus
     from scalingfilter.models.tokenizer import train_bpe_tokenizer
-    from scalingfilter.stages.train import tokenize_stream
+    from scalingfilter.stages.train.data import tokenize_stream
 
     texts = []
     for rec in iter_corpus(input_dir):
@@ -45,7 +45,7 @@ def load_tokens(input_dir: str, max_docs: int, vocab_size: int):
 
 def ours(model, windows, cfg, steps: int, warmup: int, bf16: bool) -> float:
     """tokens/s of `scalingfilter.stages.train.train_step`, the loop body of `train_pair` (here with one model)."""
-    from scalingfilter.stages.train import lr_at, make_optimizer, train_step
+    from scalingfilter.stages.train.loop import lr_at, make_optimizer, train_step
 
     models, optimizers = {"model": model}, {"model": make_optimizer(model, cfg, "cpu")}
     t0 = None
@@ -111,7 +111,10 @@ def main() -> int:
 
     import torch
 
-    from scalingfilter.stages.train import TokenWindows, TrainConfig, make_config, make_model, parse_sizes, use_bf16
+    from scalingfilter.models.gpt import make_config, make_model, parse_sizes
+    from scalingfilter.stages.train import TrainConfig
+    from scalingfilter.stages.train.data import TokenWindows
+    from scalingfilter.stages.train.loop import use_bf16
 
     torch.set_num_threads(a.threads)
     tok, tokens = load_tokens(a.input_dir, a.max_docs, a.vocab_size)

@@ -3,7 +3,7 @@
 `score`, `select` and `diversity` refuse an output directory that the input reaches, also through a
 symbolic link under the input (`locations.contains` -> `link_into`: one listing per directory, no stat per
 file). This measures, on one synthetic tree of FILES empty .jsonl files in DIRS directories, the corpus walk
-(`documents.walk_corpus`, what every run does anyway) and the check, each the best of REPEATS, and prints
+(`walk_corpus`, what every run does anyway) and the check, each the best of REPEATS, and prints
 their ratio.
 
   python benchmarks/bench_walk.py [--files 200000] [--dirs 400] [--repeats 3] [--work-dir /dev/shm/sf-walk]
@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from scalingfilter.io import documents
+from scalingfilter.io.walk import walk_corpus
 from scalingfilter.io import locations
 
 
@@ -56,8 +56,8 @@ def main() -> None:
     build_tree(inp, a.files, a.dirs)
     out.mkdir()
     try:
-        n = len(documents.walk_corpus(inp).files)
-        walk = best_of(a.repeats, lambda: documents.walk_corpus(inp))
+        n = len(walk_corpus(inp).files)
+        walk = best_of(a.repeats, lambda: walk_corpus(inp))
         check = best_of(a.repeats, lambda: locations.contains(locations.location(inp), locations.location(out)))
     finally:
         shutil.rmtree(work, ignore_errors=True)

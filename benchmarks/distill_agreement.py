@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scalingfilter.stages import distill as D  # noqa: E402
-from scalingfilter.io.documents import find_scored_files, read_records  # noqa: E402
+from scalingfilter.io.records import read_records  # noqa: E402
+from scalingfilter.io.walk import find_scored_files  # noqa: E402
 from scalingfilter.stages.evaluate import auroc, pair_win_rate  # noqa: E402
 
 GRID = {

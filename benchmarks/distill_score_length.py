@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scalingfilter.io.documents import find_scored_files, read_records  # noqa: E402
+from scalingfilter.io.records import read_records  # noqa: E402
+from scalingfilter.io.walk import find_scored_files  # noqa: E402
 from scalingfilter.stages.evaluate import auroc  # noqa: E402
 
 

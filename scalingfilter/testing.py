@@ -120,7 +120,8 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict], compress: str 
 
 def read_scored(out: str | os.PathLike) -> dict[str, list[dict]]:
     """Every record of a scored output directory, by relative path, in file order."""
-    from scalingfilter.io.documents import find_scored_files, read_records
+    from scalingfilter.io.records import read_records
+    from scalingfilter.io.walk import find_scored_files
 
     out = Path(out)
     return {rel: [r.data for r in read_records(out / rel, rel)] for rel in find_scored_files(out)}

@@ -59,9 +59,9 @@ def _fresh_filesystems() -> None:
     """Forget cached filesystem instances: they hold the endpoint and credentials they were made with."""
     import s3fs
 
-    from scalingfilter.io import locations
+    from scalingfilter.io import objects
 
-    locations._filesystem.cache_clear()
+    objects._filesystem.cache_clear()
     s3fs.S3FileSystem.clear_instance_cache()
 
 

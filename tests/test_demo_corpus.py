@@ -10,7 +10,7 @@ import pytest
 
 from scalingfilter.cli.app import main as cli_main
 from scalingfilter.stages.demo_corpus import KINDS, build_demo_corpus, collect_demo_documents
-from scalingfilter.io.documents import iter_corpus
+from scalingfilter.io.walk import iter_corpus
 
 
 @pytest.fixture(scope="module")

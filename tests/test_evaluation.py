@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from scalingfilter.cli.app import main
-from scalingfilter.io.documents import InputError, write_records
+from scalingfilter.errors import InputError
+from scalingfilter.io.writers import write_records
 from scalingfilter.stages.evaluate import auroc, evaluate_dir, evaluate_records, format_table, pair_win_rate
 from scalingfilter.jobs.state import SUMMARY_NAME
 

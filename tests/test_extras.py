@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scalingfilter.io.documents import write_records
+from scalingfilter.io.writers import write_records
 from scalingfilter.jobs.state import SUMMARY_NAME
 
 REPO = Path(__file__).resolve().parents[1]

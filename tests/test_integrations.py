@@ -216,7 +216,7 @@ def test_datatrove_filter_keeps_exactly_the_documents_at_or_above_the_threshold(
     kept, dropped, logs = tmp_path / "kept", tmp_path / "dropped", tmp_path / "logs"
     run_pipeline([  # the annotated files read back: the score fields are in each document's metadata again
         JsonlReader(str(annotated.out)),
-        QualityFactorFilter(threshold, exclusion_writer=JsonlWriter(str(dropped), compression=None)),
+        QualityFactorFilter(threshold, exclusion_writer=JsonlWriter(str(dropped), compression=None), min_tokens=0),
         JsonlWriter(str(kept), compression=None),
     ], logs, tasks=1)
 
@@ -243,6 +243,35 @@ def test_datatrove_steps_need_no_model_to_be_built_or_copied(corpus):
     for bad in ("1.0", float("nan"), None, True):
         with pytest.raises(Exception, match="threshold"):
             QualityFactorFilter(bad)
+
+
+@needs_datatrove
+def test_datatrove_filter_short_document_guard_is_on_by_default():
+    """Issue 20 (27): the filter drops a document scored on fewer than DEFAULT_MIN_TOKENS tokens (metadata n_tokens)
+    by default, as select leaves it out; min_tokens=0 turns it off; for qf_distilled (no token count) it is off and
+    asking for it is refused."""
+    from datatrove.data import Document
+
+    from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS
+
+    def doc(qf, n_tokens, **more):
+        return Document(text="t", id="d", metadata={"quality_factor": qf, "n_tokens": n_tokens, "score_error": None, **more})
+
+    step = QualityFactorFilter(1.0)
+    assert step.min_tokens == DEFAULT_MIN_TOKENS > 2
+    assert step.filter(doc(4.52, 2)) == (False, "short")  # the pool's 2-token `/*`, the highest quality factor
+    assert step.filter(doc(4.52, DEFAULT_MIN_TOKENS)) is True and step.filter(doc(0.5, 300)) == (False, "below_threshold")
+    assert step.filter(Document(text="t", id="d", metadata={"quality_factor": 2.0})) == (False, "no_token_count")
+    off = QualityFactorFilter(1.0, min_tokens=0)
+    assert off.filter(doc(4.52, 2)) is True and off.filter(Document(text="t", id="d", metadata={"quality_factor": 2.0})) is True
+    assert QualityFactorFilter(1.0, min_tokens=4).filter(doc(4.52, 3)) == (False, "short")
+    distilled = QualityFactorFilter(0.5, field="qf_distilled")
+    assert distilled.min_tokens == 0 and distilled.filter(Document(text="t", id="d", metadata={"qf_distilled": 0.9})) is True
+    with pytest.raises(Exception, match="min_tokens=16 does not apply to field='qf_distilled'"):
+        QualityFactorFilter(0.5, field="qf_distilled", min_tokens=16)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(Exception, match="min_tokens"):
+            QualityFactorFilter(1.0, min_tokens=bad)
 
 
 def test_datatrove_missing_is_the_one_line_error_with_its_pip_command():

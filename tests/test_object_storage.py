@@ -429,23 +429,25 @@ def test_a_read_cut_mid_file_is_retried_then_a_clear_error_naming_the_object(s3,
 
 
 def test_remote_reader_streams_parquet_by_row_group_and_compressed_jsonl(s3, bucket, corpus, monkeypatch):
-    from scalingfilter.io import documents
+    from scalingfilter.io.records import read_records
+    from scalingfilter.io.walk import iter_corpus, walk_corpus
 
     for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
         monkeypatch.setenv(k, v)
     upload(s3, corpus, f"s3://{bucket}/in")
-    walk = documents.walk_corpus(f"s3://{bucket}/in")
-    local = documents.walk_corpus(corpus)
+    walk = walk_corpus(f"s3://{bucket}/in")
+    local = walk_corpus(corpus)
     assert walk.files == local.files and walk.skipped == local.skipped
     for rel in walk.files:
-        a = [(r.index, r.data, r.error is None) for r in documents.read_records(walk.root / rel, rel, start=3, stop=20)]
-        b = [(r.index, r.data, r.error is None) for r in documents.read_records(corpus / rel, rel, start=3, stop=20)]
+        a = [(r.index, r.data, r.error is None) for r in read_records(walk.root / rel, rel, start=3, stop=20)]
+        b = [(r.index, r.data, r.error is None) for r in read_records(corpus / rel, rel, start=3, stop=20)]
         assert a == b and a, rel
-    assert [r.data for r in documents.iter_corpus(f"s3://{bucket}/in")] == [r.data for r in documents.iter_corpus(corpus)]
+    assert [r.data for r in iter_corpus(f"s3://{bucket}/in")] == [r.data for r in iter_corpus(corpus)]
 
 
 def test_writers_and_atomic_write_on_urls_put_only_finished_objects(s3, bucket, monkeypatch):
-    from scalingfilter.io import documents
+    from scalingfilter.io.records import read_records
+    from scalingfilter.io.writers import open_writer, write_records
     from scalingfilter.io import storage
     from scalingfilter.io.locations import location
 
@@ -458,15 +460,15 @@ def test_writers_and_atomic_write_on_urls_put_only_finished_objects(s3, bucket, 
             raise RuntimeError("crash mid-write")
     assert not target.exists()
     with pytest.raises(RuntimeError):
-        writer = documents.open_writer(target)
+        writer = open_writer(target)
         try:
             writer.write({"text": "x"})
             raise RuntimeError("crash mid-write")
         finally:
             writer.close()
     assert not target.exists()
-    documents.write_records(target, [{"text": "a"}, {"text": "b"}])
-    assert [r.text for r in documents.read_records(target, "x")] == ["a", "b"]
+    write_records(target, [{"text": "a"}, {"text": "b"}])
+    assert [r.text for r in read_records(target, "x")] == ["a", "b"]
     storage.write_json_atomic(f"s3://{bucket}/w/m.json", {"k": 1})
     assert storage.read_json(f"s3://{bucket}/w/m.json") == {"k": 1}
 
@@ -526,7 +528,7 @@ def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, co
     recomputes instead of trusting old meta over new rows."""
     from scalingfilter.cli import app as cli
     from scalingfilter.errors import StorageError
-    from scalingfilter.io.locations import ObjectPath
+    from scalingfilter.io.objects import ObjectPath
 
     s3, out = s3_env, f"s3://{bucket}/div"
     args = ["diversity", "--input-dir", str(corpus), "--output-dir", out, "--groups", "2", "--group-size", "8",
@@ -627,7 +629,7 @@ def test_a_streamed_read_cut_mid_file_is_retried(s3_env, bucket, tmp_path):
 def test_train_reads_its_corpus_from_a_bucket(s3_env, bucket, corpus):
     """train's inputs go through the walker: the same texts, split the same way, and a corpus fingerprint that
     changes when an object is rewritten (so a resumed run notices a changed corpus in a bucket too)."""
-    from scalingfilter.stages.train import corpus_fingerprint, read_texts
+    from scalingfilter.stages.train.data import corpus_fingerprint, read_texts
 
     upload(s3_env, corpus, f"s3://{bucket}/in")
     local = read_texts(corpus, "text", 0, 0.2)

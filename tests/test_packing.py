@@ -231,8 +231,9 @@ def test_packing_choice(long_pair, tiny_pair_dir):
     assert resolve_packing("off", models, "cuda") is False
     assert resolve_packing("auto", models, "cpu") is False  # measured slower on CPU (BENCHMARKS.md)
     assert resolve_packing("auto", models, "cuda") is True
-    with pytest.raises(UsageError, match="--packing"):
+    with pytest.raises(UsageError, match="packing='sometimes'") as err:
         resolve_packing("sometimes", models, "cpu")
+    assert err.value.cli_message().startswith("--packing='sometimes'")
 
     class Opaque:  # a family we have not checked
         class config:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalingfilter.io import documents
+from scalingfilter.io.records import open_binary, read_records
 from scalingfilter.stages.score import RejectedRecordError, score_corpus
 from scalingfilter.jobs.state import SCORE_FIELDS
 from scalingfilter.jobs.units import ShardingError, file_units, node_files, rank_share
@@ -59,7 +59,7 @@ def test_all_formats_mirrored_with_fields_kept(tmp_path, tiny_pair_dir, sample_t
     assert summary["documents"] == 60 + 30 + 20 + 30 and summary["rejected"] == 0
     out = read_scored(tmp_path / "out")
     assert sorted(out) == ["a.jsonl", "d.parquet", "sub/b.jsonl.gz", "sub/c.jsonl.zst"]
-    src = {rel: [r.data for r in documents.read_records(tmp_path / "in" / rel, rel)] for rel in out}
+    src = {rel: [r.data for r in read_records(tmp_path / "in" / rel, rel)] for rel in out}
     for rel, rows in out.items():
         assert len(rows) == len(src[rel])
         for orig, scored in zip(src[rel], rows):  # input order, original fields first and unchanged
@@ -318,9 +318,9 @@ def test_a_rescoring_run_withdraws_the_summary_before_it_deletes_anything(tmp_pa
         assert len([line for line in r.stderr.splitlines() if "error:" in line]) == 1 and "summary.json" in r.stderr, r.stderr
     assert score_fixed(inp, out).returncode == 0
     assert json.loads((out / "summary.json").read_text())["documents"] == 11
-    r = run_cli(["select", "--input-dir", str(out), "--output-dir", str(tmp_path / "kept"), "--keep", "1.0"])
+    r = run_cli(["select", "--input-dir", str(out), "--output-dir", str(tmp_path / "kept"), "--keep", "1.0", "--min-tokens", "0"])
     assert r.returncode == 0, r.stderr
-    assert sum(len(documents.open_binary(p).read().splitlines()) for p in (tmp_path / "kept").glob("*.jsonl")) == 11
+    assert sum(len(open_binary(p).read().splitlines()) for p in (tmp_path / "kept").glob("*.jsonl")) == 11
 
 
 def test_a_refused_rerun_changes_nothing(tmp_path):

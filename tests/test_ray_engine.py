@@ -2,9 +2,9 @@
 of the driver, a worker that hangs (the unit timeout), a unit that keeps failing, and the one-line errors.
 
 One local Ray instance (2 CPUs) serves the whole module: the in-process tests drive it directly, the
-subprocess tests join it by address. Crashes and hangs are deterministic hooks (ray_engine's
+subprocess tests join it by address. Crashes and hangs are deterministic hooks (the
 SCALINGFILTER_TEST_KILL_WORKER_AT_DOC / SCALINGFILTER_TEST_HANG_WORKER_AT_DOC /
-SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS), and each test checks that its crash or hang landed.
+SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS: scalingfilter.faults), and each test checks that its crash or hang landed.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import pytest
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")  # CI installs the dev extra
 
+from scalingfilter.faults import HANG_WORKER_AT_DOC_ENV as TEST_HANG_WORKER_ENV  # noqa: E402
+from scalingfilter.faults import HANG_WORKER_AT_LOAD_ENV as TEST_HANG_LOAD_ENV  # noqa: E402
+from scalingfilter.faults import KILL_DRIVER_AFTER_UNITS_ENV as TEST_KILL_DRIVER_ENV  # noqa: E402
+from scalingfilter.faults import KILL_WORKER_AT_DOC_ENV as TEST_KILL_WORKER_ENV  # noqa: E402
 from scalingfilter.jobs.engines.ray import (  # noqa: E402
     FAILED_SUMMARY_NAME,
-    TEST_HANG_LOAD_ENV,
-    TEST_HANG_WORKER_ENV,
-    TEST_KILL_DRIVER_ENV,
-    TEST_KILL_WORKER_ENV,
     RayOptions,
     score_with_ray,
     worker_shape,
@@ -379,8 +379,8 @@ def test_each_batch_of_the_pair_counts_as_progress(tmp_path, tiny_pair_dir, monk
     """A window of a large pair on a CPU can take longer than --unit-timeout before its first document is
     written: the worker's scorer reports each batch, so a slow but healthy worker is never taken for hung.
     (In-process: the worker class without Ray, its counter a recorder.)"""
-    from scalingfilter.jobs.engines import ray as ray_engine
-    from scalingfilter.stages.score import ScoreJob
+    from scalingfilter.jobs.engines import ray_worker
+    from scalingfilter.jobs.job import Job
 
     write_corpus(tmp_path / "in", bad=False)
     cfg = ScoreConfig(str(tmp_path / "in"), str(tmp_path / "out"), pair=str(tiny_pair_dir), max_len=32, max_tokens_per_batch=64,
@@ -394,13 +394,13 @@ def test_each_batch_of_the_pair_counts_as_progress(tmp_path, tiny_pair_dir, monk
         def remote(self, docs, tokens, worker):
             self.reports.append(docs)
 
-    monkeypatch.setattr(ray_engine, "PROGRESS_EVERY_S", 0.0)  # every sign of life reported
-    job = ScoreJob(cfg)
+    monkeypatch.setattr(ray_worker, "PROGRESS_EVERY_S", 0.0)  # every sign of life reported
+    job = Job(*cfg.to_job())
     plan = job.prepare()
     unit = next(u for u in plan.pending if u.source.endswith("big.jsonl"))
-    worker = ray_engine.ScoreWorker(cfg, job.spec, counter=(counter := Recorder()), worker_id=0)
+    worker = ray_worker.JobWorker(job.cfg, job.work, counter=(counter := Recorder()), worker_id=0)
     worker.ready()
-    worker.run([("score", ray_engine._fields(unit), False)])
+    worker.run([ray_worker.DoUnit(unit, assemble_after=False)])
     batches = [d for d in counter.reports if d == 0]  # a report with no document: a batch scored, nothing written yet
     assert len(batches) >= 400 * 8 // 64 // 2  # 400 documents of ~8 tokens in batches of at most 64 tokens
     assert sum(counter.reports) == 400

@@ -18,7 +18,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from scalingfilter.cli.app import main as cli_main
-from scalingfilter.io.documents import InputError, iter_corpus, write_records
+from scalingfilter.errors import InputError
+from scalingfilter.io.walk import iter_corpus
+from scalingfilter.io.writers import write_records
 from scalingfilter.stages.report import build_report
 from scalingfilter.jobs.state import STATE_DIR, SUMMARY_NAME
 from scalingfilter.stages.select import select_corpus
@@ -127,7 +129,7 @@ def scored(tmp_path_factory):
 def topk(scored, tmp_path_factory):
     root, _ = scored
     sel = tmp_path_factory.mktemp("sel") / "top-k"
-    select_corpus(root, sel, keep=0.7, method="top-k")
+    select_corpus(root, sel, keep=0.7, method="top-k", min_tokens=0)
     return sel
 
 
@@ -196,7 +198,7 @@ def test_no_distilled_figure_without_the_field(tmp_path):
 def test_report_with_selection_and_groups(scored, tmp_path, method):
     root, records = scored
     sel_dir = tmp_path / f"sel-{method}"
-    select_corpus(root, sel_dir, keep=0.7, method=method)
+    select_corpus(root, sel_dir, keep=0.7, method=method, min_tokens=0)
     stats = build_report(root, tmp_path / "rep", selected_dir=sel_dir, group_field="kind", notes=["<b>escaped</b> & shown"],
                          n_examples=4, group_examples=2)
     check_report(tmp_path / "rep")
@@ -246,7 +248,7 @@ def test_random_range_is_the_hypergeometric_one():
 
 def test_random_report_speaks_plainly(scored, tmp_path):
     root, _ = scored
-    select_corpus(root, tmp_path / "sel", keep=0.5, method="random", seed=3)
+    select_corpus(root, tmp_path / "sel", keep=0.5, method="random", seed=3, min_tokens=0)
     build_report(root, tmp_path / "r", selected_dir=tmp_path / "sel", group_field="kind", n_examples=1, group_examples=1)
     html = (tmp_path / "r" / "report.html").read_text().lower()
     for jargon in ("key threshold", "key_threshold", "tie break", "tie-break", "tie_break"):
@@ -260,7 +262,7 @@ def test_selection_from_another_corpus_is_refused(scored, tmp_path):
     other.mkdir()
     write_records(other / "x.jsonl", [{"text": "t", "quality_factor": 1.0, "large_ppl": 3.0, "n_tokens": 3, "score_error": None}])
     mark_as_scored(other)  # select reads only finished score outputs
-    select_corpus(other, tmp_path / "sel", keep=0.5)
+    select_corpus(other, tmp_path / "sel", keep=0.5, min_tokens=0)
     with pytest.raises(InputError, match="was not made from"):
         build_report(root, tmp_path / "r", selected_dir=tmp_path / "sel")
 
@@ -276,7 +278,7 @@ def test_a_selection_made_before_a_rescore_is_refused(tmp_path, monkeypatch):
     lines = [orjson.dumps({"id": i, "text": "word " * (i + 1)}) for i in range(12)]
     (src / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     score_corpus(src, tmp_path / "scored", show_progress=False)
-    select_corpus(tmp_path / "scored", tmp_path / "sel", keep=0.5)
+    select_corpus(tmp_path / "scored", tmp_path / "sel", keep=0.5, min_tokens=0)
     build_report(tmp_path / "scored", tmp_path / "r1", selected_dir=tmp_path / "sel")  # the same version: accepted
     (src / "a.jsonl").write_bytes(b"\n".join(reversed(lines)) + b"\n")  # the same documents, another order
     score_corpus(src, tmp_path / "scored", show_progress=False)
@@ -406,3 +408,50 @@ def test_kept_fraction_labels_readable():
     assert to_rgb(inside.get_color()) == (1.0, 1.0, 1.0) and inside.get_position()[0] < 1.0
     assert sum(to_rgb(outside.get_color())) < 0.5 and outside.get_position()[0] > 0.1
     plt.close(fig)
+
+
+def test_a_classify_output_is_refused_in_one_line(tmp_path, capsys):
+    """Issue 20 (21): report on a `classify` output (qf_distilled, no quality factor) drew four empty charts with
+    exit 0; the report draws the quality factor and its perplexities, so it refuses in one line saying what works."""
+    from test_selection import classify_dir
+
+    root = tmp_path / "classified"
+    classify_dir(root)
+    err = one_error_line(capsys, ["report", "--input-dir", str(root), "--output-dir", str(tmp_path / "rep")])
+    assert "no document of" in err and "usable quality_factor" in err and "classify` output" in err, err
+    assert "report the `score` output" in err and "select --score-field qf_distilled" in err
+    assert not (tmp_path / "rep" / "report.html").exists()
+
+
+def _hue_saturation(colour: str) -> tuple[float, float]:
+    import colorsys
+
+    r, g, b = (int(colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    h, _, s = colorsys.rgb_to_hls(r, g, b)
+    return h * 360, s
+
+
+def test_kept_and_dropped_colours_are_neutral(scored, tmp_path):
+    """Issue 20 (26): the report coloured "kept more than random" green (and less red) even for keyword spam: it
+    judges nothing, the user does. Kept/dropped (figures, tags) and more/less than random are in neutral colours:
+    no green, no red or orange, and "more" looks like "less"."""
+    import re
+
+    from scalingfilter.stages.report import figures
+
+    for colour in (figures.KEPT_COLOUR, figures.DROPPED_COLOUR):
+        hue, sat = _hue_saturation(colour)
+        assert sat < 0.15 or 190 <= hue <= 260, (colour, hue, sat)  # grey or blue
+    root, _ = scored
+    sel_dir = tmp_path / "sel"
+    select_corpus(root, sel_dir, keep=0.7, min_tokens=0)
+    build_report(root, tmp_path / "rep", selected_dir=sel_dir, group_field="kind", n_examples=2, group_examples=1)
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert 'class="tag kept"' in html and 'class="tag dropped"' in html
+    css = dict(re.findall(r"([.#\w,\s-]+)\{([^}]*)\}", html))
+    rules = {sel.strip(): body for sels, body in css.items() for sel in sels.split(",")}
+    assert rules[".more"] == rules[".less"]
+    for name in (".more", ".kept", ".dropped"):
+        for colour in re.findall(r"#[0-9a-fA-F]{6}", rules[name]):
+            hue, sat = _hue_saturation(colour)
+            assert sat < 0.15 or 190 <= hue <= 260, (name, colour, hue, sat)

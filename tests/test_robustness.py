@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalingfilter.io import documents
+from scalingfilter.io import exact_json, records
 from scalingfilter.io.storage import JobLock
 from scalingfilter.testing import write_jsonl
 
@@ -49,7 +49,7 @@ def one_line_error(r, status=2):
 
 
 def lines(path: Path) -> list[bytes]:
-    return documents.open_binary(path).read().splitlines()
+    return records.open_binary(path).read().splitlines()
 
 
 def docs(n, start=0):
@@ -364,14 +364,14 @@ def test_json_safe_is_total():
 
     value = {"d": decimal.Decimal("1E+999"), "b": b"\xff", "inf": float("inf"), "nan": float("nan"), 1: "int key",
              "t": (datetime.date(2024, 1, 2), datetime.timedelta(seconds=5)), "np": np.float32(0.5), "o": object()}
-    safe = documents.json_safe(value)
+    safe = exact_json.json_safe(value)
     text = json.dumps(safe, allow_nan=False)  # strict JSON: no NaN, no Infinity
     back = json.loads(text)
     assert back["d"] == "1E+999" and back["b"] == "/w==" and back["inf"] == "inf" and back["nan"] == "nan"
     assert back["1"] == "int key" and back["t"] == ["2024-01-02", "0:00:05"] and back["np"] == 0.5
     assert isinstance(back["o"], str)
-    entry = documents.Record("p.parquet", 0, value, None, "why").reject_entry()
-    assert json.loads(documents.dumps_exact(entry))["record"] == back
+    entry = records.Record("p.parquet", 0, value, None, "why").reject_entry()
+    assert json.loads(exact_json.dumps_exact(entry))["record"] == back
 
 
 def test_numbers_beyond_a_double_are_valid_json_and_kept_byte_for_byte(tmp_path):
@@ -401,11 +401,11 @@ def test_numbers_beyond_a_double_are_valid_json_and_kept_byte_for_byte(tmp_path)
 def test_common_jsonl_path_does_not_take_the_fallback(tmp_path, monkeypatch):
     """Only a line orjson refuses is parsed a second time."""
     calls = []
-    real = documents._parse_overflowing
-    monkeypatch.setattr(documents, "_parse_overflowing", lambda line: calls.append(line) or real(line))
+    real = records._parse_overflowing
+    monkeypatch.setattr(records, "_parse_overflowing", lambda line: calls.append(line) or real(line))
     path = tmp_path / "a.jsonl"
     path.write_bytes(b'{"text": "x", "n": 1.5e300}\n{"text": "y", "n": 1e400}\n')
-    recs = list(documents.read_jsonl(path, "a.jsonl"))
+    recs = list(records.read_jsonl(path, "a.jsonl"))
     assert [r.error for r in recs] == [None, None] and recs[1].data["n"] == float("inf")
     assert calls == [b'{"text": "y", "n": 1e400}\n']
 

@@ -22,13 +22,23 @@ import pytest
 import zstandard
 
 from scalingfilter.cli.app import main as cli_main
-from scalingfilter.io.documents import find_scored_files, read_records, write_records
+from scalingfilter.io.records import read_records
+from scalingfilter.io.walk import find_scored_files
+from scalingfilter.io.writers import write_records
 from scalingfilter.errors import InputError
 from scalingfilter.stages.select import (
     ABORT_ENV, ABORT_EXIT_STATUS, IN_PROGRESS_NAME, MANIFEST_NAME, SCORE_FIELDS, SelectConfig, SelectionError,
-    format_manifest, load_selection_mask, rank_interval, select_corpus, select_mask, sort_keys,
+    format_manifest, load_selection_mask, rank_interval, select_mask, sort_keys,
 )
+from scalingfilter.stages.select import select_corpus as select_corpus_guarded
 from scalingfilter.io.storage import JobLock
+
+
+def select_corpus(*args, **options):
+    """select_corpus with the short-document guard off unless a test sets it: the tests here that are about
+    something else (methods, ties, bytes, OUT's life) compare with references that rank every document."""
+    options.setdefault("min_tokens", 0)
+    return select_corpus_guarded(*args, **options)
 
 FILES = ["a.jsonl", "sub/b.jsonl.gz", "sub/deeper/c.parquet"]
 
@@ -264,7 +274,8 @@ def one_error_line(capsys, argv: list[str]) -> str:
 
 
 def select_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["select", "--input-dir", str(root), "--output-dir", str(out), *extra]
+    """The select command line, the short-document guard off unless `extra` sets it (the last flag wins)."""
+    return ["select", "--input-dir", str(root), "--output-dir", str(out), "--min-tokens", "0", *extra]
 
 
 def test_errors_and_cli(scored, tmp_path, capsys):
@@ -621,7 +632,7 @@ def test_complete_selection_with_a_leftover_marker(small_scored, tmp_path):
     out = tmp_path / "out"
     select_corpus(small_scored, out, keep=0.5)
     reference = output_files(out)
-    marker = {"pid": 1, "started": "then", "input_dir": str(small_scored), "config": asdict(SelectConfig(keep=0.5))}
+    marker = {"pid": 1, "started": "then", "input_dir": str(small_scored), "config": asdict(SelectConfig(keep=0.5, min_tokens=0))}
     (out / IN_PROGRESS_NAME).write_bytes(orjson.dumps(marker))
     with pytest.raises(SelectionError, match="holds an earlier selection; pass --force-overwrite"):
         select_corpus(small_scored, out, keep=0.9)
@@ -681,15 +692,138 @@ def test_min_tokens_leaves_short_documents_out_as_unscored(scored, tmp_path, met
     are selected as if the short ones had no score. Without it, the manifest counts the short documents selected."""
     root, records = scored
     m = select_corpus(root, tmp_path / "plain", keep=0.7, method=method)
-    short = [r["id"] for r in records if r["quality_factor"] is not None and r["n_tokens"] < 16]
+    from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS as n  # the note counts below the default guard
+
+    short = [r["id"] for r in records if r["quality_factor"] is not None and r["n_tokens"] < n]
     assert short and m["min_tokens"] == 0
     assert m["selected_below_short_tokens"] == len(set(kept_ids(tmp_path / "plain")) & set(short)) > 0
-    assert "--min-tokens 16 leaves such documents out" in format_manifest(m)
+    assert f"--min-tokens {n} leaves such documents out" in format_manifest(m)
     m = select_corpus(root, tmp_path / "min", keep=0.7, method=method, min_tokens=50)
     as_unscored = [dict(r, quality_factor=None, large_ppl=None) if r["n_tokens"] < 50 else r for r in records]
     assert sorted(kept_ids(tmp_path / "min")) == reference_selection(as_unscored, method, 0.7, "documents")
     n_short = sum(r["quality_factor"] is not None and r["n_tokens"] < 50 for r in records)
     assert m["unscored_reasons"]["fewer than 50 scored tokens (--min-tokens)"] == n_short
-    assert m["selected_below_short_tokens"] == 0 and "--min-tokens 16" not in format_manifest(m)
-    with pytest.raises(SelectionError, match=r"--min-tokens 1000 leaves no document .* the longest has \d+\); lower it"):
+    assert m["selected_below_short_tokens"] == 0 and f"--min-tokens {n}" not in format_manifest(m)
+    with pytest.raises(SelectionError, match=r"min_tokens=1000 leaves no document .* the longest has \d+\); lower it") as err:
         select_corpus(root, tmp_path / "none", keep=0.7, method=method, min_tokens=1000)
+    assert err.value.cli_message().startswith("--min-tokens=1000 leaves no document")  # the CLI names the flag
+    for bad, flag in (({"keep": 1.5}, "--keep=1.5"), ({"method": "best"}, "--method='best'"), ({"seed": -1}, "--seed=-1"),
+                      ({"by": "pages"}, "--by='pages'"), ({"method": "temperature", "temperature": 0}, "--temperature=0")):
+        with pytest.raises(SelectionError) as err:
+            select_corpus(root, tmp_path / "bad", **bad)
+        assert "--" not in str(err.value) and err.value.cli_message().startswith(flag), (bad, err.value.cli_message())
+
+
+# --------------------------------------------------------------------------------------------------
+# One answer to "is this a finished scored directory?" (issue 19.1): jobs.state.ScoredDir
+
+
+def test_scored_dir_says_what_it_holds_and_what_to_run(small_scored, tmp_path):
+    from scalingfilter.jobs.state import NotScoredError, ScoredDir, ScoringUnfinishedError
+
+    d = ScoredDir.open(small_scored)
+    files, expected = d.data_files()
+    assert d.whole and (d.nparts, d.parts) == (1, (0,)) and files == find_scored_files(small_scored)
+    assert expected == {"a.jsonl": 10, "sub/b.jsonl.gz": 10, "sub/deeper/c.parquet": 10}  # records - rejected
+    assert d.kind == "score" and "quality_factor" in d.score_fields and d.settings is None
+    assert sorted(d.versions()) == files and d.changed_since(d.versions()) == []
+    with pytest.raises(NotScoredError, match="does not exist"):
+        ScoredDir.open(tmp_path / "nowhere")
+    # node parts: finished only when every part has its summary; a stage that needs summary.json says how to write it
+    parts = tmp_path / "parts"
+    shutil.copytree(small_scored, parts)
+    (parts / "summary.json").unlink()
+    node = {"files": 1, "files_done": 1, "settings": {"max_len": 64}}
+    for k in (0, 2):
+        (parts / f"summary.parts-{k}-{k}.json").write_bytes(orjson.dumps({**node, "node_parts": {"nparts": 3, "rank_part_start": k, "rank_nparts": 1}}))
+    with pytest.raises(ScoringUnfinishedError, match=r"scored in node parts 0,2 of 3.*node part\(s\) 1 of 3 have no summary.*run the remaining parts"):
+        ScoredDir.open(parts)
+    (parts / "summary.parts-1-1.json").write_bytes(orjson.dumps({**node, "node_parts": {"nparts": 3, "rank_part_start": 1, "rank_nparts": 1}}))
+    d = ScoredDir.open(parts)
+    assert not d.whole and (d.nparts, d.parts, d.max_len) == (3, (0, 1, 2), 64)
+    with pytest.raises(ScoringUnfinishedError, match="report needs summary.json.*no --nparts"):
+        d.require_summary("report")
+
+
+def test_a_classify_output_is_known_by_its_settings(small_scored, tmp_path, capsys):
+    from scalingfilter.jobs.state import ScoredDir
+
+    summary = orjson.loads((small_scored / "summary.json").read_bytes())
+    settings = {"model_sha256": "0" * 64, "normalisation": "whitespace", "max_chars": 2560}
+    (small_scored / "summary.json").write_bytes(orjson.dumps({**summary, "settings": settings}))
+    d = ScoredDir.open(small_scored)
+    assert d.kind == "classify" and d.score_fields == ("qf_distilled", "distill_error") and d.max_len is None
+    err = one_error_line(capsys, select_argv(small_scored, tmp_path / "o", "--score-field", "qf_distilled_nope"))
+    assert "classify` output, whose field is 'qf_distilled'" in err
+
+
+def test_distill_keep_decision_is_select_top_k():
+    """One top-k with ties by corpus position: distill's keep decision is exactly what select keeps."""
+    from scalingfilter.stages.distill import top_k_decision
+
+    rng = np.random.default_rng(5)
+    qf = rng.choice([0.5, 1.0, 1.5, 2.0], size=1001)  # ties everywhere
+    qf[rng.random(1001) < 0.1] = np.nan  # unscored
+    for keep in (0.0, 0.3, 0.7, 1.0):
+        mask, bounds, _ = select_mask("top-k", keep, qf)
+        decision, lowest = top_k_decision(qf, keep)
+        assert np.array_equal(decision, mask) and decision.sum() == bounds.kept
+        assert lowest == (qf[mask].min() if mask.any() else np.inf)
+        # ties at the threshold: the earlier ones are kept
+        if 0 < mask.sum() < (~np.isnan(qf)).sum():
+            at = np.flatnonzero(qf == lowest)
+            assert not (~mask[at[:-1]] & mask[at[1:]]).any()
+
+
+def classify_dir(root: Path, n: int = 40) -> list[dict]:
+    """A `scalingfilter classify` output as it writes one: qf_distilled and distill_error, no token count; its
+    summary's settings name the distilled model (ScoredDir.kind == 'classify')."""
+    rng = np.random.default_rng(11)
+    records = [{"id": i, "text": f"document {i}", "qf_distilled": float(rng.uniform(0, 1)), "distill_error": None} for i in range(n)]
+    root.mkdir(parents=True)
+    write_records(root / "a.jsonl", records)
+    mark_as_scored(root)
+    summary = orjson.loads((root / "summary.json").read_bytes())
+    settings = {"model_sha256": "0" * 64, "normalisation": "whitespace", "max_chars": 2560}
+    (root / "summary.json").write_bytes(orjson.dumps({**summary, "settings": settings}))
+    return records
+
+
+def test_token_choices_on_a_distilled_score_are_refused_in_one_line(tmp_path, capsys):
+    """Issue 20 (20): a classify output's qf_distilled has no token count. --by tokens selected 0 documents with
+    exit 0, and --min-tokens (as the default run's hint said) left none; both are refused with one line saying why,
+    and the default run selects by documents with the guard marked not applicable and no hint about --min-tokens."""
+    root = tmp_path / "classified"
+    records = classify_dir(root)
+    for extra, flag in ((("--by", "tokens"), "--by=tokens"), (("--min-tokens", "16"), "--min-tokens=16")):
+        argv = ["select", "--input-dir", str(root), "--output-dir", str(tmp_path / "o"), "--score-field", "qf_distilled", *extra]
+        err = one_error_line(capsys, argv)
+        assert err.startswith(f"scalingfilter select: error: {flag} does not apply") and "no token count" in err, err
+        assert not (tmp_path / "o" / MANIFEST_NAME).exists()
+    assert cli_main(["select", "--input-dir", str(root), "--output-dir", str(tmp_path / "d"), "--score-field", "qf_distilled"]) == 0
+    out = capsys.readouterr().out
+    assert "40 scored, 28 selected" in out and "not applicable" in out and "--min-tokens" not in out, out
+    m = orjson.loads((tmp_path / "d" / MANIFEST_NAME).read_bytes())
+    assert m["min_tokens"] is None and m["selected_below_short_tokens"] is None
+    best = sorted(records, key=lambda r: -r["qf_distilled"])[:28]
+    assert sorted(kept_ids(tmp_path / "d")) == sorted(r["id"] for r in best)
+
+
+def test_short_document_guard_is_on_by_default(scored, tmp_path, capsys):
+    """Issue 20 (27): a quality factor over a handful of tokens is noise, and such documents topped the ranking;
+    select leaves documents scored on fewer than DEFAULT_MIN_TOKENS tokens out by default, says so in the summary
+    and the manifest, and --min-tokens 0 turns it off."""
+    from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS
+
+    root, records = scored
+    m = select_corpus_guarded(root, tmp_path / "g", keep=0.7)
+    n = DEFAULT_MIN_TOKENS
+    as_unscored = [dict(r, quality_factor=None) if r["n_tokens"] < n else r for r in records]
+    assert m["min_tokens"] == n and SelectConfig().min_tokens is None
+    assert sorted(kept_ids(tmp_path / "g")) == reference_selection(as_unscored, "top-k", 0.7, "documents")
+    assert m["unscored_reasons"][f"fewer than {n} scored tokens (--min-tokens)"] > 0
+    assert f"short-document guard: documents scored on fewer than {n} tokens left out" in format_manifest(m)
+    assert cli_main(["select", "--input-dir", str(root), "--output-dir", str(tmp_path / "off"), "--min-tokens", "0"]) == 0
+    m0 = orjson.loads((tmp_path / "off" / MANIFEST_NAME).read_bytes())
+    assert m0["min_tokens"] == 0 and sorted(kept_ids(tmp_path / "off")) == reference_selection(records, "top-k", 0.7, "documents")
+    assert "short-document guard" not in capsys.readouterr().out

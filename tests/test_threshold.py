@@ -250,21 +250,22 @@ def test_cli_prints_the_threshold_of_the_scores_written(scored_sample, capsys):
     est = threshold_for(scores, 0.7)
     capsys.readouterr()
 
-    assert cli_main(["threshold", "--input_dir", str(scored), "--keep", "0.7", "--json"]) == 0
+    # the short-document guard off: this test is about the CLI agreeing with threshold_for on the scores written
+    assert cli_main(["threshold", "--input_dir", str(scored), "--keep", "0.7", "--json", "--min-tokens", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {k: out[k] for k in est.to_dict()} == est.to_dict()
     assert (out["n"], out["n_ignored"], out["score_field"]) == (60, 1, "quality_factor")
     assert sum(out["ignored_reasons"].values()) == 1
     assert out["threshold"] == sorted(s for s in scores if s is not None)[60 - 42]  # k = ceil(0.7 * 60) = 42
 
-    assert cli_main(["threshold", "--input-dir", str(scored), "--field", "quality_factor"]) == 0
+    assert cli_main(["threshold", "--input-dir", str(scored), "--field", "quality_factor", "--min-tokens", "0"]) == 0
     printed = capsys.readouterr().out
     assert f"quality_factor >= {est.threshold!r}" in printed
     assert "60 documents used, 1 ignored" in printed and f"{est.needed_for_one_point:,} documents" in printed
     low, high = est.interval
     assert f"95% interval [{low:.2%}, {high:.2%}]" in printed
 
-    assert cli_main(["threshold", "--input-dir", str(scored), "--keep", "0.5", "--confidence", "0.9", "--json"]) == 0
+    assert cli_main(["threshold", "--input-dir", str(scored), "--keep", "0.5", "--confidence", "0.9", "--json", "--min-tokens", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["interval"] == list(threshold_for(scores, 0.5, confidence=0.9).interval)
 
@@ -290,3 +291,38 @@ def test_cli_refuses_what_is_not_a_finished_scored_directory(scored_sample, tmp_
     with pytest.raises(SystemExit) as info:  # argparse: a keep out of (0, 1] never reaches the library
         cli_main(["threshold", "--input-dir", str(scored_sample / "scored"), "--keep", "1.5"])
     assert info.value.code == 2
+
+
+def test_short_document_guard_is_on_by_default(scored_sample, tmp_path, capsys):
+    """Issue 20 (27): threshold ignores the documents scored on fewer than DEFAULT_MIN_TOKENS tokens by default, as
+    select leaves them out (the threshold is then the one select's guarded ranking uses); --min-tokens 0 turns it
+    off; threshold_for does the same given the token counts. On a classify output's qf_distilled (no token count)
+    the guard does not apply, and asking for it is refused in one line."""
+    from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS
+    from test_selection import classify_dir
+
+    scored = scored_sample / "scored"
+    records = [json.loads(line) for line in (scored / "docs.jsonl").read_text().splitlines()]
+    scores, tokens = [r["quality_factor"] for r in records], [r["n_tokens"] for r in records]
+    short = sum(s is not None and t < DEFAULT_MIN_TOKENS for s, t in zip(scores, tokens))
+    assert 0 < short < 50
+    guarded = threshold_for(scores, 0.7, n_tokens=tokens)
+    assert guarded.n == 60 - short and guarded.n_ignored == 1 + short
+    assert guarded == threshold_for([s if t >= DEFAULT_MIN_TOKENS else None for s, t in zip(scores, tokens)], 0.7)
+    assert threshold_for(scores, 0.7, n_tokens=tokens, min_tokens=0) == threshold_for(scores, 0.7)
+    capsys.readouterr()
+    assert cli_main(["threshold", "--input-dir", str(scored), "--keep", "0.7", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["min_tokens"] == DEFAULT_MIN_TOKENS and {k: out[k] for k in guarded.to_dict()} == guarded.to_dict()
+    assert out["ignored_reasons"][f"fewer than {DEFAULT_MIN_TOKENS} scored tokens (--min-tokens)"] == short
+    assert cli_main(["threshold", "--input-dir", str(scored), "--keep", "0.7"]) == 0
+    assert f"short-document guard: documents scored on fewer than {DEFAULT_MIN_TOKENS} tokens ignored" in capsys.readouterr().out
+
+    classified = tmp_path / "classified"
+    classify_dir(classified)
+    assert cli_main(["threshold", "--input-dir", str(classified), "--field", "qf_distilled", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 40 and out["min_tokens"] is None
+    assert cli_main(["threshold", "--input-dir", str(classified), "--field", "qf_distilled", "--min-tokens", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scalingfilter threshold: error: --min-tokens=8 does not apply") and "\n" not in err

@@ -10,10 +10,15 @@ import pytest
 import torch
 
 from scalingfilter.stages import train as training
+from scalingfilter.stages.train import checkpoints, loop
 from scalingfilter.cli.app import main
-from scalingfilter.io.documents import InputError, write_records
+from scalingfilter.errors import InputError
+from scalingfilter.io.writers import write_records
 from scalingfilter.errors import ConfigMismatchError, ModelLoadError
-from scalingfilter.stages.train import TokenWindows, TrainConfig, lr_at, parse_sizes, train_pair
+from scalingfilter.models.gpt import parse_sizes
+from scalingfilter.stages.train import TrainConfig, train_pair
+from scalingfilter.stages.train.data import TokenWindows
+from scalingfilter.stages.train.loop import lr_at
 
 SIZES = "2x16x2,2x32x4"
 
@@ -115,17 +120,17 @@ def test_resume_reaches_the_same_model(corpus, tmp_path, monkeypatch):
     train_pair(cfg(corpus, full), log=quiet)
 
     crashed = tmp_path / "crashed"
-    real_lr_at = training.lr_at
+    real_lr_at = loop.lr_at
 
     def crash_at_step_5(step, steps, c):
         if step == 5:
             raise KeyboardInterrupt("simulated crash")
         return real_lr_at(step, steps, c)
 
-    monkeypatch.setattr(training, "lr_at", crash_at_step_5)
+    monkeypatch.setattr(loop, "lr_at", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_pair(cfg(corpus, crashed), log=quiet)
-    monkeypatch.setattr(training, "lr_at", real_lr_at)
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
     assert (crashed / "checkpoint.pt").exists() and not (crashed / "small").exists()
     assert torch.load(crashed / "checkpoint.pt", weights_only=True)["step"] == 3  # last checkpoint before the crash
 
@@ -283,8 +288,8 @@ def test_run_files_and_scoring_json(corpus, tmp_path):
 def test_pair_scoring_without_a_separate_bos():
     from types import SimpleNamespace
 
-    assert training.pair_scoring(SimpleNamespace(bos_token_id=1, eos_token_id=2), 64) == {"max_len": 64, "prepend_bos": False}
-    assert training.pair_scoring(SimpleNamespace(bos_token_id=None, eos_token_id=2), 8)["prepend_bos"] is True
+    assert checkpoints.pair_scoring(SimpleNamespace(bos_token_id=1, eos_token_id=2), 64) == {"max_len": 64, "prepend_bos": False}
+    assert checkpoints.pair_scoring(SimpleNamespace(bos_token_id=None, eos_token_id=2), 8)["prepend_bos"] is True
 
 
 class WritesMarker:
@@ -343,7 +348,7 @@ def test_resume_refuses_a_changed_corpus(corpus, tmp_path, monkeypatch, capsys):
     def crash(step, steps, c):
         raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(training, "lr_at", crash)
+    monkeypatch.setattr(loop, "lr_at", crash)
     with pytest.raises(KeyboardInterrupt):
         train_pair(cfg(moved, early), log=quiet)
     monkeypatch.undo()
@@ -404,3 +409,171 @@ def test_api_settings_are_range_checked(corpus, tmp_path):
     with pytest.raises(UsageError, match="--checkpoint-every"):
         train_pair(cfg(corpus, tmp_path / "o", checkpoint_every=0), log=quiet)
     assert not (tmp_path / "o").exists()
+
+
+# ---- issue 20: a damaged token cache, a changed precision, the time to expect, what Ctrl-C says ----
+
+TRAIN_ARGS = ["--sizes", SIZES, "--vocab-size", "300", "--seq-len", "32", "--batch-size", "2", "--lr", "3e-3",
+              "--threads", "1", "--no-progress", "--precision", "fp32", "--checkpoint-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train_pair(cfg(corpus, out, tokens=2 * 32 * 4), log=quiet)
+    return out
+
+
+def _rehash(cache):
+    """What an attacker (or a careless repair) would do: record the damaged files' checksums in data.json."""
+    meta = json.loads((cache / "data.json").read_text())
+    meta["sha256"] = training.data.cache_checksums(cache)
+    (cache / "data.json").write_text(json.dumps(meta))
+
+
+def _damage(kind, cache):
+    train = np.load(cache / "train.npy")
+    if kind == "float64":
+        np.save(cache / "train.npy", train.astype(np.float64))
+    elif kind == "float64-rehashed":
+        np.save(cache / "train.npy", train.astype(np.float64))
+        _rehash(cache)
+    elif kind == "truncated":
+        data = (cache / "train.npy").read_bytes()
+        (cache / "train.npy").write_bytes(data[: len(data) // 2])
+    elif kind == "truncated-rehashed":
+        data = (cache / "train.npy").read_bytes()
+        (cache / "train.npy").write_bytes(data[: len(data) // 2])
+        _rehash(cache)
+    elif kind == "object-rehashed":
+        np.save(cache / "train.npy", np.array([{"a": 1}] * 10, dtype=object), allow_pickle=True)
+        _rehash(cache)
+    elif kind == "ids-beyond-vocab-rehashed":
+        train[5] = 10_000
+        np.save(cache / "train.npy", train)
+        _rehash(cache)
+    elif kind == "shorter-rehashed":
+        np.save(cache / "train.npy", train[:-7])
+        _rehash(cache)
+    elif kind == "tokenizer-not-json":
+        (cache / "tokenizer" / "tokenizer.json").write_text("not json {")
+    elif kind == "tokenizer-not-json-rehashed":
+        (cache / "tokenizer" / "tokenizer.json").write_text("not json {")
+        _rehash(cache)
+    elif kind == "data-json-list":
+        (cache / "data.json").write_text("[]")
+    elif kind == "data-json-not-json":
+        (cache / "data.json").write_text("{")
+    elif kind == "float64-without-checksums":  # a cache from before checksums were recorded: the other checks hold
+        np.save(cache / "train.npy", train.astype(np.float64))
+        meta = json.loads((cache / "data.json").read_text())
+        del meta["sha256"]
+        (cache / "data.json").write_text(json.dumps(meta))
+    elif kind == "heldout-negative-ids-rehashed":
+        held = np.load(cache / "heldout.npy")
+        held[0] = -3
+        np.save(cache / "heldout.npy", held)
+        _rehash(cache)
+    elif kind == "extra-file":
+        (cache / "tokenizer" / "added.json").write_text("{}")
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["float64", "float64-rehashed", "truncated", "truncated-rehashed", "object-rehashed",
+                                  "ids-beyond-vocab-rehashed", "shorter-rehashed", "tokenizer-not-json",
+                                  "tokenizer-not-json-rehashed", "data-json-list", "data-json-not-json", "extra-file",
+                                  "float64-without-checksums", "heldout-negative-ids-rehashed"])
+def test_a_damaged_token_cache_is_refused_with_one_line(kind, corpus, finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    shutil.rmtree(out / "small"), shutil.rmtree(out / "large")
+    (out / "train_log.json").unlink()
+    _damage(kind, out / ".cache")
+    capsys.readouterr()
+    rc = main(["train", "--input-dir", str(corpus), "--output-dir", str(out), *TRAIN_ARGS, "--tokens", "256", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "token cache" in err and "damaged" in err and f"delete {out / '.cache'}" in err, err
+    assert not (out / "small").exists()
+    # what the message says to do works: the cache is rebuilt and the run goes on
+    shutil.rmtree(out / ".cache")
+    assert main(["train", "--input-dir", str(corpus), "--output-dir", str(out), *TRAIN_ARGS, "--tokens", "256", "--resume"]) == 0
+    assert (out / "small").is_dir()
+
+
+def test_the_cache_records_checksums_and_an_intact_cache_resumes(corpus, finished_run, tmp_path):
+    import shutil
+
+    meta = json.loads((finished_run / ".cache" / "data.json").read_text())
+    assert set(meta["sha256"]) >= {"train.npy", "heldout.npy", "tokenizer/tokenizer.json"}
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    logs = []
+    train_pair(cfg(corpus, out, tokens=2 * 32 * 4, resume=True), log=logs.append)
+    assert any("reusing the tokenizer" in m for m in logs)
+
+
+def test_resume_refuses_a_changed_precision(corpus, finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["bf16"] is False
+    with pytest.raises(ConfigMismatchError, match="fp32"):
+        train_pair(cfg(corpus, out, tokens=2 * 32 * 4, resume=True, precision="bf16"), log=quiet)
+    monkeypatch_auto = pytest.MonkeyPatch()
+    monkeypatch_auto.setattr(loop, "cpu_supports_bf16", lambda: True)  # --precision auto resolves to bf16 here
+    try:
+        with pytest.raises(ConfigMismatchError, match="resolves to bf16"):
+            train_pair(cfg(corpus, out, tokens=2 * 32 * 4, resume=True, precision="auto", device="cpu"), log=quiet)
+    finally:
+        monkeypatch_auto.undo()
+    args = ["train", "--input-dir", str(corpus), "--output-dir", str(out), *TRAIN_ARGS, "--tokens", "256", "--resume"]
+    capsys.readouterr()
+    assert main([*args, "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--precision fp32" in err, err
+    log_before = json.loads((out / "train_log.json").read_text())
+    assert main(args) == 0  # the run's own precision resumes
+    assert json.loads((out / "train_log.json").read_text())["bf16_autocast"] is False == log_before["bf16_autocast"]
+
+
+def test_the_time_to_expect_is_printed_after_the_first_step_and_a_cpu_warned(corpus, tmp_path, monkeypatch):
+    logs = []
+    train_pair(cfg(corpus, tmp_path / "run", tokens=2 * 32 * 4), log=logs.append)
+    estimates = [m for m in logs if m.startswith("first step:")]
+    assert len(estimates) == 1 and "for the remaining 3 steps" in estimates[0], logs
+    assert not any("warning" in m for m in logs)
+    monkeypatch.setattr(loop, "CPU_WARN_PARAMS", 1)  # the tests' pair is tiny: pretend it is gpt2-sized
+    logs = []
+    train_pair(cfg(corpus, tmp_path / "run2", tokens=2 * 32 * 4, device="cpu"), log=logs.append)
+    warned = [m for m in logs if m.startswith("warning:") and "on a CPU" in m]
+    assert warned and logs.index(warned[0]) < logs.index(next(m for m in logs if m.startswith("first step:")))
+    assert loop.estimate_message(1.5, 524).startswith("first step: 1.50s; about 13 min for the remaining 524 steps")
+
+
+def test_ctrl_c_says_resume_and_resume_is_what_continues(corpus, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--input-dir", str(corpus), "--output-dir", str(out), *TRAIN_ARGS, "--tokens", "256"]
+    real = loop.lr_at
+
+    def ctrl_c_at_step_4(step, steps, c):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, steps, c)
+
+    monkeypatch.setattr(loop, "lr_at", ctrl_c_at_step_4)
+    capsys.readouterr()
+    assert main(args + ["--tokens", str(2 * 32 * 6)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "with --resume" in err, err
+    monkeypatch.undo()
+    args[-1] = str(2 * 32 * 6)
+    assert main(args) == 2  # the same command without --resume is refused: the message must say --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert "resumed at step 3" in capsys.readouterr().err

@@ -22,10 +22,12 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from scalingfilter.io import locations  # noqa: E402
-from scalingfilter.io.documents import write_records  # noqa: E402
+from scalingfilter.io.writers import write_records  # noqa: E402
 from scalingfilter.errors import InputError, StorageError  # noqa: E402
 from scalingfilter.testing import bucket_files  # noqa: E402
-from scalingfilter.stages.train import PUBLISH_FAILURES_TO_STOP, TEST_KILL_AFTER_CHECKPOINTS_ENV, TrainConfig, train_pair  # noqa: E402
+from scalingfilter.stages.train import TrainConfig, train_pair  # noqa: E402
+from scalingfilter.faults import KILL_AFTER_CHECKPOINTS_ENV  # noqa: E402
+from scalingfilter.stages.train.publish import PUBLISH_FAILURES_TO_STOP  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 steps of 2 x 16 tokens, a checkpoint every 2 steps: checkpoints at steps 2, 4, 6 and 8 (the final one)
@@ -75,7 +77,7 @@ def lose_the_machine() -> None:
 def test_a_lost_machine_resumes_from_the_last_published_checkpoint(s3_env, bucket, corpus, uninterrupted, tmp_path):
     url = f"s3://{bucket}/pair"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               **{TEST_KILL_AFTER_CHECKPOINTS_ENV: "1"})
+               **{KILL_AFTER_CHECKPOINTS_ENV: "1"})
     killed = subprocess.run([sys.executable, "-m", "scalingfilter.cli", "train", "--input-dir", str(corpus), "--output-dir", url,
                              *CLI_SETTINGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -106,10 +108,10 @@ def test_a_machine_that_comes_back_continues_from_the_bucket_not_its_older_copy(
     url = f"s3://{bucket}/pair"
     cmd = [sys.executable, "-m", "scalingfilter.cli", "train", "--input-dir", str(corpus), "--output-dir", url, *CLI_SETTINGS]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    a = subprocess.run(cmd, cwd=REPO, env={**env, TEST_KILL_AFTER_CHECKPOINTS_ENV: "1"}, capture_output=True, text=True, timeout=300)
+    a = subprocess.run(cmd, cwd=REPO, env={**env, KILL_AFTER_CHECKPOINTS_ENV: "1"}, capture_output=True, text=True, timeout=300)
     assert a.returncode == -signal.SIGKILL, a.stderr
     b = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**env, TEST_KILL_AFTER_CHECKPOINTS_ENV: "2", "SCALINGFILTER_SPOOL_DIR": str(tmp_path / "machine-b")})
+                       env={**env, KILL_AFTER_CHECKPOINTS_ENV: "2", "SCALINGFILTER_SPOOL_DIR": str(tmp_path / "machine-b")})
     assert b.returncode == -signal.SIGKILL and "resumed at step 2 of 8" in b.stdout + b.stderr, b.stderr
     objects = bucket_files(s3_env, url)
     assert torch.load(io.BytesIO(objects["checkpoint.pt"]), weights_only=True)["step"] == 6
@@ -124,7 +126,7 @@ def test_a_machine_that_comes_back_continues_from_the_bucket_not_its_older_copy(
 def recording_puts(monkeypatch, fail) -> list[tuple[str, bool]]:
     """Every whole-object PUT of the run, in order, as (key, succeeded); `fail(key, attempt)` says which fail
     (as the store fails after its retries: a StorageError)."""
-    from scalingfilter.io.locations import ObjectPath
+    from scalingfilter.io.objects import ObjectPath
 
     real = ObjectPath.put_from
     puts: list[tuple[str, bool]] = []
@@ -175,7 +177,49 @@ def test_a_store_that_keeps_failing_stops_the_run_and_it_resumes_here(s3_env, bu
     objects = bucket_files(s3_env, url)
     assert ".cache/data.json" in objects and "checkpoint.pt" not in objects and "train_log.json" not in objects
     outage[0] = False  # the store is back
+    # a fresh run (no --resume) to the prefix, which holds no run: the working copy holds one the bucket never
+    # received, so it is kept, and the refusal says where it is and both ways out (issue 20, 19)
+    local = next(locations.spool_dir().glob("train-*"))
+    with pytest.raises(InputError) as refused:
+        train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=lambda m: None)
+    msg = str(refused.value)
+    assert "\n" not in msg and str(local) in msg and "step 6" in msg and "--resume" in msg and f"delete {local}" in msg, msg
+    assert (local / "checkpoint.pt").exists()
     messages: list[str] = []
     train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, resume=True, **SETTINGS), log=messages.append)
     assert "resumed at step 6 of 8" in messages  # the local working copy's checkpoint: nothing lost
+    assert_same_weights(uninterrupted, bucket_files(s3_env, url))
+
+
+def test_a_fresh_run_to_an_emptied_prefix_replaces_the_stale_working_copy(s3_env, bucket, corpus, uninterrupted):
+    """Issue 20, 19: the prefix received the whole run and was emptied since; this machine's working copy for it is
+    stale (the bucket had all of it): a fresh run removes it and starts afresh, instead of refusing."""
+    url = f"s3://{bucket}/pair"
+    train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=lambda m: None)
+    remote = locations.location(url)
+    for rel in remote.find():
+        (remote / rel).unlink()
+    assert not bucket_files(s3_env, url)
+    local = next(locations.spool_dir().glob("train-*"))
+    assert (local / "train_log.json").exists()
+    messages: list[str] = []
+    res = train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=messages.append)
+    assert any("stale working copy" in m and str(local) in m for m in messages), messages
+    assert res["steps"] == 8 and not any(m.startswith("resumed") for m in messages)
+    assert_same_weights(uninterrupted, bucket_files(s3_env, url))
+
+    # the same after a run killed right after a checkpoint the bucket received (step 2), then emptied
+    for rel in remote.find():
+        (remote / rel).unlink()
+    shutil.rmtree(local)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               **{KILL_AFTER_CHECKPOINTS_ENV: "1"})
+    killed = subprocess.run([sys.executable, "-m", "scalingfilter.cli", "train", "--input-dir", str(corpus), "--output-dir", url,
+                             *CLI_SETTINGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    for rel in remote.find():
+        (remote / rel).unlink()
+    messages = []
+    train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=messages.append)
+    assert any("stale working copy" in m for m in messages), messages
     assert_same_weights(uninterrupted, bucket_files(s3_env, url))

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scalingfilter.stages.distill import classify_spec
     from scalingfilter.errors import EXIT_OK
-    from scalingfilter.stages.score import ScoreConfig, ScoreJob
+    from scalingfilter.stages.score import ScoreConfig, run_score
     from scalingfilter.cli.score import quiet_libraries, report_summary
 
     quiet_libraries()
@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
                       split_bytes=args.split_bytes, file_ext=tuple(args.file_ext) if args.file_ext else None,
                       force_overwrite=args.force_overwrite, strict=args.strict, show_progress=not args.no_progress,
                       device="cpu", scorer=spec)
+    ray = None
     if args.engine == "ray":
-        from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
+        from scalingfilter.jobs.engines.ray import RayOptions
 
-        summary = score_with_ray(cfg, RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=0, cpus_per_worker=1,
-                                                 max_unit_retries=args.max_unit_retries, unit_timeout=args.unit_timeout))
-    else:
-        summary = ScoreJob(cfg).run()
+        ray = RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=0, cpus_per_worker=1,
+                         max_unit_retries=args.max_unit_retries, unit_timeout=args.unit_timeout)
+    summary = run_score(cfg, args.engine, ray)
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK  # rank 0 speaks for the job
     return report_summary(summary, "scalingfilter classify")

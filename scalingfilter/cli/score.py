@@ -1,7 +1,7 @@
 """`scalingfilter score`: give every document of a corpus its quality factor.
 
 The same flags and behaviour as the reference's quality_factor.py (which `scalingfilter/quality_factor.py`
-keeps as an entry point). Defaults come from `pipeline.ScoreConfig`.
+keeps as an entry point). Defaults come from `stages.score.ScoreConfig`.
 """
 
 from __future__ import annotations
@@ -103,16 +103,15 @@ def quiet_libraries() -> None:
 def run(args: argparse.Namespace, prog: str = "scalingfilter score") -> int:
     quiet_libraries()
     cfg = config_from_args(args)
+    from scalingfilter.stages.score import run_score
+
+    ray = None
     if args.engine == "ray":
-        from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
+        from scalingfilter.jobs.engines.ray import RayOptions
 
-        summary = score_with_ray(cfg, RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                                 cpus_per_worker=args.cpus_per_worker, max_unit_retries=args.max_unit_retries,
-                                                 unit_timeout=args.unit_timeout))
-    else:
-        from scalingfilter.stages.score import ScoreJob
-
-        summary = ScoreJob(cfg).run()
+        ray = RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                         cpus_per_worker=args.cpus_per_worker, max_unit_retries=args.max_unit_retries, unit_timeout=args.unit_timeout)
+    summary = run_score(cfg, args.engine, ray)
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK  # rank 0 speaks for the job; a launcher would kill the others at a nonzero status
     return report_summary(summary, prog)

@@ -14,6 +14,7 @@ from scalingfilter.cli import flags
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from scalingfilter.jobs.state import DEFAULT_SCORE_FIELD
     from scalingfilter.stages.select import BY, METHODS, UNSCORED_POLICIES, SelectConfig
+    from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS
 
     d = SelectConfig()
     flags.flag(parser, "input-dir", required=True, help="a `scalingfilter score` output directory")
@@ -28,14 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "from `scalingfilter classify`); perplexity-gating gates on large_ppl whatever this is")
     flags.flag(parser, "temperature", type=flags.positive_float, default=d.temperature,
                help=f"T > 0 for --method temperature (T -> 0 is top-k; default {d.temperature:g})")
-    flags.flag(parser, "by", choices=BY, default=d.by, help="keep a fraction of the documents (default) or of the tokens")
+    flags.flag(parser, "by", choices=BY, default=d.by,
+               help="keep a fraction of the documents (default) or of the tokens (not for a `classify` output's qf_distilled)")
     flags.flag(parser, "seed", type=flags.non_negative_int, default=d.seed, help=f"seed for random and temperature (default {d.seed})")
     flags.flag(parser, "unscored", choices=UNSCORED_POLICIES, default=d.unscored,
                help="documents without a score (too short, unreadable, no such field): exclude (default) or keep them; "
                     "either way they are counted and listed in OUT/.scalingfilter/unscored.jsonl")
     flags.flag(parser, "min-tokens", type=flags.non_negative_int, default=d.min_tokens, metavar="N",
                help="documents scored on fewer than N tokens count as unscored (a quality factor from a handful of tokens "
-                    f"is noise, and near-empty pages can get the highest); default {d.min_tokens}: off, as the paper")
+                    f"is noise, and near-empty pages can get the highest); default {DEFAULT_MIN_TOKENS} (measured: docs/select.md); "
+                    "0 turns it off (the paper's method); not applicable to a `classify` output's qf_distilled (no token count)")
     flags.flag(parser, "drop-score-fields", action="store_true", help="remove the fields `score` added from the output records")
     flags.flag(parser, "force-overwrite", action="store_true",
                help="replace an earlier selection (complete or interrupted) in --output-dir; an interrupted one is "

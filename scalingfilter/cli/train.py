@@ -31,7 +31,8 @@ def token_count(low: int):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from scalingfilter.models.tokenizer import MIN_VOCAB_SIZE
-    from scalingfilter.stages.train import SIZES, TrainConfig as C
+    from scalingfilter.models.gpt import SIZES
+    from scalingfilter.stages.train import TrainConfig as C
 
     flag(parser, "input-dir", required=True, help="corpus directory (.jsonl[.gz|.zst], .json.gz, .parquet)")
     flag(parser, "output-dir", required=True,
@@ -75,7 +76,18 @@ def run(args: argparse.Namespace) -> int:
         text_field=args.text_field, checkpoint_every=args.checkpoint_every, save_dtype=args.save_dtype,
         resume=args.resume, init_from=args.init_from, skip_tokens=args.skip_tokens, progress=not args.no_progress,
     )
-    result = train_pair(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        result = train_pair(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except KeyboardInterrupt as exc:
+        # not the generic "rerun the same command": a rerun without --resume refuses an output directory that
+        # holds a run (or, before the first checkpoint, retokenizes); --resume continues from the last checkpoint
+        from scalingfilter.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+
+        terminated = isinstance(exc, Terminated) or Terminated.received
+        print(f"\nscalingfilter train: {'stopped (SIGTERM)' if terminated else 'interrupted'}; rerun the same command "
+              f"with --resume to continue from the last checkpoint (written every --checkpoint-every steps)",
+              file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     p, h = result["parameters"], result["heldout_loss"]
     print(f"wrote {args.output_dir}/small ({p['small']:,} params) and {args.output_dir}/large ({p['large']:,} params); "
           f"{result['tokens_seen']:,} tokens each; held-out loss small {h['small']:.4f} / large {h['large']:.4f}")

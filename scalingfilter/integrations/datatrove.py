@@ -207,24 +207,46 @@ class QualityFactorFilter(BaseFilter):
 
     A document without a number there (not annotated, or its score_error set: too short to score) is dropped as
     `dropped_unscored`; one below the threshold as `dropped_below_threshold`. `exclusion_writer`: a datatrove
-    writer that receives the dropped documents (with metadata['filter_reason'])."""
+    writer that receives the dropped documents (with metadata['filter_reason']).
+
+    The short-document guard, as `scalingfilter select`'s: a quality factor over a handful of tokens is noise, so a
+    document scored on fewer than `min_tokens` tokens (its metadata `n_tokens`, which the annotator writes) is
+    dropped as `dropped_short`, and one without a token count as `dropped_no_token_count`. `min_tokens=None` (the
+    default): DEFAULT_MIN_TOKENS (docs/select.md, "Short documents") for the quality factor, off for the distilled
+    P(keep) (`qf_distilled`), which has no token count; 0: off."""
 
     name = "📐 Quality factor filter"
 
-    def __init__(self, threshold: float, field: str = "quality_factor", exclusion_writer: "DiskWriter | None" = None):
+    def __init__(self, threshold: float, field: str = "quality_factor", exclusion_writer: "DiskWriter | None" = None,
+                 min_tokens: int | None = None):
         super().__init__(exclusion_writer)
+        from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS
+
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
             raise param_error("threshold", f"threshold={threshold!r}: must be a number")
         if not isinstance(field, str) or not field:
             raise param_error("field", f"field={field!r}: must be the name of a metadata field")
+        if min_tokens is not None and (isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 0):
+            raise param_error("min_tokens", f"min_tokens={min_tokens!r}: must be a non-negative integer (0: off)")
+        distilled = field == "qf_distilled"
+        if distilled and min_tokens:
+            raise param_error("min_tokens", f"min_tokens={min_tokens} does not apply to field={field!r}: a distilled score has "
+                              "no token count (n_tokens); leave it out")
         self.threshold = float(threshold)
         self.field = field
+        self.min_tokens = (0 if distilled else DEFAULT_MIN_TOKENS) if min_tokens is None else min_tokens
 
     def filter(self, doc: "Document") -> bool | tuple[bool, str]:
         value = doc.metadata.get(self.field)
         if (doc.metadata.get("score_error") is not None or isinstance(value, bool) or not isinstance(value, (int, float))
                 or math.isnan(value)):
             return False, "unscored"
+        if self.min_tokens:
+            n = doc.metadata.get("n_tokens")
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or math.isnan(n):
+                return False, "no_token_count"
+            if n < self.min_tokens:
+                return False, "short"
         return True if value >= self.threshold else (False, "below_threshold")
 
 

@@ -1,21 +1,11 @@
 """Where data lives: a local path, or a URL of any fsspec filesystem (s3://, gs://, hf://, memory://, ...).
 
 `location(where)` turns a command's path argument into a `pathlib.Path` (a plain path or `file://...`:
-local files keep their exact behaviour and speed: os.replace, fsync, flock) or an `ObjectPath` (a URL),
-which offers the few `Path` methods the stages use (`/`, name, parent, exists, stat, glob, unlink,
-open for reading, read_bytes), so that most code works on both unchanged.
-
-Invariants of the object-store side:
-- reads stream (`open_read`: ranged GETs through a buffered file; never a whole-file download into
-  memory); a connection that drops is retried by the filesystem, then is a one-line `StorageError` naming
-  the object (never an OSError, which the readers would take for a corrupt file);
-- writes never leave a partial object at a final key: `storage.atomic_path` writes a local temporary
-  file and `put_from` sends it in one PUT (or a multipart upload the server completes only at the end);
-- listings are not cached (`use_listings_cache=False` unless the user asks): other workers of the same job
-  write done markers that a cached listing would not show;
-- every failure of the store (missing bucket, refused credentials, no permission, unreachable endpoint)
-  is a one-line `StorageError` (exit 2); a URL whose filesystem package is missing is a `MissingExtraError`
-  naming the extra to install.
+local files keep their exact behaviour and speed: os.replace, fsync, flock) or an `objects.ObjectPath` (a
+URL), which offers the few `Path` methods the stages use, so that most code works on both unchanged (the
+object store's invariants: `scalingfilter/io/objects.py`). Here too: whether one location lies in another
+(`contains`, through symbolic links), the local spool directory for temporaries of remote writes
+(`spool_dir`, `spool_file`, `clean_spool`), and writing an output directory to a URL (`staged_output`).
 
 Options reach the filesystem from its own standard configuration (environment, config files; for S3,
 `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` as the AWS tools read them) and from `--storage-option KEY=VALUE`
@@ -25,27 +15,21 @@ Options reach the filesystem from its own standard configuration (environment, c
 from __future__ import annotations
 
 import contextlib
-import datetime
-import fnmatch
-import functools
-import io
 import logging
 import os
-import posixpath
+import re
 import tempfile
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from scalingfilter.errors import MissingExtraError, StorageError, UsageError
+from scalingfilter.errors import UsageError
+from scalingfilter.io.objects import ObjectPath
 
 log = logging.getLogger("scalingfilter")
 
-# protocol -> (module, extra) for the one-line "pip install 'scalingfilter[extra]'" hint (fsspec itself is core)
-EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
 SPOOL_ENV = "SCALINGFILTER_SPOOL_DIR"  # where local temporaries of remote writes and prefetched inputs go
-READ_BLOCK = 8 << 20  # bytes per ranged GET of a streamed read
-
+# the filesystem options of every URL this process opens without its own (--storage-option: set_storage_options)
 _default_options: dict[str, Any] = {}
 
 
@@ -110,7 +94,33 @@ def location(where: "str | os.PathLike | ObjectPath", options: dict[str, Any] | 
         return Path(rest)
     if not protocol.replace("+", "").replace("-", "").isalnum():
         raise UsageError(f"{text!r} is not a valid URL")
-    return ObjectPath(protocol.lower(), rest.rstrip("/"), options)
+    if protocol.lower() not in ("http", "https") and "//" in rest.strip("/"):
+        # s3://b//in/o: keys under an empty component, which listings do not give back as written
+        raise UsageError(f"{text!r} has an empty path component ('//'); write it with single slashes "
+                         f"({protocol}://{'/'.join(c for c in rest.split('/') if c)})")
+    return ObjectPath(protocol.lower(), rest.rstrip("/"), _default_options if options is None else options)
+
+
+# the names of one store: an alias is the same store (s3a:// and s3n:// are s3:// in Hadoop's words, gcs:// is gs://)
+PROTOCOL_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}
+_CASELESS_BUCKETS = ("s3", "gs")  # bucket names of these stores are lower case: S3://B/x is s3://b/x
+
+
+def canonical(where: "ObjectPath") -> tuple[str, str]:
+    """(protocol, path) of a URL as the store sees it: the protocol's alias resolved, the bucket in lower
+    case where bucket names are, empty components and trailing slashes dropped: two URLs of the same key
+    have the same canonical form (`contains` compares these)."""
+    protocol = PROTOCOL_ALIASES.get(where.protocol.lower(), where.protocol.lower())
+    parts = [c for c in where.path.split("/") if c]
+    if parts and protocol in _CASELESS_BUCKETS:
+        parts[0] = parts[0].lower()
+    return protocol, "/".join(parts)
+
+
+def url_contains(outer: "ObjectPath", inner: "ObjectPath") -> bool:
+    """Whether the URL `inner` is `outer` or lies under it, whatever alias of the protocol each is written with."""
+    (po, o), (pi, i) = canonical(outer), canonical(inner)
+    return po == pi and (i == o or not o or i.startswith(o + "/"))
 
 
 def contains(outer: "Path | ObjectPath", inner: "Path | ObjectPath", follow_links: bool = True) -> bool:
@@ -119,9 +129,7 @@ def contains(outer: "Path | ObjectPath", inner: "Path | ObjectPath", follow_link
     `outer` leads to it, into it or above it (`link_into`), since reading `outer` then reads (part of)
     `inner`; the link is named in a warning. `follow_links=False` compares the resolved paths only."""
     if isinstance(outer, ObjectPath) or isinstance(inner, ObjectPath):
-        if not (isinstance(outer, ObjectPath) and isinstance(inner, ObjectPath)) or outer.protocol != inner.protocol:
-            return False
-        return inner.path == outer.path or inner.path.startswith(outer.path + "/")
+        return isinstance(outer, ObjectPath) and isinstance(inner, ObjectPath) and url_contains(outer, inner)
     o, i = Path(outer).resolve(), Path(inner).resolve()
     if i == o or i.is_relative_to(o):
         return True
@@ -137,7 +145,7 @@ def contains(outer: "Path | ObjectPath", inner: "Path | ObjectPath", follow_link
 
 def link_into(outer: "str | os.PathLike", inner: "str | os.PathLike") -> str | None:
     """The first symbolic link (path relative to `outer`, in walk order) under the local directory `outer`
-    through which a walk that follows directory links, as `documents.walk_corpus` does, reaches `inner`
+    through which a walk that follows directory links, as `walk.walk_corpus` does, reaches `inner`
     or part of it: its target (resolved, even if it does not exist yet) is `inner`, lies inside it, or
     holds it. None if there is none. Hidden names are passed over (the walker does not read them); each
     directory is listed once (links that loop end there); unreadable directories are passed over. Only
@@ -178,23 +186,242 @@ def link_into(outer: "str | os.PathLike", inner: "str | os.PathLike") -> str | N
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Names that fit: a file name is at most NAME_MAX (255) bytes; a temporary adds a prefix to its target's
+
+
+NAME_MAX = 255
+
+
+def name_suffixes(name: str) -> str:
+    """The extensions of a file name that writers and readers go by (`.jsonl.gz`, `.parquet`): up to two short ones."""
+    out, stem = "", name
+    for _ in range(2):
+        base, dot, ext = stem.rpartition(".")
+        if not dot or not base or not (0 < len(ext) <= 12) or not ext.isascii() or not ext.isalnum():
+            break
+        out, stem = f".{ext}{out}", base
+    return out
+
+
+def short_name(name: str, room: int) -> str:
+    """`name` if it fits in `room` bytes, else a stand-in that does: `~` + a hash of the name + its extensions
+    (the same name always gives the same stand-in, so a cleaner can tell which file a temporary stood for)."""
+    if len(name.encode("utf-8", "surrogateescape")) <= room:
+        return name
+    import hashlib
+
+    return f"~{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:24]}{name_suffixes(name)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Who a process is: a pid alone names different processes in different PID namespaces (containers on one
+# host) and, once recycled, a different process in the same one
+
+
+_IDENTITY: dict[int, dict[str, Any]] = {}
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4096).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int | str) -> int | None:
+    """The start time of process `pid` as /proc shows it (clock ticks after boot), None where there is no /proc."""
+    stat = _read_text(f"/proc/{pid}/stat")
+    if not stat or ")" not in stat:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name, in parentheses, may hold spaces
+    try:
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_is_ours() -> bool:
+    """Whether /proc shows this process's PID namespace (not so under `unshare -p` without --mount-proc)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+def process_identity() -> dict[str, Any]:
+    """This process as others can tell it apart: pid and host, and where there is /proc the kernel's boot id,
+    the PID namespace (its inode) and the process's start time; `token` is random per process. Made once
+    per process (a forked child makes its own)."""
+    pid = os.getpid()
+    ident = _IDENTITY.get(pid)
+    if ident is None:
+        import secrets
+        import socket
+
+        try:
+            pidns: int | None = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            pidns = None
+        ident = {"pid": pid, "host": socket.gethostname(), "boot": _read_text("/proc/sys/kernel/random/boot_id"),
+                 "pidns": pidns, "pstart": _start_ticks("self"), "token": secrets.token_hex(8)}
+        _IDENTITY.clear()
+        _IDENTITY[pid] = ident
+    return ident
+
+
+def _namespace_tag(boot: str | None, pidns: int | None) -> str:
+    """A short name of a PID namespace of one boot of one kernel ('0' where there is no /proc)."""
+    if boot is None or pidns is None:
+        return "0"
+    import hashlib
+
+    return hashlib.sha1(f"{boot}:{pidns}".encode()).hexdigest()[:8]
+
+
+def _pid_state(pid: int, pstart: int | None) -> str:
+    """'alive' or 'gone' for a process of this PID namespace: gone when the pid is free, or taken by a process
+    that started at another time (a recycled pid); 'alive' when it cannot be told (no /proc of ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        pass  # a process of another user: ours only if the start time says so
+    except OverflowError:
+        return "gone"
+    if pstart is not None and _proc_is_ours():
+        now = _start_ticks(pid)
+        if now is not None and now != pstart:
+            return "gone"
+    return "alive"
+
+
+def process_state(info: dict[str, Any]) -> str:
+    """What a recorded identity (`process_identity`, e.g. a lock's holder) is to this process: 'self', 'alive'
+    or 'gone' (a process this one can see, or see is missing), or 'unknown': on another host, another kernel,
+    or in another PID namespace, or recorded without the namespace and start time, where a pid says nothing
+    (then only a heartbeat tells)."""
+    me = process_identity()
+    if info.get("token") and info.get("token") == me["token"]:
+        return "self"
+    pid = info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or info.get("host") != me["host"]:
+        return "unknown"
+    if me["pidns"] is None and me["boot"] is None:  # no /proc here (macOS): no namespaces either; the pid is all there is
+        return _pid_state(pid, None) if "pidns" in info and info.get("pidns") is None else "unknown"
+    if info.get("boot") != me["boot"] or info.get("pidns") != me["pidns"] or not isinstance(info.get("pstart"), int):
+        return "unknown"
+    return _pid_state(pid, info["pstart"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The spool: a private local directory for temporaries of remote writes and prefetched inputs
+
+
+SPOOL_FOREIGN_MAX_AGE_S = 7 * 24 * 3600  # a spool entry of another namespace untouched this long is removed
+
+
+def private_dir(path: "str | os.PathLike", what: str = "the spool directory", hint: str = "") -> Path:
+    """`path` as a directory only this user can use: made with mode 0700 if absent; if present it must be a
+    real directory (not a symbolic link) owned by this user that no other user may write to, else a one-line
+    StorageError says which path and why. One that others may only read (0755, as older versions made the
+    spool) is tightened to 0700: nobody else could have put anything in it."""
+    import stat
+
+    from scalingfilter.errors import StorageError
+
+    path = Path(path)
+    or_else = f", or {hint}" if hint else ""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot make {what} {path}: {exc.strerror}{or_else}") from None
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StorageError(f"cannot use {what} {path}: {exc.strerror}{or_else}") from None
+    why = None
+    if stat.S_ISLNK(st.st_mode):
+        why = "is a symbolic link (to " + os.readlink(path) + ")"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a directory"
+    elif st.st_uid != os.getuid():
+        why = f"belongs to another user (uid {st.st_uid}, you are {os.getuid()})"
+    elif st.st_mode & 0o022:
+        why = f"may be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why:
+        raise StorageError(f"{what} {path} {why}: another user could read or replace this run's files there; "
+                           f"remove it{or_else}")
+    if st.st_mode & 0o077:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+        try:  # the directory just checked (a swap in between fails the uid check again)
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or fst.st_uid != os.getuid():
+                raise StorageError(f"{what} {path} changed while it was checked; remove it{or_else}")
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    return path
+
+
 def spool_dir() -> Path:
-    """Local directory for temporaries of remote writes and prefetched inputs (SCALINGFILTER_SPOOL_DIR)."""
-    d = Path(os.environ.get(SPOOL_ENV) or Path(tempfile.gettempdir()) / f"scalingfilter-spool-{os.getuid()}")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Local directory for temporaries of remote writes and prefetched inputs: SCALINGFILTER_SPOOL_DIR, or
+    $TMPDIR/scalingfilter-spool-UID; private to this user (`private_dir`: made 0700, refused when it is a link,
+    belongs to another user or others may write to it)."""
+    chosen = os.environ.get(SPOOL_ENV)
+    if chosen:
+        return private_dir(chosen, f"{SPOOL_ENV}={chosen}:", f"set {SPOOL_ENV} to another directory (made with mode 0700 if absent)")
+    d = Path(tempfile.gettempdir()) / f"scalingfilter-spool-{os.getuid()}"
+    return private_dir(d, "the spool directory", f"set {SPOOL_ENV} to a directory of your own (made with mode 0700 if absent)")
+
+
+def spool_prefix() -> str:
+    """The start of this process's spool names: `.tmp-PID@NS.START-`, so that `clean_spool` can tell a process
+    that is gone from one that lives in another PID namespace (or reuses the pid)."""
+    me = process_identity()
+    return f".tmp-{me['pid']}@{_namespace_tag(me['boot'], me['pidns'])}.{me['pstart'] or 0}-"
+
+
+_SPOOL_NAME = re.compile(r"\.tmp-([0-9]+)@([0-9a-f]{8}|0)\.([0-9]+)-")
+_OLD_SPOOL_NAME = re.compile(r"\.tmp-([0-9]+)-")  # older versions: the pid only
 
 
 def spool_file(name: str) -> Path:
-    """A new, unique local file name for `name` (its extension kept last, as writers read it); the pid in
-    the name lets `clean_spool` remove what a killed process left."""
-    fd, tmp = tempfile.mkstemp(dir=spool_dir(), prefix=f".tmp-{os.getpid()}-", suffix=f"-{name}")
+    """A new, unique local file name for `name` (its extension kept last, as writers read it; a long name
+    replaced by a hash of it, to fit NAME_MAX); its prefix (`spool_prefix`) lets `clean_spool` remove what a
+    killed process left."""
+    prefix = spool_prefix()
+    fd, tmp = tempfile.mkstemp(dir=spool_dir(), prefix=prefix, suffix=f"-{short_name(name, NAME_MAX - len(prefix) - 10)}")
     os.close(fd)
     return Path(tmp)
 
 
+def _spool_entry_gone(name: str, mtime: float) -> bool:
+    """Whether the spool entry `name` was left by a process that is gone (never one that may live)."""
+    m = _SPOOL_NAME.match(name)
+    if m is None:
+        old = _OLD_SPOOL_NAME.match(name)
+        # an older version's name says nothing of its namespace: only when the pid is free and it is old
+        return old is not None and time.time() - mtime > 24 * 3600 and _pid_state(int(old.group(1)), None) == "gone"
+    pid, tag, start = int(m.group(1)), m.group(2), int(m.group(3))
+    me = process_identity()
+    if tag != _namespace_tag(me["boot"], me["pidns"]):  # another PID namespace, kernel or boot: its pids are not ours
+        return time.time() - mtime > SPOOL_FOREIGN_MAX_AGE_S
+    return _pid_state(pid, start or None) == "gone"
+
+
 def clean_spool() -> None:
-    """Remove spool files and directories of processes of this host that are gone (a kill -9 mid-unit)."""
+    """Remove spool files and directories left by processes that are gone (a kill -9 mid-unit): a process is
+    judged only in this PID namespace (pid and start time); entries of other namespaces (another container)
+    are left to them."""
     import shutil
 
     try:
@@ -202,356 +429,18 @@ def clean_spool() -> None:
     except OSError:
         return
     for entry in entries:
-        parts = entry.name.split("-")
-        if len(parts) < 3 or parts[0] != ".tmp" or not parts[1].isdigit():
+        if not entry.name.startswith(".tmp-"):
             continue
         try:
-            os.kill(int(parts[1]), 0)
-            continue  # alive (or not ours to judge)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+            if not _spool_entry_gone(entry.name, entry.stat(follow_symlinks=False).st_mtime):
+                continue
+        except OSError:
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Filesystems and their errors
-
-
-@functools.lru_cache(maxsize=None)
-def _filesystem(protocol: str, frozen_options: str):
-    import fsspec  # core; the filesystem of a protocol (s3fs, gcsfs) is an extra
-    import orjson
-
-    options = orjson.loads(frozen_options)
-    for name in ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "urllib3"):
-        if logging.getLogger(name).level == logging.NOTSET:  # their INFO lines ("Found credentials ...") are noise here
-            logging.getLogger(name).setLevel(logging.WARNING)
-    if protocol in ("s3", "s3a", "gs", "gcs"):
-        options.setdefault("use_listings_cache", False)
-    try:
-        cls = fsspec.get_filesystem_class(protocol)
-    except ImportError as exc:
-        if protocol in EXTRAS:
-            module, extra = EXTRAS[protocol]
-            raise MissingExtraError(f"a {protocol}:// URL", extra, module) from exc
-        # no extra installs it (az://, ...): fsspec's own words name the package
-        raise UsageError(f"a {protocol}:// URL needs a package that scalingfilter does not install: {_error_text(exc)}") from None
-    except ValueError:
-        raise UsageError(f"unknown URL scheme {protocol}:// (not a filesystem fsspec knows)") from None
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise UsageError(f"--storage-option: the {protocol}:// filesystem does not take these options ({exc})") from None
-
-
-def filesystem(protocol: str, options: dict[str, Any] | None):
-    import orjson
-
-    return _filesystem(protocol, orjson.dumps(options or {}, option=orjson.OPT_SORT_KEYS).decode())
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
-
-
-def storage_failure(exc: BaseException, url: str, doing: str) -> StorageError:
-    """A one-line StorageError for a failure of the store while `doing` something with `url`."""
-    text = _error_text(exc)
-    low = text.lower()
-    if isinstance(exc, TypeError) and "keyword argument" in low:
-        return StorageError(f"cannot {doing} {url}: the filesystem does not take an option given ({text}); check --storage-option")
-    if "bucket does not exist" in low or "nosuchbucket" in low:
-        bucket = url.split("://", 1)[-1].split("/", 1)[0]
-        return StorageError(f"cannot {doing} {url}: the bucket {bucket!r} does not exist (check the URL, or create the bucket)")
-    if isinstance(exc, PermissionError) or any(s in low for s in ("accessdenied", "access denied", "forbidden", "invalidaccesskeyid",
-                                                                  "signaturedoesnotmatch", "credentials", "not authorized", "403")):
-        return StorageError(f"cannot {doing} {url}: permission denied ({text}); check the credentials (environment, config "
-                            f"files or --storage-option) and that they may {doing} this location")
-    if isinstance(exc, FileNotFoundError):
-        return StorageError(f"cannot {doing} {url}: no such object ({text})")
-    return StorageError(f"cannot {doing} {url}: {type(exc).__name__}: {text} (the store was retried; rerun the same command "
-                        f"to continue: finished work is kept)")
-
-
-@contextlib.contextmanager
-def translated(url: str, doing: str) -> Iterator[None]:
-    """Turn the store's exceptions into one-line StorageErrors (ours pass through)."""
-    from scalingfilter.errors import ScalingFilterError
-
-    try:
-        yield
-    except (ScalingFilterError, KeyboardInterrupt, FileExistsError, NotImplementedError):
-        raise
-    except Exception as exc:  # the stores raise OSError subclasses, botocore/aiohttp/google errors, ...
-        raise storage_failure(exc, url, doing) from exc
-
-
-def _mtime_ns(info: dict[str, Any]) -> int:
-    for key in ("LastModified", "mtime", "updated", "last_modified", "created"):
-        v = info.get(key)
-        if v is None:
-            continue
-        if isinstance(v, datetime.datetime):
-            return int(v.timestamp() * 1e9)
-        if isinstance(v, (int, float)):
-            return int(v * 1e9)
-        with contextlib.suppress(ValueError):
-            return int(datetime.datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp() * 1e9)
-    return 0
-
-
-@dataclass(frozen=True)
-class ObjectStat:
-    """What `Path.stat()` gives the stages: size and modification time; `etag` (the content's tag where
-    the store has one) makes a rewrite within the same second with the same size detectable."""
-
-    st_size: int
-    st_mtime_ns: int
-    etag: str | None = None
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any]) -> "ObjectStat":
-        etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
-        return cls(int(info.get("size") or 0), _mtime_ns(info), str(etag).strip('"') if etag else None)
-
-
-# ---------------------------------------------------------------------------------------------
-# A URL with the Path methods the stages use
-
-
-class ObjectPath:
-    """A location in an fsspec filesystem: `protocol://path`, with its filesystem options.
-
-    Picklable (a Ray worker rebuilds its filesystem from protocol and options). There are no
-    directories in an object store: `mkdir` does nothing, a "directory" exists when something is under it."""
-
-    __slots__ = ("protocol", "path", "options")
-
-    def __init__(self, protocol: str, path: str, options: dict[str, Any] | None = None):
-        self.protocol = protocol
-        self.path = path.rstrip("/")
-        self.options = dict(_default_options if options is None else options)
-
-    def __getstate__(self):
-        return (self.protocol, self.path, self.options)
-
-    def __setstate__(self, state):
-        self.protocol, self.path, self.options = state
-
-    @property
-    def fs(self):
-        return filesystem(self.protocol, self.options)
-
-    # ---- names
-    def __str__(self) -> str:
-        return f"{self.protocol}://{self.path}"
-
-    def __repr__(self) -> str:
-        return f"ObjectPath({str(self)!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, ObjectPath) and (self.protocol, self.path) == (other.protocol, other.path)
-
-    def __hash__(self) -> int:
-        return hash((self.protocol, self.path))
-
-    def __lt__(self, other: "ObjectPath") -> bool:
-        return (self.protocol, self.path) < (other.protocol, other.path)
-
-    def __truediv__(self, other: str) -> "ObjectPath":
-        other = os.fspath(other).strip("/")
-        return ObjectPath(self.protocol, f"{self.path}/{other}" if other else self.path, self.options)
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self.path)
-
-    @property
-    def parent(self) -> "ObjectPath":
-        return ObjectPath(self.protocol, posixpath.dirname(self.path), self.options)
-
-    @property
-    def suffix(self) -> str:
-        return posixpath.splitext(self.name)[1]
-
-    def with_name(self, name: str) -> "ObjectPath":
-        return self.parent / name
-
-    def relative_to(self, other: "ObjectPath") -> str:
-        if not contains(other, self):
-            raise ValueError(f"{self} is not under {other}")
-        return self.path[len(other.path):].lstrip("/")
-
-    def resolve(self, strict: bool = False) -> "ObjectPath":
-        return self
-
-    # ---- queries
-    def info(self) -> dict[str, Any]:
-        with translated(str(self), "read"):
-            return self.fs.info(self.path)
-
-    def stat(self) -> ObjectStat:
-        return ObjectStat.from_info(self.info())
-
-    def exists(self) -> bool:
-        with translated(str(self), "read"):
-            return bool(self.fs.exists(self.path))
-
-    def is_file(self) -> bool:
-        with translated(str(self), "read"):
-            return bool(self.fs.isfile(self.path))
-
-    def is_dir(self) -> bool:
-        with translated(str(self), "read"):
-            return bool(self.fs.isdir(self.path))
-
-    def find(self) -> dict[str, dict[str, Any]]:
-        """Every object under this prefix: relative POSIX path -> info (one listing, not one request per file)."""
-        with translated(str(self), "list"):
-            found = self.fs.find(self.path, withdirs=False, detail=True)
-        prefix = self.fs._strip_protocol(self.path).rstrip("/") + "/"
-        out = {}
-        for name, info in found.items():
-            name = self.fs._strip_protocol(name)
-            if info.get("type", "file") == "file" and name.startswith(prefix) and not name.endswith("/"):
-                out[name[len(prefix):]] = info
-        return out
-
-    def names(self) -> set[str]:
-        """Names of the objects directly under this prefix (empty when there are none)."""
-        return {rel for rel in self.find() if "/" not in rel}
-
-    def glob(self, pattern: str) -> Iterator["ObjectPath"]:
-        """Objects directly under this prefix whose name matches `pattern` (fnmatch), sorted."""
-        for name in sorted(self.names()):
-            if fnmatch.fnmatchcase(name, pattern):
-                yield self / name
-
-    def iterdir(self) -> Iterator["ObjectPath"]:
-        """Objects directly under this prefix and its "subdirectories" (first components of deeper keys)."""
-        for name in sorted({rel.split("/", 1)[0] for rel in self.find()}):
-            yield self / name
-
-    def is_symlink(self) -> bool:
-        return False
-
-    # ---- reading
-    def open(self, mode: str = "rb", buffering: int = READ_BLOCK):
-        if mode not in ("rb", "r"):
-            raise ValueError("an ObjectPath opens for reading only; write through storage.atomic_path / atomic_write")
-        fh = self.open_read(buffering)
-        return io.TextIOWrapper(fh, encoding="utf-8") if mode == "r" else fh
-
-    def open_read(self, block_size: int = READ_BLOCK) -> io.BufferedReader:
-        """A seekable, buffered stream of the object: ranged GETs of `block_size`, retried by the filesystem;
-        a failure after the retries is a StorageError naming the object."""
-        url = str(self)
-        with translated(url, "read"):
-            raw = self.fs.open(self.path, "rb", block_size=block_size, cache_type="readahead")
-        return io.BufferedReader(_TranslatingReader(raw, url), buffer_size=1 << 20)
-
-    def read_bytes(self) -> bytes:
-        with translated(str(self), "read"):
-            return self.fs.cat_file(self.path)
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        return self.read_bytes().decode(encoding)
-
-    def get_to(self, local: Path) -> None:
-        """Copy the object into a local file (prefetch)."""
-        with translated(str(self), "read"):
-            self.fs.get_file(self.path, str(local))
-
-    # ---- writing (whole objects only)
-    def put_from(self, local: str | os.PathLike) -> None:
-        """Send a finished local file to this key: one PUT, or a multipart upload completed only at the end
-        (an interrupted upload leaves no object at the key)."""
-        with translated(str(self), "write"):
-            self.fs.put_file(os.fspath(local), self.path)
-
-    def copy_from(self, other: "ObjectPath") -> None:
-        """A server-side copy (no bytes through this machine where the store can)."""
-        with translated(str(self), "write"):
-            self.fs.copy(other.path, self.path)
-
-    def create(self, data: bytes) -> None:
-        """Write `data` only if no object exists at this key (a conditional PUT); FileExistsError if one does,
-        NotImplementedError where the filesystem or the server has no conditional writes."""
-        with translated(str(self), "write"):
-            try:
-                self.fs.pipe_file(self.path, data, mode="create")
-            except (TypeError, NotImplementedError) as exc:  # a filesystem without the mode argument
-                raise NotImplementedError(str(exc)) from exc
-            except OSError as exc:
-                text = str(exc).lower().replace(" ", "")
-                if "notimplemented" in text or "501" in text:  # a server that refuses If-None-Match
-                    raise NotImplementedError(str(exc)) from exc
-                raise
-
-    def write_bytes(self, data: bytes) -> None:
-        with translated(str(self), "write"):
-            self.fs.pipe_file(self.path, data)
-
-    def unlink(self, missing_ok: bool = False) -> None:
-        with translated(str(self), "delete"):
-            try:
-                self.fs.rm_file(self.path)
-            except FileNotFoundError:
-                if not missing_ok:
-                    raise
-
-    def rmtree(self) -> None:
-        """Remove every object under this prefix."""
-        found = self.find()
-        if found:
-            with translated(str(self), "delete"):
-                self.fs.rm([f"{self.path}/{rel}" for rel in found])
-
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
-        """Nothing to do: keys need no directories."""
-
-
-class _TranslatingReader(io.RawIOBase):
-    """The filesystem's file, with its failures (after its own retries) as StorageErrors naming the object."""
-
-    def __init__(self, raw, url: str):
-        self._raw, self._url = raw, url
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        with translated(self._url, "read"):
-            data = self._raw.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        with translated(self._url, "read"):
-            return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    @property
-    def size(self) -> int:
-        return self._raw.size
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._raw.close()
-        super().close()
 
 
 def rmtree(where: "Path | ObjectPath") -> None:
@@ -612,7 +501,7 @@ def staged_output(where: "str | os.PathLike | ObjectPath", last: tuple[str, ...]
         return
     import shutil
 
-    local = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-out-", dir=spool_dir()))
+    local = Path(tempfile.mkdtemp(prefix=f"{spool_prefix()}out-", dir=spool_dir()))
     try:
         yield local
         publish_dir(local, target, last)

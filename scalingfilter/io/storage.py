@@ -16,7 +16,9 @@ Object stores (any URL, see `locations`): `atomic_path` / `atomic_write` write a
 send it to the final key in one PUT (or a multipart upload completed only at the end), so a key holds a
 finished object or nothing. `JobLock` on a URL is `ObjectLock`: a lock object created with a conditional
 PUT (If-None-Match), refreshed by a heartbeat while the run lives; a lock whose holder died on this host,
-or whose heartbeat is older than SCALINGFILTER_LOCK_TTL_S (default 120 s), is taken over.
+or whose heartbeat is older than SCALINGFILTER_LOCK_TTL_S (default 120 s), is taken over. "Died on this host"
+is judged only in the same PID namespace of the same boot, by pid and process start time
+(`locations.process_state`): a pid of another container, or a recycled one, says nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import errno
 import os
 import re
 import secrets
-import socket
 import sys
 import time
 from pathlib import Path
@@ -35,17 +36,27 @@ from typing import Any, BinaryIO, Iterator
 import orjson
 
 from scalingfilter.errors import LockedError, StorageError
-from scalingfilter.io.locations import ObjectPath, location, spool_file
+from scalingfilter.io.locations import NAME_MAX, location, process_identity, process_state, short_name, spool_file
+from scalingfilter.io.objects import ObjectPath
 from scalingfilter.jobs.state import STATE_DIR
 
 TMP_PREFIX = ".tmp-"
 
 
+_TMP_ROOM = NAME_MAX - len(f"{TMP_PREFIX}{2**32}-{'0' * 8}-")  # what is left of NAME_MAX for the target's name
+
+
+def tmp_key(name: str) -> str:
+    """What `tmp_target` gives for the temporaries of the file `name`: the name itself, or for a name too long
+    to carry in a temporary name (NAME_MAX, 255 bytes) a stand-in made of its hash and its extensions."""
+    return short_name(name, _TMP_ROOM)
+
+
 def tmp_name(path: str | os.PathLike) -> Path:
     """A unique temporary name beside `path`, hidden, keeping its extension last (writers compress
-    as the final name says)."""
+    as the final name says); within NAME_MAX however long the final name is (`tmp_key`)."""
     path = Path(path)
-    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{tmp_key(path.name)}")
 
 
 _TMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9]+-[0-9a-f]{{8}}-(.+)", re.DOTALL)
@@ -53,7 +64,9 @@ _TMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9]+-[0-9a-f]{{8}}-(.+)", re.
 
 def tmp_target(name: str) -> str | None:
     """The final name that a temporary name made by `tmp_name` stands for, or None for any other name
-    (so that a cleaner can remove exactly the temporaries of the files it owns)."""
+    (so that a cleaner can remove exactly the temporaries of the files it owns). For a final name too long to
+    carry (over ~230 bytes) this is its stand-in: compare with `tmp_key(final name)`, which is the name
+    itself for every other name."""
     m = _TMP_NAME.fullmatch(name)
     return m.group(1) if m else None
 
@@ -308,18 +321,10 @@ LOCK_TTL_ENV = "SCALINGFILTER_LOCK_TTL_S"
 
 
 def _holder_info(command: str) -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+    """Who holds a lock: `process_identity` (pid, host, boot id, PID namespace, start time, a random token:
+    a pid alone is another process in another container, or once recycled), the command and its start."""
+    return {**process_identity(), "command": command,
             "argv": " ".join(sys.argv[:1] + sys.argv[1:])[:300], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ObjectLock:
@@ -328,7 +333,8 @@ class ObjectLock:
     Taken by creating DIR/.scalingfilter/<name> with a conditional PUT (If-None-Match: *), so that of two
     runs starting together exactly one wins; a heartbeat thread rewrites it every TTL/4 while the run lives;
     release deletes it. A lock left by a run that died is taken over when its holder was on this host and its
-    pid is gone, or when its heartbeat is older than the TTL (a holder on another host that stopped).
+    pid is gone (in this PID namespace, with the start time it recorded), or when its heartbeat is older than the
+TTL (a holder on another host or in another container that stopped).
     A store without conditional PUTs falls back to look-then-write (a warning says that two runs started in
     the same instant are then not told apart)."""
 
@@ -340,7 +346,10 @@ class ObjectLock:
         self._thread = None
 
     def _stale(self, info: dict[str, Any], age_s: float) -> bool:
-        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) and not _pid_alive(info["pid"]):
+        """Gone: its holder is a process of this host's PID namespace that no longer runs (its pid free, or
+        taken by a process started at another time); a holder in another namespace or container, or on
+        another host, is judged by its heartbeat alone (`locations.process_state`)."""
+        if process_state(info) == "gone":
             return True
         return age_s > self.ttl
 
@@ -418,7 +427,7 @@ class ObjectLock:
             self._stop = None
             try:
                 held = orjson.loads(self.path.read_bytes() or b"{}")
-                if (held.get("pid"), held.get("host")) != (os.getpid(), socket.gethostname()):
+                if process_state(held) != "self":
                     log_warning(f"{self.path} was taken over by another run ({JobLock._describe(held)}); leaving it")
                     return
                 self.path.unlink(missing_ok=True)
@@ -450,11 +459,9 @@ def read_json_dir(directory: str | os.PathLike) -> dict[str, Any]:
     where = location(directory)
     names = sorted(n for n in names_in(where) if n.endswith(".json"))
     if isinstance(where, ObjectPath):
-        from scalingfilter.io.locations import translated
+        from scalingfilter.io.objects import literal_cat
 
-        paths = [f"{where.path}/{n}" for n in names]
-        with translated(str(where), "read"):
-            blobs = where.fs.cat(paths, on_error="omit") if paths else {}
+        blobs = literal_cat(where, [f"{where.path}/{n}" for n in names])
         raw = {posixpath_name(p): b for p, b in blobs.items() if isinstance(b, bytes)}
     else:
         raw = {}

@@ -3,7 +3,8 @@ on the cluster (`python -m scalingfilter.jobs.node_parts`), for a local output d
 (s3://, gs://, ...: through `locations`, with the score arguments' own --storage-option).
 
 score writes, once node parts A..B of --nparts N are done, OUT/summary.parts-A-B.json (OUT/summary.json when N
-is 1): `schema.part_summary_name`. A run finished its part K when that summary is there, says every file of the
+is 1): `jobs.state.part_summary_name`. Whether the whole directory is then finished is `jobs.state.ScoredDir`'s
+answer, the same `select` gets. A run finished its part K when that summary is there, says every file of the
 part is done, and is not the one that was there before the run: `mark` prints the summary's identity (size,
 modification time, etag or inode) before the run and `finished` compares. A summary an earlier run wrote, which
 this run never replaced (it stopped before it withdrew it: a held lock, a bad setting), is therefore not taken
@@ -22,12 +23,11 @@ exactly the ones score used.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
 from scalingfilter.errors import ScalingFilterError, UsageError
-from scalingfilter.jobs.state import PART_SUMMARY_GLOB, PART_SUMMARY_PATTERN, SUMMARY_NAME, part_summary_name
+from scalingfilter.jobs.state import PART_SUMMARY_GLOB, SUMMARY_NAME, ScoredDir, part_range, part_summary_name, ranges_text, unfinished_files
 
 NO_SUMMARY = "none"  # mark's token when there is no summary yet
 
@@ -88,9 +88,8 @@ def part_problem(out: Any, part: int, nparts: int, before: str | None = None) ->
         return f"{path.name} in {str(out)!r} is unreadable: {exc}"
     if not isinstance(summary, dict) or not isinstance(summary.get("files"), int):
         return f"{path.name} in {str(out)!r} is not a score summary"
-    if summary.get("files_done", summary["files"]) != summary["files"]:
-        return f"{path.name} in {str(out)!r} says {summary.get('files_done')} of {summary['files']} files are done"
-    return None
+    problem = unfinished_files(summary)  # the check `ScoredDir.open` makes of every summary
+    return f"{path.name} in {str(out)!r} {problem}" if problem else None
 
 
 def part_finished(out: Any, part: int, nparts: int, before: str | None = None) -> bool:
@@ -101,21 +100,8 @@ def parts_present(out: Any) -> set[int]:
     """The node parts whose summaries OUT holds, by their names (summary.parts-A-B.json covers A..B)."""
     found: set[int] = set()
     for p in out.glob(PART_SUMMARY_GLOB):
-        m = re.fullmatch(PART_SUMMARY_PATTERN, p.name)
-        if m:
-            found.update(range(int(m[1]), int(m[2]) + 1))
+        found.update(part_range(p.name) or ())
     return found
-
-
-def _ranges(parts: list[int]) -> str:
-    out, i = [], 0
-    while i < len(parts):
-        j = i
-        while j + 1 < len(parts) and parts[j + 1] == parts[j] + 1:
-            j += 1
-        out.append(str(parts[i]) if i == j else f"{parts[i]}-{parts[j]}")
-        i = j + 1
-    return ", ".join(out)
 
 
 def next_steps(output_dir: str, whole: bool) -> str:
@@ -139,17 +125,13 @@ def progress(out: Any, output_dir: str, part: int, nparts: int) -> str:
     missing = sorted(set(range(nparts)) - present)
     head = f"scalingfilter: node part {part} of {nparts} is done"
     if missing:
-        return (f"{head}; done: {_ranges(sorted(present & set(range(nparts))))}; not yet: {_ranges(missing)} "
+        return (f"{head}; done: {ranges_text(present & set(range(nparts)))}; not yet: {ranges_text(missing)} "
                 f"(the other tasks of the array; each says when it is done)")
-    from scalingfilter.errors import InputError
-    from scalingfilter.stages.select import check_node_parts_done
-    from scalingfilter.io.storage import read_json
-
-    try:  # the check `select` makes: every summary's own record of its parts (a stale summary of another --nparts shows)
-        check_node_parts_done(out, [(p.name, read_json(p)) for p in out.glob(PART_SUMMARY_GLOB)])
-    except (InputError, OSError, ValueError) as exc:
+    try:  # the check `select` makes (`ScoredDir.open`): every summary's own record of its parts shows a stale one
+        scored = ScoredDir.open(out)
+    except (ScalingFilterError, OSError) as exc:
         return f"{head}; every node part has a summary, but: {exc}"
-    return f"{head}; all {nparts} node parts are done. {next_steps(output_dir, whole=False)}"
+    return f"{head}; all {nparts} node parts are done. {next_steps(output_dir, whole=scored.whole)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,14 @@
 """Facts shared by every stage, defined once: the fields `score` adds, their types, and the names of
-the tool's own files in an output directory. No torch here: selection, report and the CLI read it.
+the tool's own files in an output directory; and `ScoredDir`, the one reader of a score output's state that
+every stage asks "is this a finished scored directory?". No torch here: selection, report and the CLI read it.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from scalingfilter.errors import InputError
 
 # The fields `scalingfilter score` adds to every record, in output order, with their types
 # (the parquet output declares them, so a first row group of null scores cannot fix a column to null).
@@ -28,14 +34,12 @@ STATE_DIR = ".scalingfilter"
 REJECTS_DIR = "rejects"
 SUMMARY_NAME = "summary.json"
 PART_SUMMARY_GLOB = "summary.parts-*.json"  # node parts A..B of a score job each write summary.parts-A-B.json
-
-
 PART_SUMMARY_PATTERN = r"summary\.parts-(\d+)-(\d+)\.json"  # the same name, its parts as groups
+RESERVED_NAMES = (STATE_DIR, REJECTS_DIR)
 
 
 def part_summary_name(first: int, last: int) -> str:
     return f"summary.parts-{first}-{last}.json"
-RESERVED_NAMES = (STATE_DIR, REJECTS_DIR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +95,11 @@ class StateLayout:
         return self.state / DONE_DIR / f"{state_key(source)}.{part:05d}.json"
 
     def done_glob(self, source: str) -> str:
-        """The glob (within the done directory) of a file's unit markers."""
-        return f"{state_key(source)}.*.json"
+        """The glob (within the done directory) of a file's unit markers; the key's own characters are
+        literal (a file named data[1].jsonl must match its markers, not a character class)."""
+        import glob
+
+        return f"{glob.escape(state_key(source))}.*.json"
 
     def final(self, source: str):
         return self.state / FINAL_DIR / f"{state_key(source)}.json"
@@ -106,3 +113,262 @@ class StateLayout:
     def summary(self, parts: tuple[int, int] | None = None):
         """summary.json, or the summary of node parts (first, last)."""
         return self.out / (part_summary_name(*parts) if parts else SUMMARY_NAME)
+
+
+# ---------------------------------------------------------------------------------------------
+# A scored directory: the one answer to "is this a finished `scalingfilter score` (or `classify`) output?"
+#
+# score writes, in this order: each file's output, then its final marker (FINAL_DIR/<key>.json: the source, its
+# input fingerprint (size, mtime_ns, etag) and its counts: records, rejected, ...); then, LAST, summary.json (or,
+# for node parts A..B of --nparts N, summary.parts-A-B.json, which records its `node_parts`). A run that will
+# change OUT withdraws the summaries first. So:
+#   finished     = summary.json, or node-part summaries covering parts 0..N-1, each saying every file is done;
+#   consistent   = one final marker per data file, none for a missing file, and each file holds its
+#                  marker's `records - rejected` records (checked by `ScoredDir.data_files` + `check_counts`);
+#   its versions = the final markers' input fingerprints (a rescore of a changed input rewrites them).
+
+# The fields `scalingfilter classify` adds instead of SCORE_FIELDS (a distilled fastText model's P(keep)).
+DISTILLED_FIELD_TYPES: dict[str, str] = {"qf_distilled": "float64", "distill_error": "string"}
+SCORED_HINT = "is this a `scalingfilter score` output?"
+
+
+class NotScoredError(InputError):
+    """No scored directory there: it does not exist, was never scored, or its scoring has not finished."""
+
+
+class ScoringUnfinishedError(InputError):
+    """Scored in node parts, some of which have no summary yet (or a stage needs the whole directory's summary.json)."""
+
+
+class InconsistentScoredDirError(InputError):
+    """The scored directory's files do not match its state (summaries, final markers): rerunning score repairs it."""
+
+
+def part_range(name: str) -> range | None:
+    """The node parts a summary's name covers (summary.parts-A-B.json: A..B), or None for another name."""
+    m = re.fullmatch(PART_SUMMARY_PATTERN, name)
+    return range(int(m[1]), int(m[2]) + 1) if m else None
+
+
+def ranges_text(parts: Iterable[int], sep: str = ", ") -> str:
+    """0, 1, 3-5: sorted numbers, runs shortened."""
+    nums, out, i = sorted(set(parts)), [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return sep.join(out)
+
+
+def unfinished_files(summary: Any) -> str | None:
+    """'says D of F files are done' when a score summary says some of its files are not, else None."""
+    if isinstance(summary, dict) and isinstance(summary.get("files"), int) and summary.get("files_done", summary["files"]) != summary["files"]:
+        return f"says {summary.get('files_done')} of {summary['files']} files are done"
+    return None
+
+
+class ScoredDir:
+    """A finished `scalingfilter score` (or `classify`) output directory, local or a URL, as its state says.
+
+    >>> d = ScoredDir.open("scored/")     # or a one-line InputError saying what to run
+    >>> d.whole, d.nparts, d.parts         # summary.json, or node parts 0..N-1 (all there)
+    >>> d.settings, d.kind, d.score_fields # the recorded settings; "score" or "classify" and the fields it added
+    >>> files, expected = d.data_files()   # data files, each one's record count (its final marker's)
+    >>> d.versions()                       # each file's input fingerprint (read anew on each call)
+
+    Everything read is a name `score` writes (StateLayout, the constants above); nothing here writes."""
+
+    def __init__(self, root: Any, summaries: dict[str, dict[str, Any]], nparts: int, parts: tuple[int, ...]):
+        self.root = root
+        self.summaries = summaries  # file name -> content: {summary.json: ...}, or the node parts' summaries
+        self.nparts = nparts
+        self.parts = parts
+        self.layout = StateLayout(root)
+        self._files: list[str] | None = None
+
+    # ---- finished?
+    @classmethod
+    def open(cls, path_or_url: Any) -> "ScoredDir":
+        """The scored directory at `path_or_url` if it is finished, else NotScoredError (no directory, no summary),
+        ScoringUnfinishedError (node parts missing) or InconsistentScoredDirError (a summary says files are not done)."""
+        from scalingfilter.io.locations import location
+        from scalingfilter.io.storage import read_json
+
+        root = location(path_or_url)
+        if not root.is_dir():
+            what = "is not a directory" if root.exists() else "does not exist"
+            raise NotScoredError(f"input directory {str(root)!r} {what}: {SCORED_HINT}")
+        names = [SUMMARY_NAME] if (root / SUMMARY_NAME).exists() else sorted(p.name for p in root.glob(PART_SUMMARY_GLOB))
+        if not names:
+            raise NotScoredError(f"{str(root)!r} has no {SUMMARY_NAME}: it was never scored, or scoring has not finished; "
+                                 f"{SCORED_HINT} (score it first, or rerun `scalingfilter score` to the end: it writes "
+                                 f"{SUMMARY_NAME} last)")
+        summaries: dict[str, Any] = {}
+        for name in names:
+            try:
+                summary = read_json(root / name)
+            except (OSError, ValueError) as exc:
+                raise inconsistent(root, f"{name} is unreadable: {exc}") from None
+            if not isinstance(summary, dict):
+                raise inconsistent(root, f"{name} is not a score summary")
+            problem = unfinished_files(summary)
+            if problem:
+                raise inconsistent(root, f"{name} {problem}")
+            summaries[name] = summary
+        if names == [SUMMARY_NAME]:
+            return cls(root, summaries, 1, (0,))
+        nparts, covered = cls._node_parts(root, summaries)
+        return cls(root, summaries, nparts, tuple(sorted(covered)))
+
+    @staticmethod
+    def _node_parts(root: Any, summaries: dict[str, dict[str, Any]]) -> tuple[int, set[int]]:
+        """(N, parts covered) of node-part summaries that cover parts 0..N-1, else ScoringUnfinishedError: a node
+        part still running, dead, or rescoring a changed file has none, and its files would silently be missing.
+        N comes from the summaries' `node_parts`; summaries written before it was recorded say their range in
+        their name only, and must then at least cover 0..max without a gap."""
+        covered: set[int] = set()
+        totals: set[int] = set()
+        for name, summary in summaries.items():
+            node = summary.get("node_parts")
+            if isinstance(node, dict) and all(type(node.get(k)) is int for k in ("nparts", "rank_part_start", "rank_nparts")):
+                totals.add(node["nparts"])
+                covered.update(range(node["rank_part_start"], node["rank_part_start"] + node["rank_nparts"]))
+            elif part_range(name) is not None:
+                covered.update(part_range(name))
+            else:
+                raise inconsistent(root, f"{name} does not say which node parts it covers")
+        if len(totals) > 1:
+            raise inconsistent(root, f"its node-part summaries come from runs of different --nparts ({', '.join(map(str, sorted(totals)))})")
+        n = totals.pop() if totals else max(covered) + 1
+        missing = sorted(set(range(n)) - covered)
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            done = ranges_text(covered & set(range(n)), ",") or "none"
+            raise ScoringUnfinishedError(
+                f"{str(root)!r} is not finished: it was scored in node parts {done} of {n}, and node part(s) {shown} of {n} have "
+                f"no summary (still running, stopped, or rescoring a changed file); run the remaining parts (`scalingfilter score` "
+                f"with the same arguments and --nparts {n} --rank-part-start K --rank-nparts 1 for each) first")
+        return n, covered
+
+    @property
+    def whole(self) -> bool:
+        """Whether the directory has summary.json (not only node-part summaries)."""
+        return SUMMARY_NAME in self.summaries
+
+    def require_summary(self, command: str) -> dict[str, Any]:
+        """summary.json, which `command` needs (report, evaluate, distill), or ScoringUnfinishedError saying how to
+        write it when the directory has only (complete) node-part summaries."""
+        if self.whole:
+            return self.summaries[SUMMARY_NAME]
+        raise ScoringUnfinishedError(
+            f"{str(self.root)!r}: no {SUMMARY_NAME}: it was scored in node parts (--nparts {self.nparts}), and the summaries of "
+            f"node part(s) {', '.join(map(str, self.parts))} are present ({', '.join(self.summaries)}); {command} needs "
+            f"{SUMMARY_NAME}: run `scalingfilter score` once more with the same arguments and no --nparts: it finds every "
+            f"file scored and writes {SUMMARY_NAME} (`scalingfilter select` reads the parts as they are)")
+
+    # ---- which settings
+    @property
+    def summary(self) -> dict[str, Any]:
+        """summary.json, or the first node-part summary (their settings are one: score refuses others)."""
+        return self.summaries[next(iter(self.summaries))]
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The settings the scores were made with (the pair's models, max_len, ...; classify: the model's
+        SHA-256 and text handling), as the summary recorded them; None when it did not."""
+        for summary in self.summaries.values():
+            if isinstance(summary.get("settings"), dict):
+                return summary["settings"]
+        return None
+
+    @property
+    def max_len(self) -> int | None:
+        value = (self.settings or {}).get("max_len")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    @property
+    def kind(self) -> str:
+        """'classify' for a `scalingfilter classify` output (its settings name a distilled model), else 'score'."""
+        return "classify" if "model_sha256" in (self.settings or {}) else "score"
+
+    @property
+    def score_fields(self) -> tuple[str, ...]:
+        """The fields the job added to every record: SCORE_FIELDS, or classify's qf_distilled and distill_error
+        (a classify output keeps the fields its input records had, quality_factor among them if it was scored)."""
+        return tuple(DISTILLED_FIELD_TYPES) if self.kind == "classify" else SCORE_FIELDS
+
+    # ---- which files, which versions
+    def files(self) -> list[str]:
+        """The data files (sorted relative paths; not rejects/ nor the state), or an InputError if there are none."""
+        files = self._find()
+        if not files:
+            raise NotScoredError(f"no scored data files under {str(self.root)!r}: {SCORED_HINT}")
+        return files
+
+    def _find(self) -> list[str]:
+        from scalingfilter.io.walk import find_scored_files
+
+        if self._files is None:
+            self._files = find_scored_files(self.root)
+        return self._files
+
+    def markers(self) -> dict[str, dict[str, Any]]:
+        """Each scored file's final marker, by source (read anew on each call: one listing, then the markers)."""
+        from scalingfilter.io.locations import names_in
+        from scalingfilter.io.storage import read_json_dir, tmp_target
+
+        where = self.layout.dir(FINAL_DIR)
+        names = sorted(n for n in names_in(where) if n.endswith(".json") and tmp_target(n) is None)
+        read = read_json_dir(where) if names else {}
+        out: dict[str, dict[str, Any]] = {}
+        for name in names:
+            m = read.get(name)
+            try:
+                if m is None:
+                    raise ValueError("not readable JSON")
+                out[str(m["source"])] = m
+            except (ValueError, TypeError, KeyError) as exc:
+                raise inconsistent(self.root, f"final marker {name} is unreadable: {type(exc).__name__}: {exc}") from None
+        return out
+
+    def versions(self) -> dict[str, dict[str, Any]]:
+        """Which version of each input file the directory holds: its final marker's input fingerprint (size,
+        mtime_ns, etag) and record count, by scored file. A rescore of a changed input rewrites it, so a selection
+        (which records these) can tell that the directory it was made from was rescored since, or while it read."""
+        return {s: {k: m[k] for k in ("size", "mtime_ns", "etag", "records") if k in m} for s, m in self.markers().items()}
+
+    def data_files(self) -> tuple[list[str], dict[str, int]]:
+        """(data files, expected record count per file: its final marker's records - rejected), or an
+        InconsistentScoredDirError: a file a marker lists that is missing, a data file without a marker."""
+        files = self._find()
+        expected: dict[str, int] = {}
+        for source, m in self.markers().items():
+            try:
+                expected[source] = int(m["records"]) - int(m.get("rejected", 0))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise inconsistent(self.root, f"the final marker of {source} is unreadable: {type(exc).__name__}: {exc}") from None
+            if not (self.root / source).is_file():
+                raise inconsistent(self.root, f"{source} is listed as scored but missing")
+        unmarked = [f for f in files if f not in expected]
+        if unmarked:
+            raise inconsistent(self.root, f"{unmarked[0]} has no final marker in {STATE_DIR}/{FINAL_DIR}"
+                               + (f", and {len(unmarked) - 1} more files" if len(unmarked) > 1 else ""))
+        return self.files(), expected
+
+    def check_counts(self, files: list[str], counts: list[int], expected: dict[str, int]) -> None:
+        """Every data file holds the records its final marker says (`counts`: as read, in the order of `files`)."""
+        for rel, n in zip(files, counts):
+            if n != expected[rel]:
+                raise inconsistent(self.root, f"{rel} has {n} records, its final marker says {expected[rel]}")
+
+    def changed_since(self, versions: dict[str, dict[str, Any]]) -> list[str]:
+        """The files whose version differs from `versions` (an earlier `versions()`), sorted."""
+        now = self.versions()
+        return sorted(f for f in set(versions) | set(now) if versions.get(f) != now.get(f))
+
+
+def inconsistent(root: Any, detail: str) -> InconsistentScoredDirError:
+    return InconsistentScoredDirError(f"the scored directory {str(root)!r} is inconsistent with its summary ({detail}); "
+                                      f"rerun `scalingfilter score` with the same arguments, which repairs it")

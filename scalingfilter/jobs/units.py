@@ -10,8 +10,8 @@ Three levels, all deterministic, so every process computes the same plan on its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 
 from scalingfilter.errors import ShardingError  # noqa: E402
@@ -30,6 +30,26 @@ class Unit:
     @property
     def name(self) -> str:
         return f"{self.source}#{self.part:05d}"
+
+
+@dataclass
+class UnitStats:
+    """What a unit did, recorded in its done marker and added up in its file's final marker and the summary."""
+
+    records: int = 0
+    scored: int = 0
+    unscorable: int = 0
+    rejected: int = 0
+    tokens: int = 0
+    truncated: int = 0
+
+    @classmethod
+    def from_marker(cls, marker: dict[str, Any]) -> "UnitStats":
+        return cls(**{k: marker[k] for k in cls.__dataclass_fields__})
+
+    def add(self, other: "UnitStats") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
 
 
 def check_node_parts(nparts: int, rank_part_start: int, rank_nparts: int) -> None:

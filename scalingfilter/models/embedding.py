@@ -46,7 +46,7 @@ CHUNK_TEXTS = 8192
 
 
 from scalingfilter.errors import ConfigMismatchError, ModelLoadError, require  # noqa: E402,F401  (ModelLoadError re-exported)
-from scalingfilter.models.fast_encode import encode_texts  # noqa: E402
+from scalingfilter.models.fast_encode import embedding_dim, encode_texts  # noqa: E402,F401  (embedding_dim re-exported)
 from scalingfilter.io.streams import chunked, read_ahead  # noqa: E402
 from scalingfilter.io.storage import atomic_write, read_json, write_json_atomic  # noqa: E402
 
@@ -179,9 +179,20 @@ def model_fingerprint(model) -> dict[str, Any]:
     }
 
 
-def embedding_dim(model) -> int:
-    get = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
-    return int(get()) if get else int(model.encode(["x"]).shape[1])
+def encoding_devices(device: str | None, world: int = 1, local_rank: int = 0) -> tuple[str, list[str] | None]:
+    """(device for the model, devices for multi-process encoding or None) from a --device flag (None: pick):
+    a comma list names several devices; under torchrun each process takes its local GPU."""
+    import torch
+
+    if device:
+        devs = [d.strip() for d in device.split(",") if d.strip()]
+        return devs[0], (devs if len(devs) > 1 else None)
+    if world > 1:
+        return (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"), None
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return "cuda:0", ([f"cuda:{i}" for i in range(n)] if n > 1 else None)
+    return "cpu", None
 
 
 class InputFingerprint:
@@ -318,12 +329,15 @@ def encode_stream(
     on_doc: Callable[[str, str], None] | None = None,
     shard: tuple[int, int] = (0, 1),
     records_read: Callable[[], int] | None = None,
+    encoder: Callable[[list[str], int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str], EncodeStats]:
     """Embeddings (float32, n x d) and ids of (id, text) pairs, read and encoded `chunk_texts` at a time.
 
     devices: more than one (e.g. ['cuda:0', 'cuda:1']) -> one encoding process per device.
     shard (rank, world): encode only chunks c with c % world == rank (every document still goes to `on_doc`).
     total / records_read: the progress bar counts input records (rejected ones too) when given, else documents.
+    encoder(texts, batch_size): encodes each chunk instead of `model` (diversity's Ray workers, which hold the
+    same model); `model` still gives the dimension and the device reported.
     """
     import time
 
@@ -331,7 +345,7 @@ def encode_stream(
 
     rank, world = shard
     pool = None
-    if devices and len(devices) > 1:
+    if encoder is None and devices and len(devices) > 1:
         pool = model.start_multi_process_pool(devices)
     parts: list[np.ndarray] = []
     ids: list[str] = []
@@ -347,7 +361,9 @@ def encode_stream(
                 bar.update(records_read() - bar.n if records_read else len(chunk))
                 continue
             texts = [t for _, t in chunk]
-            if pool is not None:
+            if encoder is not None:
+                emb = encoder(texts, batch_size)
+            elif pool is not None:
                 emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, pool=pool)
             else:
                 emb = encode_texts(model, texts, batch_size=batch_size)

@@ -94,6 +94,12 @@ def _tokenise(preprocess, texts: list[str], max_len: int) -> dict[str, Any]:
     return features
 
 
+def embedding_dim(model) -> int:
+    """The model's embedding width (sentence-transformers names the method two ways across versions)."""
+    get = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
+    return int(get()) if get else int(model.encode(["x"]).shape[1])
+
+
 def encode_texts(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """float32 embeddings (len(texts) x d) of `texts` in input order, equal to `model.encode(texts, batch_size=...)`."""
     texts = list(texts)
@@ -102,8 +108,6 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarra
     if preprocess is None or max_len <= 0:
         return np.asarray(model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True), dtype=np.float32)
     if not texts:
-        from scalingfilter.models.embedding import embedding_dim
-
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
     import torch
 

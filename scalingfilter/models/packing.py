@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from scalingfilter.errors import UsageError
+from scalingfilter.errors import param_error
 
 # Model families whose Hugging Face forward takes `position_ids` per token and passes a prepared 4D
 # attention mask through unchanged (transformers' masking_utils), checked packed == padded by
@@ -67,13 +67,13 @@ def resolve_packing(choice: str, models: Sequence, device) -> bool:
     can check it) and refuses a model that cannot take packed rows.
     """
     if choice not in PACKING_CHOICES:
-        raise UsageError(f"--packing must be one of {', '.join(PACKING_CHOICES)} (got {choice!r})")
+        raise param_error("packing", f"packing={choice!r}: must be one of {', '.join(PACKING_CHOICES)}")
     if choice == "off":
         return False
     reasons = [r for r in (packing_unsupported_reason(m) for m in models) if r]
     if choice == "on":
         if reasons:
-            raise UsageError(f"--packing on: {reasons[0]}; use --packing auto or off")
+            raise param_error("packing", f"packing='on': {reasons[0]}; use packing='auto' or packing='off'")
         return True
     return not reasons and torch.device(device).type == "cuda"
 

@@ -71,7 +71,7 @@ def resolve_demo_pair(choice: str, out: Path, texts: list[str], max_len: int | N
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Corpus, score, select (top-k and random), reports; returns what the steps returned and where."""
     from scalingfilter.stages.demo_corpus import build_demo_corpus
-    from scalingfilter.io.documents import iter_corpus
+    from scalingfilter.io.walk import iter_corpus
     from scalingfilter.stages.score import score_corpus
     from scalingfilter.stages.report import build_report, require_extras
     from scalingfilter.stages.select import format_manifest, select_corpus

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from scalingfilter.io.documents import write_records
+from scalingfilter.io.writers import write_records
 
 KINDS = ("prose", "code", "licence", "listing")
 DEFAULT_MIX = {"prose": 0.5, "code": 0.2, "licence": 0.15, "listing": 0.15}

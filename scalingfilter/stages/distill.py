@@ -4,7 +4,7 @@ Stages and their invariants:
 
 * Labels (`top_k_decision`, `tails_labels`): from the quality factor over the WHOLE scored corpus, never a sample of it.
   `top-k`: the global top KEEP fraction by quality factor is `__label__keep`, the rest `__label__drop`
-  (ties broken by corpus position, as `select --method top-k` breaks them). `tails`: the top and
+  (ties broken by corpus position: `select --method top-k`'s own function, `select_choose.top_k`). `tails`: the top and
   bottom thirds only; the middle third is left out of training (and counted). Documents without a
   usable score (unscorable, rejected upstream, null or NaN) are left out and counted by reason.
   The keep DECISION that agreement is measured against is always the top-k one at KEEP.
@@ -28,6 +28,12 @@ Stages and their invariants:
 * `FastTextScorer` (the `classify` scorer): P(keep) = the probability fastText's `predict(text, k=-1)`
   gives `__label__keep`, capped at 1 (fastText adds 1e-5 before its log), for every record, in order.
   A record whose normalised text is empty gets `qf_distilled` null and `distill_error` "empty text".
+* Input: a finished `scalingfilter score` output with its summary.json (`jobs.state.ScoredDir`), read before
+  anything is written; its max_len sets max_chars "auto".
+
+This module holds the labels, the split, the training and the card; by responsibility, the rest is in
+`distill_text` (normalisation and names), `distill_model` (the card and model.bin checks, P(keep)) and
+`distill_scorer` (the classify-time scorer), whose names this module re-exports.
 """
 
 from __future__ import annotations
@@ -36,29 +42,29 @@ import dataclasses
 import hashlib
 import math
 import os
-import re
-import struct
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from scalingfilter.errors import InputError, ModelLoadError, UsageError, require
-from scalingfilter.jobs.state import SUMMARY_NAME
+from scalingfilter.errors import InputError, UsageError, require
+from scalingfilter.jobs.state import ScoredDir
+from scalingfilter.stages.select_choose import top_k
+# The parts, by responsibility (their names are this module's too: the API, the CLI and the tests use them):
+# what fastText sees and the names (distill_text), the model directory's checks and P(keep) (distill_model),
+# the classify-time scorer (distill_scorer)
+from scalingfilter.stages.distill_model import _sha256, check_fasttext_file, load_card, load_model, p_keep  # noqa: F401
+from scalingfilter.stages.distill_scorer import DistilledScore, DistilledScorer, FastTextScorer  # noqa: F401
+from scalingfilter.stages.distill_text import (CARD_FORMAT, CARD_NAME, ERROR_FIELD, EXTRA, FASTTEXT_SPACE, LABEL_DROP,  # noqa: F401
+                                               LABEL_KEEP, MODEL_NAME, NORMALISERS, OUTPUT_FIELD, OUTPUT_FIELDS, cut_prefix,
+                                               normalise)
 
-LABEL_KEEP = "__label__keep"
-LABEL_DROP = "__label__drop"
 LABEL_MODES = ("top-k", "tails")
-MODEL_NAME = "model.bin"
-CARD_NAME = "card.json"
-CARD_FORMAT = "scalingfilter-distill/1"
-OUTPUT_FIELD = "qf_distilled"
-ERROR_FIELD = "distill_error"
-OUTPUT_FIELDS = {OUTPUT_FIELD: "float64", ERROR_FIELD: "string"}
 CHARS_PER_SCORED_TOKEN = 5  # a little more than English text has per BPE token (GPT-2 ~4.3, the bundled pair ~3.4)
 FALLBACK_MAX_CHARS = 4000
 MIN_TRAIN_PER_LABEL = 2
@@ -66,37 +72,6 @@ MIN_TRAIN_PER_LABEL = 2
 # at 128 tokens gave a classifier 0.72 held-out AUROC, at 512 tokens 0.83 (docs/BENCHMARKS-distill.md)
 SHORT_SCORE_TOKENS = 256
 MIN_HELDOUT = 4
-EXTRA = "distill"
-
-# fastText's word separators (Dictionary::readWord); it reads \n as an end-of-sentence token as well
-FASTTEXT_SPACE = " \t\n\v\f\r\x00"
-_PUNCT = re.compile(r"([^\w\s])")
-
-
-def _normalise_whitespace(text: str) -> str:
-    # Newlines become spaces; runs of separators need no collapsing: fastText's tokenizer skips them.
-    return text.replace("\n", " ").strip(FASTTEXT_SPACE)
-
-
-def _normalise_lower(text: str) -> str:
-    return _normalise_whitespace(_PUNCT.sub(r" \1 ", text.lower()))
-
-
-NORMALISERS: dict[str, Callable[[str], str]] = {"whitespace": _normalise_whitespace, "lower": _normalise_lower}
-
-
-def cut_prefix(text: str, max_chars: int | None) -> str:
-    """The first `max_chars` characters of a raw text, cut back to its last space or newline if it has one."""
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    cut = max(text.rfind(" ", 0, max_chars + 1), text.rfind("\n", 0, max_chars + 1))
-    return text[: cut if cut > 0 else max_chars]
-
-
-def normalise(text: str, mode: str = "whitespace", max_chars: int | None = None) -> str:
-    """The text fastText sees, at training and at prediction time (see the module docstring): the raw
-    text's prefix of at most `max_chars` characters, then normalised (so a huge page costs no more)."""
-    return NORMALISERS[mode](cut_prefix(text, max_chars))
 
 
 def _hash64(seed: int, salt: bytes, text: str) -> int:
@@ -179,13 +154,9 @@ class DistillSettings:
 
 def top_k_decision(qf: np.ndarray, keep: float) -> tuple[np.ndarray, float]:
     """(keep mask over the scored positions of `qf` (NaN = unscored), the lowest kept quality factor):
-    the top round(keep x scored) documents, ties broken by corpus position (earlier first)."""
-    scored = np.flatnonzero(~np.isnan(qf))
-    k = int(math.floor(keep * len(scored) + 0.5))
-    order = scored[np.lexsort((scored, -qf[scored]))]  # descending QF, then position
-    mask = np.zeros(len(qf), dtype=bool)
-    mask[order[:k]] = True
-    return mask, (float(qf[order[k - 1]]) if k else math.inf)
+    the top round(keep x scored) documents, ties broken by corpus position (earlier first): exactly what
+    `select --method top-k` keeps (`select_choose.top_k`, the one definition)."""
+    return top_k(np.asarray(qf, dtype=np.float64), keep)
 
 
 def tails_labels(qf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,23 +175,9 @@ def tails_labels(qf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_scored_dir(scored_dir: str | os.PathLike) -> dict[str, Any]:
-    """The summary of a finished `scalingfilter score` output directory, or a one-line InputError."""
-    from scalingfilter.io.storage import read_json
-
-    root = Path(scored_dir)
-    if not root.is_dir():
-        raise InputError(f"{str(root)!r} is not a directory")
-    summary_path = root / SUMMARY_NAME
-    if not summary_path.is_file():
-        raise InputError(f"{str(root)!r} has no {SUMMARY_NAME}: it was never scored, or scoring has not finished "
-                         f"(run `scalingfilter score --output-dir {root}` to the end first)")
-    try:
-        summary = read_json(summary_path)
-    except ValueError as exc:
-        raise InputError(f"{summary_path} is not valid JSON ({exc}); rerun `scalingfilter score` on it") from None
-    if not isinstance(summary, dict):
-        raise InputError(f"{summary_path} is not a score summary")
-    return summary
+    """The summary.json of a finished `scalingfilter score` output directory (`ScoredDir`), or its one-line InputError
+    (a name kept for callers such as benchmarks/distill_agreement.py)."""
+    return ScoredDir.open(scored_dir).require_summary("distill")
 
 
 @dataclass
@@ -236,13 +193,11 @@ class Pool:
 
 
 def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
-    from scalingfilter.io.documents import find_scored_files
-    from scalingfilter.stages.select import _reason_class, iter_scored, score_problem
+    from scalingfilter.stages.select_table import iter_scored, reason_class, score_problem
 
-    s = s.resolved(check_scored_dir(scored_dir))
-    files = find_scored_files(scored_dir)
-    if not files:
-        raise InputError(f"no scored data files under {str(scored_dir)!r} (expected the output directory of `scalingfilter score`)")
+    scored = ScoredDir.open(scored_dir)
+    s = s.resolved(scored.require_summary("distill"))
+    files = scored.files()
     qf, h1, h2, chars = [], [], [], []
     reasons: Counter = Counter()
     for _fi, _rel, rec in iter_scored(scored_dir, files):
@@ -257,7 +212,7 @@ def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
             if not norm:
                 problem = "empty text"
         if problem is not None:
-            reasons[_reason_class(problem)] += 1
+            reasons[reason_class(problem)] += 1
             qf.append(math.nan), h1.append(0), h2.append(0), chars.append(0)
             continue
         value = float(rec.data["quality_factor"])
@@ -271,7 +226,7 @@ def read_pool(scored_dir: str | os.PathLike, s: DistillSettings) -> Pool:
 
 def iter_pool_texts(scored_dir: str | os.PathLike, files: list[str], s: DistillSettings) -> Iterator[tuple[int, str | None]]:
     """Pass 2: (corpus position, normalised text or None) in the order of `read_pool`."""
-    from scalingfilter.stages.select import iter_scored, score_problem
+    from scalingfilter.stages.select_table import iter_scored, score_problem
 
     s = s.resolved(check_scored_dir(scored_dir))
     for pos, (_fi, _rel, rec) in enumerate(iter_scored(scored_dir, files)):
@@ -302,6 +257,32 @@ class Plan:
     train_label: np.ndarray  # int8: 1 keep, 0 drop, -1 not trained on
     heldout: np.ndarray  # bool
     counts: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # labels degenerate in part (label_information)
+
+
+def label_information(qf: np.ndarray, label: np.ndarray) -> list[str]:
+    """Whether the training labels carry information: a keep label and a drop label on the same quality factor
+    were given by corpus position (top-k breaks ties that way), not by the score. InputError (one line) when the
+    labels separate nothing (every score equal, or no keep label on a higher score than any drop label); a warning
+    for the card when only part of them are ties."""
+    scored = qf[~np.isnan(qf)]
+    if len(scored) and scored.min() == scored.max():
+        raise InputError(f"every one of the {len(scored):,} scored documents has the same quality factor ({scored[0]:.6g}): "
+                         f"the keep/drop labels would be arbitrary (by corpus position), so no classifier can learn "
+                         f"from them; check the scoring (a pair of identical models scores every document alike)")
+    keep_q, drop_q = qf[label == 1], qf[label == 0]
+    if not len(keep_q) or not len(drop_q):
+        return []
+    low_keep, high_drop = keep_q.min(), drop_q.max()
+    if low_keep > high_drop:
+        return []
+    tied_keep, tied_drop = int((keep_q <= high_drop).sum()), int((drop_q >= low_keep).sum())
+    if keep_q.max() <= drop_q.min():  # no keep label is on a higher score than any drop label: all one tie
+        raise InputError(f"the keep threshold cannot separate the documents: every keep and drop label to train on is on "
+                         f"the same quality factor ({low_keep:.6g}; ties are broken by corpus position, not by the score), "
+                         f"so the labels carry no information; check the scoring, or choose another --keep")
+    return [f"{tied_keep:,} keep and {tied_drop:,} drop training labels share quality factors with the other label "
+            f"(ties at the keep threshold, labelled by corpus position, not by the score): those labels are arbitrary"]
 
 
 def plan_split(pool: Pool, s: DistillSettings) -> Plan:
@@ -337,7 +318,7 @@ def plan_split(pool: Pool, s: DistillSettings) -> Plan:
             f"too few scored documents for the split: {n_scored} scored, {n_keep} keep / {n_drop} drop to train on and "
             f"{counts['heldout']} held out (need at least {MIN_TRAIN_PER_LABEL} of each label and {MIN_HELDOUT} held out); "
             f"score more documents, or change --heldout / --keep")
-    return Plan(decision, threshold, label, heldout, counts)
+    return Plan(decision, threshold, label, heldout, counts, label_information(pool.qf, label))
 
 
 def write_training_file(path: Path, scored_dir, pool: Pool, plan: Plan, s: DistillSettings, n_buckets: int = 16) -> list[int]:
@@ -375,21 +356,6 @@ def write_training_file(path: Path, scored_dir, pool: Pool, plan: Plan, s: Disti
     return heldout_positions
 
 
-def p_keep(model, texts: list[str]) -> list[float]:
-    """P(__label__keep) for each (normalised, newline-free) text: fastText's predict(k=-1), capped at 1."""
-    if not texts:
-        return []
-    labels, probs = model.predict(texts, k=-1, threshold=0.0)
-    out = []
-    for lab, pr in zip(labels, probs):
-        p = 0.0
-        for name, v in zip(lab, pr):
-            if name == LABEL_KEEP:
-                p = min(float(v), 1.0)
-                break
-        out.append(p)
-    return out
-
 
 def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, chars: np.ndarray | None = None) -> dict[str, Any]:
     """Agreement of P(keep) with the quality factor on held-out documents."""
@@ -400,14 +366,16 @@ def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, 
 
     n = len(p)
     k = int(math.floor(keep * n + 0.5))
-    idx = np.arange(n)
-    by_p = set(idx[np.lexsort((idx, -p))][:k].tolist())
-    by_qf = set(idx[np.lexsort((idx, -qf))][:k].tolist())
+    by_p, by_qf = top_k(np.asarray(p, dtype=np.float64), keep)[0], top_k(np.asarray(qf, dtype=np.float64), keep)[0]
+    varies = n > 2 and np.ptp(p) > 0 and np.ptp(qf) > 0  # a constant input has no rank correlation (scipy warns)
+    with warnings.catch_warnings():  # nothing of scipy's reaches stderr: what matters is on the card
+        warnings.simplefilter("ignore")
+        spearman = round(float(spearmanr(p, np.log(qf)).statistic), 4) if varies else None
     out = {
         "documents": n,
         "auroc_vs_keep_decision": round(auroc(p, decision), 4) if 0 < decision.sum() < n else None,
-        "spearman_vs_log_qf": round(float(spearmanr(p, np.log(qf)).statistic), 4) if n > 2 else None,
-        "kept_overlap": round(len(by_p & by_qf) / k, 4) if k else None,
+        "spearman_vs_log_qf": spearman,
+        "kept_overlap": round(int((by_p & by_qf).sum()) / k, 4) if k else None,
         "kept_overlap_by_chance": round(k / n, 4) if n else None,
         "keep_decision_fraction": round(float(decision.mean()), 4),
     }
@@ -418,13 +386,6 @@ def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, 
         out["length_baseline_auroc"] = round(auroc(chars.astype(np.float64), decision), 4)
     return out
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare_model_dir(model_dir: Path, force_overwrite: bool) -> None:
@@ -447,7 +408,7 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
     fasttext = require("fasttext", EXTRA, "scalingfilter distill")
     require("scipy", EXTRA, "scalingfilter distill")  # the held-out agreement (Spearman, AUROC): checked before the long part
     scored_dir, model_dir = Path(scored_dir), Path(model_dir)
-    summary = check_scored_dir(scored_dir)
+    summary = ScoredDir.open(scored_dir).require_summary("distill")  # finished, or a one-line error saying what to run
     max_chars_setting = s.max_chars
     s = s.resolved(summary)
     warnings = short_score_warnings(summary)
@@ -455,6 +416,7 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
     t0 = time.time()
     pool = read_pool(scored_dir, s)
     plan = plan_split(pool, s)
+    warnings = warnings + plan.warnings
     for w in warnings:  # after every check that can refuse the run: a refused run prints its one line only
         say(f"warning: {w}")
     say(f"{plan.counts['scored']} scored documents; training on {plan.counts['train']['keep']} keep / "
@@ -475,6 +437,10 @@ def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, setting
         t_pred = time.time() - t2
         pos = np.asarray(held_positions, dtype=np.int64)
         heldout = agreement(p, pool.qf[pos], plan.decision[pos], s.keep, pool.chars[pos])
+        if len(p) and np.ptp(p) == 0:
+            warnings.append(f"P(keep) is the same ({p[0]:.6g}) for every held-out document: the classifier learnt nothing "
+                            f"that tells documents apart")
+            say(f"warning: {warnings[-1]}")
         with atomic_path(model_dir / MODEL_NAME) as tmp:
             model.save_model(str(tmp))
         card = {
@@ -522,236 +488,7 @@ def _package_version() -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Prediction: the `classify` scorer
-
-
-def load_card(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """The card of a `distill` output directory, checked against its model.bin; a one-line error if it is not one."""
-    from scalingfilter.io.storage import read_json
-
-    d = Path(model_dir)
-    card_path, model_path = d / CARD_NAME, d / MODEL_NAME
-    if not d.is_dir():
-        raise ModelLoadError(f"--model {str(d)!r} is not a directory (expected the output directory of `scalingfilter distill`)")
-    if not card_path.is_file() or not model_path.is_file():
-        missing = " and ".join(n for n, p in ((CARD_NAME, card_path), (MODEL_NAME, model_path)) if not p.is_file())
-        raise ModelLoadError(f"--model {str(d)!r} is not a distilled model: no {missing} (make one with `scalingfilter distill`)")
-    try:
-        card = read_json(card_path)
-    except ValueError as exc:
-        raise ModelLoadError(f"{card_path} is not valid JSON ({exc})") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise ModelLoadError(f"{card_path} is not a distilled model's card (format {CARD_FORMAT!r} expected)")
-    pred = card.get("prediction")
-    if not isinstance(pred, dict) or pred.get("normalisation") not in NORMALISERS:
-        raise ModelLoadError(f"{card_path}: unknown text normalisation {pred and pred.get('normalisation')!r}")
-    mc = pred.get("max_chars")
-    if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
-        raise ModelLoadError(f"{card_path}: max_chars must be a positive integer or null (got {mc!r})")
-    if verify and card.get("model_sha256") != _sha256(model_path):
-        raise ModelLoadError(f"{model_path} does not match {card_path} (SHA-256 differs): the model was replaced or damaged")
-    return card
-
-
-FASTTEXT_MAGIC, FASTTEXT_VERSION = 793712314, 12
-# magic, version; args: dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate, t;
-# dictionary: size nwords nlabels ntokens pruneidx_size (fastText's Model::save / Dictionary::save, little-endian)
-_FASTTEXT_HEADER = struct.Struct("<ii12idiiiqq")
-
-
-_HEADER_ARGS = ("dim", "ws", "epoch", "minCount", "neg", "wordNgrams", "loss", "model", "bucket", "minn", "maxn", "lrUpdateRate")
-_FASTTEXT_LOSS = {"hs": 1, "ns": 2, "softmax": 3, "ova": 4}
-_FASTTEXT_SUPERVISED = 3
-
-
-def check_fasttext_file(path: Path, trained_with: dict[str, Any] | None = None) -> None:
-    """Refuse a model file fastText would misread. fastText trusts its header: a damaged one makes it loop over
-    billions of dictionary entries or allocate whatever size it reads (gigabytes, then std::bad_alloc), and a
-    truncated file loads without a word, its matrices left as allocated. The card's SHA-256 catches a damaged
-    copy; this catches a card re-hashed over one, before fastText reads anything: the file must be laid out as
-    its header says (dictionary entries, then the input matrix of (words + buckets) x dim and the output matrix
-    of labels x dim, in float32), to the byte, and the header must hold the settings the card says the model
-    was trained with (`trained_with`: the card's fastText arguments; a changed wordNgrams loads and predicts
-    other scores). Reads the dictionary (a pass over its words), not the matrices."""
-    import mmap
-
-    size = path.stat().st_size
-    if size < _FASTTEXT_HEADER.size:
-        raise ModelLoadError(f"{path} is truncated: {size:,} bytes, less than a fastText header")
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        fields = _FASTTEXT_HEADER.unpack_from(data, 0)
-        magic, version, dim, bucket = fields[0], fields[1], fields[2], fields[10]
-        n_entries, n_words, n_labels, _tokens, prune = fields[15:]
-        if magic != FASTTEXT_MAGIC or not 0 < version <= FASTTEXT_VERSION:
-            raise ModelLoadError(f"{path} is not a fastText model (its header is not fastText's)")
-        header = dict(zip(_HEADER_ARGS, fields[2:14]))
-        expected = {k: v for k, v in (trained_with or {}).items() if k in header}
-        if "loss" in expected:
-            expected["loss"] = _FASTTEXT_LOSS.get(expected["loss"], expected["loss"])
-        if trained_with is not None:
-            expected["model"] = _FASTTEXT_SUPERVISED
-        differ = [f"{k}: {header[k]} in the file, {v} in the card" for k, v in expected.items() if header[k] != v]
-        if differ:
-            raise ModelLoadError(f"{path} does not hold the model its card describes ({'; '.join(differ)}): it was altered")
-        damaged = ModelLoadError(f"{path} is damaged or truncated: it is not laid out as its header says")
-        if not (0 < dim <= 1 << 16 and bucket >= 0 and n_words >= 0 and n_labels > 0 and n_words + n_labels == n_entries
-                and n_entries * 10 <= size and -1 <= prune <= size // 8):  # an entry takes >= 10 bytes
-            raise damaged
-        pos = _FASTTEXT_HEADER.size
-        for _ in range(n_entries):  # a word, NUL, int64 count, int8 type
-            end = data.find(b"\0", pos)
-            if end < 0:
-                raise damaged
-            pos = end + 10
-        pos += max(prune, 0) * 8
-        for rows in (n_words + bucket, n_labels):  # quantised flag, then rows, columns, float32 data
-            if pos + 17 > size or data[pos] != 0 or struct.unpack_from("<qq", data, pos + 1) != (rows, dim):
-                raise damaged
-            pos += 17 + rows * dim * 4
-        if pos != size:
-            raise damaged
-
-
-def load_model(model_dir: str | os.PathLike, card: dict[str, Any] | None = None):
-    fasttext = require("fasttext", EXTRA, "scalingfilter classify")
-    card = card or load_card(model_dir)
-    path = Path(model_dir) / MODEL_NAME
-    check_fasttext_file(path, ((card.get("settings") or {}).get("fasttext")) if isinstance(card, dict) else None)
-    try:
-        model = fasttext.load_model(str(path))
-    except (ValueError, RuntimeError, OSError, MemoryError) as exc:
-        raise ModelLoadError(f"{path} could not be loaded by fastText: {type(exc).__name__}: {exc}") from None
-    if LABEL_KEEP not in model.labels:
-        raise ModelLoadError(f"{path} has no {LABEL_KEEP} label (labels: {', '.join(model.labels)})")
-    return model
-
-
-@dataclass
-class DistilledScore:
-    value: float | None
-    error: str | None = None
-    truncated: bool = False
-    n_tokens: int = 0
-
-    def fields(self) -> dict[str, Any]:
-        return {OUTPUT_FIELD: self.value if self.error is None else None, ERROR_FIELD: self.error}
-
-
-# The model of a pool worker: set before the fork, so that workers share the parent's pages
-_WORKER_MODEL = None
-
-
-def _predict_chunk(texts: list[str]) -> list[float]:
-    return p_keep(_WORKER_MODEL, texts)
-
-
-class FastTextScorer:
-    """Scores records with a distilled model: `workers` processes predict chunks of `chunk_docs`
-    documents while this one reads and writes; outputs come back in input order."""
-
-    def __init__(self, model_dir: str | os.PathLike, workers: int = 1, chunk_docs: int = 512, model_sha256: str | None = None):
-        # `model_sha256`: the job already checked model.bin against the card (hashing it once is enough)
-        self.card = load_card(model_dir, verify=model_sha256 is None)
-        if model_sha256 is not None and self.card.get("model_sha256") != model_sha256:
-            raise ModelLoadError(f"{model_dir}: the model changed while the job started; rerun")
-        self.model = load_model(model_dir, self.card)
-        pred = self.card["prediction"]
-        self.mode, self.max_chars = pred["normalisation"], pred.get("max_chars")
-        self.workers, self.chunk_docs = max(1, workers), chunk_docs
-        self._pool = None
-
-    def _predict(self, texts: list[str]):
-        """A callable giving the chunk's scores: run now, or handed to a worker."""
-        if self.workers == 1:
-            result = p_keep(self.model, texts)
-            return lambda: result
-        if self._pool is None:
-            import multiprocessing as mp
-
-            global _WORKER_MODEL
-            _WORKER_MODEL = self.model
-            self._pool = mp.get_context("fork").Pool(self.workers)
-        handle = self._pool.apply_async(_predict_chunk, (texts,))
-        return handle.get
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-
-    def score_records(self, records: Iterable[Any], text_of: Callable[[Any], str | None]) -> Iterator[tuple[Any, DistilledScore]]:
-        from collections import deque
-
-        pending: deque = deque()  # (chunk of (record, normalised text or None, truncated), result getter)
-        chunk: list = []
-        max_pending = 2 * self.workers
-
-        def submit():
-            texts = [t for _r, t, _tr in chunk if t]
-            pending.append((list(chunk), self._predict(texts)))
-            chunk.clear()
-
-        def drain(chunk_items, get):
-            scores = iter(get())
-            for rec, text, truncated in chunk_items:
-                if text is None:
-                    yield rec, DistilledScore(None, "unreadable record")
-                elif not text:
-                    yield rec, DistilledScore(None, "empty text")
-                else:
-                    yield rec, DistilledScore(next(scores), None, truncated)
-
-        try:
-            for rec in records:
-                raw = text_of(rec)
-                if raw is None:
-                    chunk.append((rec, None, False))
-                else:
-                    text = normalise(raw, self.mode, self.max_chars)
-                    chunk.append((rec, text, self.max_chars is not None and len(raw) > self.max_chars))
-                if len(chunk) >= self.chunk_docs:
-                    submit()
-                    while len(pending) > max_pending or (self.workers == 1 and pending):
-                        yield from drain(*pending.popleft())
-            if chunk:
-                submit()
-            while pending:
-                yield from drain(*pending.popleft())
-        finally:
-            self.close()
-
-
-class DistilledScorer:
-    """P(keep) of texts under a distilled fastText model (a directory `scalingfilter distill` wrote):
-    the numbers `scalingfilter classify` writes as qf_distilled, from Python.
-
-    >>> scorer = DistilledScorer.from_pretrained("distilled/")
-    >>> scorer.score(["Some text.", "More text."])   # [P(keep), ...]; None for a text with nothing to score
-
-    The model's card says how texts are normalised and cut (its max_chars) before fastText sees them;
-    this scorer applies them exactly as classify does (both go through FastTextScorer)."""
-
-    def __init__(self, model_dir: str | os.PathLike, workers: int = 1, chunk_docs: int = 512):
-        self.model_dir = str(model_dir)
-        self._scorer = FastTextScorer(model_dir, workers=workers, chunk_docs=chunk_docs)
-        self.card = self._scorer.card
-
-    @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, workers: int = 1) -> "DistilledScorer":
-        return cls(model_dir, workers=workers)
-
-    def score(self, texts: Iterable[str]) -> list[float | None]:
-        """P(keep) of each text, in order (None for an empty text or one that is not a string)."""
-        return list(self.score_iter(texts))
-
-    def score_iter(self, texts: Iterable[str]) -> Iterator[float | None]:
-        for _, s in self.score_records(texts, text_of=lambda t: t if isinstance(t, str) else None):
-            yield s.value if s.error is None else None
-
-    def score_records(self, records: Iterable[Any], text_of: Callable[[Any], str | None]) -> Iterator[tuple[Any, DistilledScore]]:
-        """(record, DistilledScore) for each record, in order (its fields(): qf_distilled, distill_error)."""
-        return self._scorer.score_records(records, text_of)
+# The `classify` job's scorer (`distill_scorer.FastTextScorer`, in every engine)
 
 
 def classify_spec(model_dir: str | os.PathLike, workers: int | None = None):

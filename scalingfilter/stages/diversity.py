@@ -24,10 +24,10 @@ group size (and with the same embedding model and kernel). With fewer documents 
 module does not fail (the reference crashes below 100,000): it uses as many full groups of group_size as
 fit, or else one group of every document, and says so in the result's notes.
 
-Under torchrun every process reads the input; each encodes every world_size-th chunk of the documents
-to embed; rank 0 puts the chunks back in input order (so the rows, groups and cache are those of one
-process), scores and writes. `run_diversity` returns the result on rank 0 (None elsewhere); the
-command prints it.
+Under torchrun every process reads the input and encodes every world_size-th chunk of the documents to
+embed; rank 0 puts the chunks back in input order (`jobs.engines.local.gather_chunks`), scores and writes;
+`run_diversity` returns the result on rank 0 (None elsewhere). With --engine ray the chunks are encoded by
+Ray workers (`jobs.engines.ray_embed`).
 """
 
 from __future__ import annotations
@@ -46,14 +46,18 @@ from typing import Any, Iterator
 import numpy as np
 
 from scalingfilter.stages import vendi
-from scalingfilter.io.documents import InputError, JsonlWriter, count_records, find_input_files, read_records
+from scalingfilter.errors import InputError
+from scalingfilter.io.records import count_records, read_records
+from scalingfilter.io.walk import find_input_files
+from scalingfilter.io.writers import JsonlWriter
 from scalingfilter.models.embedding import (
     CHUNK_TEXTS, PAPER_MODEL, Cache, CachedRows, CacheMismatch, EncodeStats, InputFingerprint, embedding_dim, encode_stream,
-    load_model, model_fingerprint,
+    encoding_devices, load_model, model_fingerprint,
 )
-from scalingfilter.errors import LockedError, ScalingFilterError, UsageError
+from scalingfilter.errors import UsageError
+from scalingfilter.jobs.engines.local import agree, gather_chunks, held_by_rank0, interleave_chunks  # noqa: F401  (interleave_chunks: tests)
 from scalingfilter.jobs.processes import Processes, env_rank
-from scalingfilter.io.storage import JobLock, atomic_path, atomic_write, read_json, write_bytes_atomic, write_json_atomic
+from scalingfilter.io.storage import JobLock, atomic_path, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger("scalingfilter")
 
@@ -250,22 +254,6 @@ def selected_documents(input_dir: Path, files: list[str], text_field: str, wante
     raise InputError(f"the input in {str(input_dir)!r} changed while it was read (fewer usable documents than counted); rerun")
 
 
-def _devices(cfg: DiversityConfig, world: int) -> tuple[str, list[str] | None]:
-    """(device for the model, devices for multi-process encoding or None)."""
-    import torch
-
-    if cfg.device:
-        devs = [d.strip() for d in cfg.device.split(",") if d.strip()]
-        return devs[0], (devs if len(devs) > 1 else None)
-    if world > 1:
-        local = env_rank()[2]
-        return (f"cuda:{local}" if torch.cuda.is_available() else "cpu"), None
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        return "cuda:0", ([f"cuda:{i}" for i in range(n)] if n > 1 else None)
-    return "cpu", None
-
-
 def check_config(cfg: DiversityConfig) -> list[str]:
     """Validate the settings (the command's flags check them too, at parse time) and find the input files."""
     try:
@@ -301,6 +289,7 @@ class _Run:
     devices: list[str] | None
     batch_size: int
     model: Any = None
+    encoder: Any = None  # --engine ray: a jobs.engines.ray_embed.RayEncoder (the model then gives the dimension only)
     mfp: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -336,24 +325,24 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
         return _run_diversity_to_url(cfg)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device, devices = _devices(cfg, env_rank()[1])
+    device, devices = encoding_devices(cfg.device, env_rank()[1], env_rank()[2])
     procs = Processes.from_env(device)
     run = _Run(cfg, files, procs, device, devices, cfg.batch_size or (256 if device.startswith("cuda") else 64))
     try:
-        with _job_lock(procs, out_dir):
+        with held_by_rank0(procs, out_dir, "diversity"):
             run.model = load_model(cfg.model_name, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length)
             run.mfp = model_fingerprint(run.model)
-            if cfg.engine == "ray":  # same model and fingerprint: caches and results as with one process
+            if cfg.engine == "ray":  # the same model on Ray workers: caches and results as with one process
                 from scalingfilter.jobs.engines.ray_embed import RayEncoder
 
-                run.model = RayEncoder(run.model, cfg.model_name, cfg.dtype, cfg.max_seq_length, cfg.ray)
+                run.encoder = RayEncoder(cfg.model_name, cfg.dtype, cfg.max_seq_length, cfg.ray)
             embedded = _embed(run)
             if not procs.is_main:
                 return None
             return _score_and_write(run, embedded)
     finally:
-        if cfg.engine == "ray" and run.model is not None and hasattr(run.model, "close"):
-            run.model.close()
+        if run.encoder is not None:
+            run.encoder.close()
         procs.close()
 
 
@@ -381,34 +370,6 @@ def _run_diversity_to_url(cfg: DiversityConfig) -> dict[str, Any] | None:
         return result
 
 
-@contextlib.contextmanager
-def _job_lock(procs: Processes, out_dir: Path) -> Iterator[None]:
-    """Rank 0 holds the output directory for the run (the other ranks work under its lock); a refusal
-    stops every rank at once."""
-    lock, refusal = None, None
-    if procs.is_main:
-        try:
-            lock = JobLock(out_dir, "diversity").acquire()
-        except LockedError as exc:
-            refusal = exc
-    _agree(procs, refusal)
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _agree(procs: Processes, error: ScalingFilterError | None) -> None:
-    """Raise on every process when one of them failed, so that none waits at a barrier for one that left."""
-    messages = procs.all_gather(None if error is None else str(error))
-    if error is not None:
-        raise error
-    first = next((m for m in messages if m), None)
-    if first:
-        raise ScalingFilterError(f"another process of this job stopped: {first}")
-
-
 def _embed(run: _Run) -> _Embedded:
     """Stages 1-3: count the usable documents, draw the groups, embed what they need (see the module doc)."""
     cfg, procs = run.cfg, run.procs
@@ -432,7 +393,7 @@ def _embed(run: _Run) -> _Embedded:
             cached = cache.load(n, dim)
         except CacheMismatch as exc:
             error = exc
-    _agree(procs, error)
+    agree(procs, error)
     cached_positions = procs.all_gather(cached.positions if procs.is_main else None)[0]
     todo = np.setdiff1d(needed, cached_positions).astype(np.int64)
     used = len(needed) - len(todo)
@@ -492,9 +453,10 @@ def _embed_positions(run: _Run, todo: np.ndarray) -> tuple[CachedRows, EncodeSta
         progress=run.cfg.progress,
         shard=(procs.rank, procs.world_size),
         chunk_texts=run.cfg.chunk_texts,
+        encoder=run.encoder.encode if run.encoder else None,
     )
     if procs.world_size > 1:
-        emb, ids = _gather_ranks(procs, run.out_dir, emb, ids, run.cfg.chunk_texts)
+        emb, ids = gather_chunks(procs, run.out_dir / PARTS_DIR, emb, ids, run.cfg.chunk_texts)
         if not procs.is_main:
             return CachedRows.empty(dim), stats
     stats.documents = len(ids)
@@ -519,6 +481,7 @@ def _embed_everything(run: _Run, cache: Cache) -> _Embedded:
             shard=(procs.rank, procs.world_size),
             records_read=lambda: rejects.read,
             chunk_texts=cfg.chunk_texts,
+            encoder=run.encoder.encode if run.encoder else None,
         )
     except BaseException:
         rejects.abandon()
@@ -527,7 +490,7 @@ def _embed_everything(run: _Run, cache: Cache) -> _Embedded:
     n = fp.count
     _require_documents(run, n, rejects)
     if procs.world_size > 1:
-        emb, ids = _gather_ranks(procs, run.out_dir, emb, ids, cfg.chunk_texts)
+        emb, ids = gather_chunks(procs, run.out_dir / PARTS_DIR, emb, ids, cfg.chunk_texts)
     plan = plan_groups(n, cfg.groups, cfg.group_size, full=True)
     if not procs.is_main:
         return _Embedded(None, n, plan, rejects, stats)
@@ -564,15 +527,9 @@ def _result(run: _Run, embedded: _Embedded, scores: list[float], vendi_seconds: 
     cfg, plan, stats, rejects = run.cfg, embedded.plan, embedded.stats, embedded.rejects
     mean, std = summarize(scores)
     return {
-        "mean": mean,
-        "std": std,
-        "std_ddof": 0,
-        "scores": scores,
-        "groups": plan.count,
-        "group_size": plan.size,
-        "documents_scored": plan.used,
-        "groups_requested": cfg.groups,
-        "group_size_requested": cfg.group_size,
+        "mean": mean, "std": std, "std_ddof": 0, "scores": scores,
+        "groups": plan.count, "group_size": plan.size, "documents_scored": plan.used,
+        "groups_requested": cfg.groups, "group_size_requested": cfg.group_size,
         "full": cfg.full,
         "comparable_to_paper_n": plan.size == PAPER_GROUP_SIZE,
         "notes": _notes(cfg, plan, run.mfp["model"]),
@@ -599,45 +556,6 @@ def _result(run: _Run, embedded: _Embedded, scores: list[float], vendi_seconds: 
             "reject_reasons": dict(rejects.reasons.most_common()),
         },
     }
-
-
-def _gather_ranks(procs: Processes, out_dir: Path, embeddings: np.ndarray, ids: list[str], chunk_texts: int = CHUNK_TEXTS) -> tuple[np.ndarray, list[str]]:
-    """torchrun: each rank saves its part; after a barrier rank 0 puts the chunks back in input order
-    (chunk c was encoded by rank c % world; every chunk but the last holds chunk_texts documents), so the
-    rows, the seeded groups and the cache are those of a single-process run. The other ranks get their own part back."""
-    parts = out_dir / PARTS_DIR
-    rank = procs.rank
-    with atomic_write(parts / f"embeddings.rank{rank}.npy") as fh:
-        np.save(fh, np.asarray(embeddings, dtype=np.float32), allow_pickle=False)
-    write_json_atomic(parts / f"ids.rank{rank}.json", ids)
-    procs.barrier()
-    if not procs.is_main:
-        return embeddings, ids
-    embs = [np.load(parts / f"embeddings.rank{r}.npy", allow_pickle=False) for r in range(procs.world_size)]
-    idss = [read_json(parts / f"ids.rank{r}.json") for r in range(procs.world_size)]
-    emb, all_ids = interleave_chunks(embs, idss, chunk_texts)
-    for p in parts.glob("*.rank*.*"):
-        p.unlink()
-    with contextlib.suppress(OSError):
-        parts.rmdir()
-    return emb, all_ids
-
-
-def interleave_chunks(embs: list[np.ndarray], idss: list[list[str]], chunk_texts: int) -> tuple[np.ndarray, list[str]]:
-    """Undo the round-robin: chunk c (chunk_texts rows, the last one shorter) is the next block of part c % world."""
-    world = len(embs)
-    blocks, all_ids, pos = [], [], [0] * world
-    total = sum(len(i) for i in idss)
-    for c in range(-(-total // chunk_texts)):
-        r = c % world
-        lo, hi = pos[r], min(pos[r] + chunk_texts, len(idss[r]))
-        blocks.append(embs[r][lo:hi])
-        all_ids.extend(idss[r][lo:hi])
-        pos[r] = hi
-    dim = embs[0].shape[1] if embs else 0
-    return (np.concatenate(blocks, axis=0) if blocks else np.zeros((0, dim), np.float32)), all_ids
-
-
 
 
 # ---------------------------------------------------------------------------------------------

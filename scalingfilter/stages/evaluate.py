@@ -19,8 +19,9 @@ Scores, each oriented so that higher means "better" as its filter uses it:
   length           document length in characters, longer is better
 Documents without a score (null, e.g. unscorable) are left out of that score's figures and counted.
 
-Only a finished `scalingfilter score` output is evaluated: a directory without summary.json (never
-scored, or still being scored) is refused with one line.
+Only a finished `scalingfilter score` output is evaluated (`jobs.state.ScoredDir`): a directory without
+summary.json (never scored, still being scored, or scored in node parts and not yet summarised) is refused
+with one line saying what to run.
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ from __future__ import annotations
 import collections
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from scalingfilter.io.documents import find_scored_files, iter_corpus
+from scalingfilter.io.walk import iter_corpus
 from scalingfilter.errors import InputError, require
-from scalingfilter.jobs.state import PART_SUMMARY_GLOB, PART_SUMMARY_PATTERN, SUMMARY_NAME
+from scalingfilter.jobs.state import ScoredDir
 
 EXTRA = "eval"  # scipy (rankdata), for the AUROC: pip install 'scalingfilter[eval]'
 
@@ -167,26 +167,10 @@ def evaluate_records(records: Iterable[tuple[dict, str | None]], label_field: st
 def evaluate_dir(scored_dir: str | os.PathLike, label_field: str = "label", pair_field: str | None = "pair",
                  text_field: str = "text") -> dict[str, Any]:
     """`evaluate_records` over every data file of a scored output directory (rejects/ excluded)."""
-    from scalingfilter.io.locations import location
-
     require("scipy", EXTRA, "scalingfilter evaluate")  # before reading anything: the AUROC needs it
-    if not location(scored_dir).is_dir():
-        raise InputError(f"{scored_dir}: no such directory")
-    if not (location(scored_dir) / SUMMARY_NAME).is_file():
-        parts = sorted(p.name for p in location(scored_dir).glob(PART_SUMMARY_GLOB))
-        if parts:  # a job of node parts (--nparts, `scalingfilter slurm`): each part wrote its own summary
-            present: set[int] = set()
-            for name in parts:  # summary.parts-A-B.json: node parts A..B
-                m = re.fullmatch(PART_SUMMARY_PATTERN, name)
-                present.update(range(int(m[1]), int(m[2]) + 1) if m else ())
-            raise InputError(f"{scored_dir}: no {SUMMARY_NAME}: it was scored in node parts (--nparts), and the summaries of "
-                             f"node part(s) {', '.join(map(str, sorted(present)))} are present ({', '.join(parts)}); once every "
-                             f"part is done, run `scalingfilter score` once more with the same arguments and no --nparts: it "
-                             f"finds every file scored and writes {SUMMARY_NAME} (`scalingfilter select` reads the parts as they are)")
-        raise InputError(f"{scored_dir}: no {SUMMARY_NAME}: is this a `scalingfilter score` output? "
-                         f"(score the corpus first, or wait until scoring has finished)")
-    if not find_scored_files(scored_dir):
-        raise InputError(f"{scored_dir}: no scored data files")
+    scored = ScoredDir.open(scored_dir)  # finished, with summary.json and data files: or one line saying what to run
+    scored.require_summary("evaluate")
+    scored.files()
     recs = ((r.data, r.text) for r in iter_corpus(scored_dir, text_field, scored=True) if r.data is not None)
     result = evaluate_records(recs, label_field, pair_field)
     result["input_dir"] = str(scored_dir)

@@ -253,11 +253,28 @@ def _finite_scores(scores: Iterable[Any]) -> tuple[np.ndarray, int]:
     return (arr if finite.all() else arr[finite]), int(arr.size - finite.sum())
 
 
-def threshold_for(scores: Iterable[Any], keep: float, *, confidence: float = 0.95) -> ThresholdEstimate:
+def threshold_for(scores: Iterable[Any], keep: float, *, confidence: float = 0.95, n_tokens: Iterable[Any] | None = None,
+                  min_tokens: int | None = None) -> ThresholdEstimate:
     """The threshold t such that `score >= t` keeps the top `keep` of the scored sample `scores` (higher is
     better), with the exact distribution-free `confidence` interval of the fraction of the whole pool it
-    keeps (module docstring). None, NaN and +-inf scores are ignored and counted."""
+    keeps (module docstring). None, NaN and +-inf scores are ignored and counted.
+
+    The short-document guard (as `select`'s): with `n_tokens` (each document's scored tokens, aligned with
+    `scores`), the documents scored on fewer than `min_tokens` tokens (None: select_config.DEFAULT_MIN_TOKENS;
+    0: off) are ignored and counted too, as `select` leaves them out. Without `n_tokens` there is no guard."""
     keep, confidence = _check_keep(keep), _check_confidence(confidence)
+    if n_tokens is not None:
+        from scalingfilter.stages.select_config import DEFAULT_MIN_TOKENS
+
+        guard = DEFAULT_MIN_TOKENS if min_tokens is None else min_tokens
+        if isinstance(guard, bool) or not isinstance(guard, (int, np.integer)) or guard < 0:
+            raise param_error("min_tokens", f"min_tokens={min_tokens!r}: must be a non-negative integer")
+        scores = np.array([math.nan if v is None else v for v in scores], dtype=np.float64) if not isinstance(scores, np.ndarray) \
+            else scores.astype(np.float64).ravel()
+        tokens = np.asarray(list(n_tokens) if not isinstance(n_tokens, np.ndarray) else n_tokens, dtype=np.float64).ravel()
+        if tokens.shape != scores.shape:
+            raise param_error("n_tokens", f"n_tokens: {tokens.size} values for {scores.size} scores (one per document)")
+        scores = np.where(tokens >= guard, scores, math.nan)
     x, ignored = _finite_scores(scores)
     n = int(x.size)
     if n == 0:

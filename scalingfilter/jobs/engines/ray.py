@@ -1,12 +1,13 @@
-"""`scalingfilter score --engine ray`: the score job on a Ray cluster, units handed out dynamically.
+"""`--engine ray`: a job (score, classify) on a Ray cluster, units handed out dynamically.
 
 The driver (the process that runs the command) takes the output directory's lock, plans the job with
-`ScoreJob.prepare` (the same units as the local engine), starts long-lived workers (Ray actors; each loads
-the scorer once) and hands them batches of units as they finish, one or two batches in flight per worker,
-so a fast GPU simply takes more units. A worker scores a unit with `ScoreJob.score_unit` (temporary part
-files, renamed; the done marker last) and assembles a file once all its units are done
-(`ScoreJob.assemble`), so the output is byte-identical to the local engine's and a job started with one
-engine can be finished with the other. The driver then writes the summary as the local engine does.
+`Job.prepare` (the same units as the local engine), starts long-lived workers (Ray actors,
+`jobs.engines.ray_worker.JobWorker`; each loads the stage's work once) and hands them batches of work items
+(`DoUnit`, `AssembleFile`) as they finish, one or two batches in flight per worker, so a fast GPU simply takes
+more units. A worker does a unit with `Job.run_unit` (temporary part files, renamed; the done marker last)
+and assembles a file once all its units are done (`Job.assemble`), so the output is byte-identical to the
+local engine's and a job started with one engine can be finished with the other. The driver then writes the
+summary as the local engine does. The engine knows no stage: it runs any `Job` (a `JobConfig` and a `UnitWork`).
 
 Invariants:
 - the driver holds unit metadata only (a `Unit` per pending unit, counters): its memory does not grow with
@@ -33,44 +34,33 @@ Without an address the driver starts a local Ray instance over this machine's co
 `auto` or HOST:PORT it joins a running cluster (whose nodes must see the input and output directories
 at the same paths and have scalingfilter installed).
 
-Test hooks (used by tests/test_ray_engine.py; harmless when unset):
-- SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N: the first worker to write N documents of a unit SIGKILLs itself
-  there (a crash in the middle of a unit); once per job (a marker file in the temporary directory);
-- SCALINGFILTER_TEST_HANG_WORKER_AT_DOC=N: the first worker to write N documents of a unit sleeps there
-  forever (a hang in the middle of a unit, ended by the unit timeout); once per job, as above;
-- SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD=1: the first worker to start loading its scorer sleeps there forever
-  (ended by the unit timeout); once per job;
-- SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N: the driver SIGKILLs itself once N units are reported done;
-- SCALINGFILTER_TEST_SCORER=fixed (pipeline's hook): score with the fixed no-model scorer.
+Fault points (scalingfilter.faults; tests/test_ray_engine.py): `worker-record` and `worker-load` in the
+workers (captured on the driver with `faults.for_workers`, installed by each worker), `driver-units-done`
+on the driver.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import resource
 import signal
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from scalingfilter import faults
 from scalingfilter.errors import ScalingFilterError, UnitTimeoutError, UsageError
-from scalingfilter.stages.score import Plan, ScoreConfig, ScoreJob, ScorerSpec
+from scalingfilter.io.storage import JobLock
+from scalingfilter.jobs.engines.ray_worker import (PROGRESS_EVERY_S, AssembleFile, DoUnit, FileAssembled, JobWorker, ProgressCounter,  # noqa: F401
+                                                   UnitDone, WorkItem)
+from scalingfilter.jobs.engines.local import LOCK_COMMAND
+from scalingfilter.jobs.job import FAILED_SUMMARY_NAME, Job, JobConfig, Plan, UnitWork  # noqa: F401
 from scalingfilter.jobs.units import Unit
-from scalingfilter.io.storage import JobLock, read_json, write_json_atomic
 
 log = logging.getLogger("scalingfilter")
 
-TEST_KILL_WORKER_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
-TEST_HANG_WORKER_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_DOC"
-TEST_HANG_LOAD_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD"
-TEST_KILL_DRIVER_ENV = "SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS"
-FAILED_SUMMARY_NAME = "summary.incomplete.json"  # in the state directory: an unfinished job has no summary.json
-PROGRESS_EVERY_S = 2.0  # a worker reports its documents and tokens to the driver's counter this often
 CONNECT_TIMEOUT_S = 20.0  # HOST:PORT must accept a TCP connection this fast (the issue's bound is 30 s)
 POLL_EVERY_S = 1.0  # the driver reads the counter (rates, which workers moved) this often
 # A shorter unit timeout could kill a healthy worker between two of its reports (every PROGRESS_EVERY_S, read
@@ -96,130 +86,6 @@ class RayOptions:
     # above the gap between two reports of a healthy worker (seconds on a GPU; minutes for a large pair on
     # a CPU; the assembly of a file of tens of GB), so a needless kill is rare, and it costs one unit's redo.
     unit_timeout: float = 1800.0
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker (a Ray actor; the class is made remote only when ray is imported)
-
-
-class _AtDoc:
-    """Test hook: after N records of a unit were written, SIGKILL this process ("kill": a crash mid-unit) or
-    sleep forever ("hang": alive, writing nothing), once per job: the first worker to get there creates
-    `marker` (exclusively) and does it; the others carry on."""
-
-    def __init__(self, scorer, action: str, n: int, marker: str):
-        self.scorer, self.action, self.n, self.marker = scorer, action, n, marker
-
-    def score_records(self, records, text_of):
-        for i, item in enumerate(self.scorer.score_records(records, text_of)):
-            if i == self.n and _first_to(self.marker):
-                if self.action == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                while True:  # "hang": until the driver's unit timeout kills this process
-                    time.sleep(3600)
-            yield item
-
-
-def _first_to(marker: str) -> bool:
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
-
-
-def _test_hooks() -> tuple[tuple[str, int, str], ...]:
-    """The at-doc hooks set in the environment, as (action, N, marker path); a fresh marker per job."""
-    hooks = []
-    for action, env in (("kill", TEST_KILL_WORKER_ENV), ("hang", TEST_HANG_WORKER_ENV), ("hang-load", TEST_HANG_LOAD_ENV)):
-        if os.environ.get(env):
-            marker = os.path.join(tempfile.gettempdir(), f"scalingfilter-test-{action}-{os.getpid()}-{time.time_ns()}")
-            hooks.append((action, int(os.environ[env]), marker))
-    return tuple(hooks)
-
-
-class ProgressCounter:
-    """A Ray actor (no CPU of its own) adding up the documents and tokens the workers report as they go,
-    so that the driver's rates move during long units, not only when one finishes; and counting each
-    worker's reports, so that the driver sees which workers moved (a worker that hangs stops reporting)."""
-
-    def __init__(self):
-        self.docs = self.tokens = 0
-        self.reports: dict[int, int] = {}  # worker id -> reports received
-
-    def add(self, docs: int, tokens: int, worker: int | None = None) -> None:
-        self.docs += docs
-        self.tokens += tokens
-        if worker is not None:
-            self.reports[worker] = self.reports.get(worker, 0) + 1
-
-    def read(self) -> tuple[int, int, dict[int, int]]:
-        return self.docs, self.tokens, self.reports
-
-
-class ScoreWorker:
-    """Scores and assembles what the driver sends it; loads the scorer once, in `ready`."""
-
-    def __init__(self, cfg: ScoreConfig, spec: ScorerSpec, hooks: tuple = (), counter=None, worker_id: int | None = None):
-        cfg.show_progress = False  # one progress display: the driver's
-        self.job = ScoreJob(cfg, spec)
-        self.hooks = hooks
-        self.scorer = None
-        self.counter = counter
-        self.worker_id = worker_id
-        self.unreported = [0, 0]
-        self.reported_at = time.time()
-
-    def progress(self, docs: int, tokens: int) -> None:
-        """score_unit's progress callback (documents written): sent on to the counter."""
-        self.unreported[0] += docs
-        self.unreported[1] += tokens
-        self.report()
-
-    def report(self, now: bool = False) -> None:
-        """Send what was done since the last report to the counter, every PROGRESS_EVERY_S at most (or `now`).
-        Called as documents are written and as items finish, so a report is also the driver's sign of
-        progress: an item with no documents (an assembly) counts too; a worker that hangs sends none."""
-        if self.counter is not None and (now or time.time() - self.reported_at >= PROGRESS_EVERY_S):
-            self.counter.add.remote(*self.unreported, self.worker_id)  # fire and forget
-            self.unreported = [0, 0]
-            self.reported_at = time.time()
-
-    def ready(self) -> tuple[int, str]:
-        """Load the scorer. Its first report says the process runs (the driver then times its loading: an
-        actor still waiting for a node or a GPU is not loading, and is never taken for hung)."""
-        self.report(now=True)
-        if any(action == "hang-load" and _first_to(marker) for action, _, marker in self.hooks):
-            while True:  # test hook: a load that never returns, until the driver kills this process
-                time.sleep(3600)
-        self.scorer = self.job.spec.load()
-        if hasattr(self.scorer, "on_batch"):  # the pair scorer: each batch is progress (long windows on a CPU)
-            self.scorer.on_batch = self.report
-        for hook in self.hooks:
-            if hook[0] != "hang-load":
-                self.scorer = _AtDoc(self.scorer, *hook)
-        return os.getpid(), socket.gethostname()
-
-    def run(self, items: list[tuple]) -> list[tuple]:
-        """Items: ("score", unit fields, assemble_after) or ("assemble", source). Returns, per item,
-        ("unit", unit name, stats) or ("assembled", source)."""
-        done = []
-        self.job.prefetch([Unit(*item[1]) for item in items if item[0] == "score"])  # remote inputs: the next fetched while one is scored
-        for item in items:
-            if item[0] == "score":
-                unit = Unit(*item[1])
-                stats = self.job.score_unit(unit, self.scorer, self.progress)
-                done.append(("unit", unit.name, stats.__dict__))
-                if item[2]:
-                    self.job.assemble(unit.source)
-                    done.append(("assembled", unit.source))
-            elif not self.job.final_path(item[1]).exists():  # a retried assembly may have finished before its worker died
-                self.job.assemble(item[1])
-                done.append(("assembled", item[1]))
-            self.report()
-        if any(self.unreported):
-            self.report(now=True)
-        return done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,14 +182,14 @@ def worker_shape(cluster: dict[str, float], opts: RayOptions) -> tuple[int, floa
 class _Dispatcher:
     """The driver's loop: hand out batches, collect results, retry units of dead workers, kill hung ones."""
 
-    def __init__(self, ray, job: ScoreJob, plan: Plan, opts: RayOptions, shape: tuple[int, float, int]):
+    def __init__(self, ray, job: Job, plan: Plan, opts: RayOptions, shape: tuple[int, float, int]):
         self.ray, self.job, self.opts = ray, job, opts
         self.n_workers, self.gpw, self.cpw = shape
-        self.remote_cls = ray.remote(ScoreWorker)
+        self.remote_cls = ray.remote(JobWorker)
         self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
         self.live = (0, 0)  # documents and tokens the workers reported so far (redone work included)
         self._shown_at = self._polled_at = 0.0
-        self.queue: collections.deque[list[tuple]] = collections.deque()
+        self.queue: collections.deque[list[WorkItem]] = collections.deque()
         self.remaining: dict[str, int] = collections.Counter(u.source for u in plan.pending)
         self.units_total = len(plan.pending)
         self.units_done = 0
@@ -338,15 +204,13 @@ class _Dispatcher:
         # "reports": the count last seen there, "progress_at": when the driver last saw its work move, on its
         # monotonic clock (a month-long job sees the wall clock stepped)}
         self.workers: dict[Any, dict[str, Any]] = {}
-        self.inflight: dict[Any, tuple[Any, str, list[tuple]]] = {}  # ref -> (actor, kind, items)
+        self.inflight: dict[Any, tuple[Any, str, list[WorkItem]]] = {}  # ref -> (actor, kind, items)
         self.t0 = time.time()
         self.started = self.lost = self.ready_count = 0
         self.first_ready_at: float | None = None  # work starts
         self.all_ready_at: float | None = None  # the first n_workers workers are all ready: startup is over
         self.replacements_left = opts.replacement_budget if opts.replacement_budget is not None else self.n_workers * (opts.max_unit_retries + 1)
-        self.hooks = _test_hooks()
-        kill_driver = os.environ.get(TEST_KILL_DRIVER_ENV)
-        self.kill_driver_after = int(kill_driver) if kill_driver else None
+        self.faults = faults.for_workers()  # the workers' fault points, set on the driver (tests)
         self._batch(plan)
 
     def _batch(self, plan: Plan) -> None:
@@ -354,15 +218,15 @@ class _Dispatcher:
         whole small files together up to batch_units / batch_bytes (each assembled right after scoring)."""
         pending_sources = set(self.remaining)
         for source in plan.mine:  # all units done in an earlier run, not yet assembled
-            if source not in pending_sources and not self.job.final_path(source).exists():
-                self.queue.append([("assemble", source)])
-        batch: list[tuple] = []
+            if source not in pending_sources and not self.job.is_final(source):
+                self.queue.append([AssembleFile(source)])
+        batch: list[WorkItem] = []
         size = 0
         for u in plan.pending:
             if u.n_parts > 1:
-                self.queue.append([("score", _fields(u), False)])
+                self.queue.append([DoUnit(u, assemble_after=False)])
                 continue
-            batch.append(("score", _fields(u), True))
+            batch.append(DoUnit(u, assemble_after=True))
             size += self.job.input_size(u.source)
             if len(batch) >= self.opts.batch_units or size >= self.opts.batch_bytes:
                 self.queue.append(batch)
@@ -373,7 +237,7 @@ class _Dispatcher:
     # ---- workers
     def start_worker(self) -> None:
         actor = self.remote_cls.options(num_cpus=self.cpw, num_gpus=self.gpw, max_restarts=0, max_task_retries=0,
-                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.spec, self.hooks, self.counter, self.started)
+                                        scheduling_strategy="SPREAD").remote(self.job.cfg, self.job.work, self.faults, self.counter, self.started)
         self.workers[actor] = {"ready": False, "busy": 0, "pid": None, "host": None, "id": self.started, "reports": 0, "progress_at": time.monotonic()}
         self.inflight[actor.ready.remote()] = (actor, "ready", [])
         self.started += 1
@@ -435,12 +299,10 @@ class _Dispatcher:
         for a, kind, items in self.inflight.values():
             if a is actor and kind == "run":
                 for item in items:
-                    if item[0] == "assemble" and not self.job.final_path(item[1]).exists():
-                        return f"assemble {item[1]}"
-                    if item[0] == "score":
-                        unit = Unit(*item[1])
-                        if not (self.job.done_path(unit).exists() or (unit.n_parts == 1 and self.job.final_path(unit.source).exists())):
-                            return unit.name
+                    if isinstance(item, AssembleFile) and not self.job.is_final(item.source):
+                        return item.key
+                    if isinstance(item, DoUnit) and self.job.done_marker(item.unit) is None:
+                        return item.key
         return "(none)"  # a batch finished between the look and now
 
     # ---- results
@@ -449,19 +311,15 @@ class _Dispatcher:
         with `charge` (the batch it was working on) the first unfinished item (a worker takes items in order)
         is charged an attempt and retried alone, up to max_unit_retries; the other items go back to the
         queue as they were."""
-        front: list[list[tuple]] = []
-        rest: list[tuple] = []
+        front: list[list[WorkItem]] = []
+        rest: list[WorkItem] = []
         charged = not charge
         for item in items:
-            if item[0] == "score":
-                unit = Unit(*item[1])
-                if self._finished_elsewhere(unit, item[2]):
-                    continue
-                key = unit.name
-            else:
-                if self.job.final_path(item[1]).exists():
-                    continue
-                key = f"assemble {item[1]}"
+            if isinstance(item, DoUnit) and self._finished_elsewhere(item):
+                continue
+            if isinstance(item, AssembleFile) and self.job.is_final(item.source):
+                continue
+            key = item.key
             if charged:
                 rest.append(item)
                 continue
@@ -481,19 +339,16 @@ class _Dispatcher:
             front.append(rest)
         self.queue.extendleft(reversed(front))
 
-    def _finished_elsewhere(self, unit: Unit, assemble_after: bool) -> bool:
+    def _finished_elsewhere(self, item: DoUnit) -> bool:
         """A unit of a failed batch that its worker finished before dying: count it as done."""
-        final = self.job.final_path(unit.source)
-        if final.exists() and unit.n_parts == 1:  # scored and assembled
-            self.unit_done(unit, read_json(final))
-            return True
-        done = self.job.done_path(unit)
-        if done.exists():
-            self.unit_done(unit, read_json(done))
-            if assemble_after:  # the worker died before or while assembling its file
-                self.queue.appendleft([("assemble", unit.source)])
-            return True
-        return False
+        unit = item.unit
+        stats = self.job.done_marker(unit)  # its done marker, or its file's final marker (a whole file assembled)
+        if stats is None:
+            return False
+        self.unit_done(unit, stats)
+        if item.assemble_after and not self.job.is_final(unit.source):  # the worker died before or while assembling its file
+            self.queue.appendleft([AssembleFile(unit.source)])
+        return True
 
     def unit_done(self, unit: Unit, stats: dict[str, Any]) -> None:
         """Count a done unit; the last unit of a split file queues its assembly (a whole file is assembled
@@ -503,9 +358,8 @@ class _Dispatcher:
         self.tokens += stats["tokens"]
         self.remaining[unit.source] -= 1
         if self.remaining[unit.source] == 0 and unit.n_parts > 1:
-            self.queue.appendleft([("assemble", unit.source)])
-        if self.kill_driver_after is not None and self.units_done >= self.kill_driver_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: the driver dies mid-run
+            self.queue.appendleft([AssembleFile(unit.source)])
+        faults.point("driver-units-done", self.units_done)
 
     def handle(self, ref) -> None:
         actor, kind, items = self.inflight[ref]
@@ -535,11 +389,9 @@ class _Dispatcher:
         if info is not None:
             info["busy"] -= 1
             info["progress_at"] = time.monotonic()
-        units = {item[1][0:2]: Unit(*item[1]) for item in items if item[0] == "score"}
         for entry in result:
-            if entry[0] == "unit":
-                source, part = entry[1].rsplit("#", 1)
-                self.unit_done(units[(source, int(part))], entry[2])
+            if isinstance(entry, UnitDone):
+                self.unit_done(entry.unit, entry.stats)
                 if info is not None:
                     self.units_by_worker[f"pid {info['pid']} on {info['host']}"] += 1
 
@@ -563,7 +415,7 @@ class _Dispatcher:
             self.show(bar)
         bar.update(self.units_done - bar.n)
         for batch in self.queue:
-            self.failed.extend(Unit(*i[1]).name if i[0] == "score" else f"assemble {i[1]}" for i in batch)
+            self.failed.extend(item.key for item in batch)
         if self.queue:
             log.error("no workers left: %d item(s) not done", sum(len(b) for b in self.queue))
         self.queue.clear()
@@ -609,12 +461,14 @@ class _Dispatcher:
                 info["busy"] += 1
 
 
-def _fields(u: Unit) -> tuple:
-    return (u.source, u.part, u.n_parts, u.start, u.stop)
+def score_with_ray(cfg, opts: RayOptions) -> dict[str, Any]:
+    """Run a stage's job on Ray: `cfg` is a stage's config that makes its job (`cfg.to_job()`: a JobConfig
+    and a UnitWork; score's and classify's ScoreConfig). Returns the summary."""
+    return run_with_ray(Job(*cfg.to_job()), opts)
 
 
-def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
-    """Run the score job on Ray (see the module docstring); returns the summary."""
+def run_with_ray(job: Job, opts: RayOptions) -> dict[str, Any]:
+    """Run `job` on Ray (see the module docstring); returns the summary."""
     from scalingfilter.errors import require
 
     ray = require("ray", "ray", "--engine ray")
@@ -622,20 +476,21 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
 
     check_options(opts)
     t0 = time.time()
-    job = ScoreJob(cfg)
-    with JobLock(job.out, "score", job.lock_name):
+    cfg = job.cfg
+    with JobLock(job.out, LOCK_COMMAND, job.lock_name):
         plan = job.prepare()
-        if not plan.pending and all(job.final_path(s).exists() for s in plan.mine):
-            log.info("every file of %s is scored already: nothing for Ray to do", cfg.input_dir)
+        if not plan.pending and all(job.is_final(s) for s in plan.mine):
+            log.info("every file of %s is done already: nothing for Ray to do", cfg.input_dir)
             summary = job.summarise(plan, time.time() - t0, [0, 0], 0, {"engine": "ray", "units_this_run": 0, "failed_units": []})
-            write_json_atomic(job.out / job.summary_name, summary)
+            job.write_summary(summary)
             return summary
+        job.settings()  # resolved here, on the driver (the test hooks' scorer too), before the work is sent to the workers
         started_ray = connect(ray, opts)
         try:
             terminate_as_interrupt()  # after ray.init: its handler would print native dumps and exit 1
             shape = worker_shape(ray.cluster_resources(), opts)
             dispatcher = _Dispatcher(ray, job, plan, opts, shape)
-            bar = tqdm(desc="scoring units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
+            bar = tqdm(desc=f"{cfg.verb} units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
                        dynamic_ncols=True, mininterval=1.0, smoothing=0)
             try:
                 dispatcher.run(bar)
@@ -643,8 +498,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
                 bar.close()
                 for actor in [*dispatcher.workers, dispatcher.counter]:
                     ray.kill(actor)
-                for _, _, marker in dispatcher.hooks:
-                    Path(marker).unlink(missing_ok=True)
+                dispatcher.faults.cleanup()
             work_s = time.time() - (dispatcher.first_ready_at or dispatcher.t0)
         finally:
             if started_ray:
@@ -662,11 +516,7 @@ def score_with_ray(cfg: ScoreConfig, opts: RayOptions) -> dict[str, Any]:
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         summary = job.summarise(plan, time.time() - t0, [dispatcher.docs, dispatcher.tokens], shape[0], extra)
-        if dispatcher.failed:
-            write_json_atomic(job.state / FAILED_SUMMARY_NAME, summary)
-        else:
-            (job.state / FAILED_SUMMARY_NAME).unlink(missing_ok=True)
-            write_json_atomic(job.out / job.summary_name, summary)
+        job.write_summary(summary, finished=not dispatcher.failed)
         if dispatcher.timed_out_failed:
             raise timeout_error(dispatcher.timed_out_failed, opts, summary)
         return summary

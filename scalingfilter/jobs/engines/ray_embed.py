@@ -1,12 +1,14 @@
-"""The embedding step of `diversity` on Ray workers: `RayEncoder` stands in for the SentenceTransformer that
-`embedding.encode_stream` calls, and spreads each chunk of texts over long-lived Ray actors.
+"""The embedding step of `diversity` on Ray workers: `RayEncoder.encode(texts, batch_size)` is the encoder
+that `embedding.encode_stream` calls for each chunk (instead of the driver's model), spreading the chunk over
+long-lived Ray actors.
 
 The driver keeps its own copy of the model (the cache's fingerprint and the dimension come from it) and
-reads the documents, as with one process; `encode(texts)` cuts the chunk into one contiguous slice per
-ready worker, encodes the slices in parallel and concatenates them in order, so the rows come back in the
-input order. Each worker loads the same model (name, dtype, max_seq_length) once. A worker that dies is
-replaced and its slice encoded by another, up to `max_unit_retries` times; then the run stops with a
-one-line error (the embeddings cannot have a hole).
+reads the documents, as with one process; `encode` cuts the chunk into one contiguous slice per worker,
+encodes the slices in parallel and concatenates them in order, so the rows come back in the input order.
+Each worker loads the same model (name, dtype, max_seq_length) once. A worker that dies is replaced and its
+slice encoded by another, up to `max_unit_retries` times; then the run stops with a one-line error (the
+embeddings cannot have a hole). Joining or starting Ray, the worker shape and SIGTERM are the score
+engine's (`jobs.engines.ray`).
 
 Embeddings equal one process's to float rounding (a text's embedding does not depend on its batch
 neighbours beyond padding, ~1e-7 in float32).
@@ -16,12 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import numpy as np
 
-from scalingfilter.jobs.engines.ray import RayOptions, connect, terminate_as_interrupt, worker_shape
 from scalingfilter.errors import ScalingFilterError
+from scalingfilter.jobs.engines.ray import RayOptions, connect, terminate_as_interrupt, worker_shape
 
 log = logging.getLogger("scalingfilter")
 
@@ -47,13 +48,12 @@ class EmbedWorker:
 
 
 class RayEncoder:
-    """Looks like the driver's SentenceTransformer to `encode_stream`; encodes on Ray workers."""
+    """Encodes chunks of texts on Ray workers (see the module docstring); `close()` stops them."""
 
-    def __init__(self, model, name: str | None, dtype: str = "auto", max_seq_length: int | None = None, opts: RayOptions | None = None):
+    def __init__(self, name: str | None, dtype: str = "auto", max_seq_length: int | None = None, opts: RayOptions | None = None):
         from scalingfilter.errors import require
 
         self.ray = require("ray", "ray", "--engine ray")
-        self._model = model
         self.opts = opts or RayOptions()
         self._started_ray = connect(self.ray, self.opts)
         terminate_as_interrupt()  # SIGTERM: one line and exit 143, as `score --engine ray`
@@ -71,16 +71,8 @@ class RayEncoder:
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, ScalingFilterError) else exc) from None
 
-    def __getattr__(self, name: str) -> Any:  # device, max_seq_length, ... of the driver's model
-        return getattr(self._model, name)
-
-    def start_multi_process_pool(self, devices: list[str]) -> None:
-        return None  # the Ray workers are the pool (encode_stream asks for one when given several devices)
-
-    def stop_multi_process_pool(self, pool: None) -> None:
-        pass
-
-    def encode(self, texts: list[str], batch_size: int = 64, **_: Any) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """float32 embeddings of `texts` (non-empty), in order."""
         n = max(1, min(len(self.workers), len(texts)))
         bounds = np.linspace(0, len(texts), n + 1).astype(int)
         slices = [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -96,7 +88,7 @@ class RayEncoder:
                 attempts[i] += 1
                 replacement = self._replace(worker, attempts[i])
                 pending[replacement.encode.remote(slices[i], batch_size)] = (i, replacement)
-        return np.concatenate(results, axis=0) if results else np.zeros((0, self._model.get_sentence_embedding_dimension()), np.float32)
+        return np.concatenate(results, axis=0)
 
     def _replace(self, dead, attempt: int):
         if attempt > self.opts.max_unit_retries or self.replacements_left <= 0:

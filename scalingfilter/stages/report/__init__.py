@@ -13,8 +13,10 @@
   per-group rates, Spearman correlations (with length; with `qf_distilled` when present).
 
 Inputs are accepted only when finished: the scored directory must hold the `summary.json` that `score`
-writes last, a selection both the `selection.json` that `select` writes last and its keep mask; otherwise
-a one-line InputError says what is missing. The scored directory is streamed twice: once for the numbers
+writes last (`jobs.state.ScoredDir`: `open`, then `require_summary`), a selection both the `selection.json` that `select` writes last and its keep mask; otherwise
+a one-line InputError says what is missing or what to run. A selection made before a file of the scored
+directory was rescored from a changed input is refused (`ScoredDir.changed_since` its manifest's
+`scored_versions`). The scored directory is streamed twice: once for the numbers
 (a few floats per document), once for the texts of the few documents shown.
 
 Modules: `data` (reading and input checks), `stats` (numbers), `figures` (PNGs), `page` (HTML).
@@ -30,7 +32,8 @@ import numpy as np
 
 from scalingfilter.errors import InputError, require
 from scalingfilter.io.storage import write_bytes_atomic, write_json_atomic
-from scalingfilter.stages.report.data import Corpus, fetch_texts, read_corpus, read_score_summary, read_selection, rejected_count, summary_mismatch
+from scalingfilter.jobs.state import ScoredDir
+from scalingfilter.stages.report.data import Corpus, fetch_texts, read_corpus, read_selection, rejected_count, summary_mismatch
 from scalingfilter.stages.report.figures import Plot, make_figures
 from scalingfilter.stages.report.page import render_page
 from scalingfilter.stages.report.stats import (corpus_stats, group_stats, pick_examples, pick_gate_examples, pick_group_examples, selection_summary,
@@ -49,21 +52,31 @@ def require_extras(what: str = "scalingfilter report") -> None:
         require(module, EXTRA, what)
 
 
-def _load_kept(corpus: Corpus, scored_dir: Path, selected_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    from scalingfilter.stages.select import scored_versions
-
+def _load_kept(corpus: Corpus, state: ScoredDir, selected_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    scored_dir = state.root
     sel = read_selection(selected_dir)
     if sel["files"] != corpus.files or sel["file_counts"] != corpus.counts:
         raise InputError(f"the selection in {str(selected_dir)!r} was not made from {str(scored_dir)!r} (its files or record counts differ)")
     then = sel["manifest"].get("scored_versions")  # absent in selections made before it was recorded
     if isinstance(then, dict):
-        now = scored_versions(scored_dir)
-        changed = sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
+        changed = state.changed_since(then)
         if changed:  # the same names and counts, other records: the mask would mark the wrong documents
             raise InputError(f"the selection in {str(selected_dir)!r} was made before {changed[0]}"
                              + (f" (and {len(changed) - 1} more files)" if len(changed) > 1 else "")
                              + f" in {str(scored_dir)!r} was rescored from a changed input; rerun `scalingfilter select`")
     return sel["kept"].astype(bool), sel
+
+
+def no_quality_factor(state: ScoredDir, corpus: Corpus) -> str:
+    """The one line refusing a report on a directory where no document has a usable quality factor: the report's
+    figures are those of the quality factor and its two perplexities, which a `classify` output lacks."""
+    reasons = ", ".join(f"{k} ({v:,})" for k, v in corpus.unscored_reasons.most_common(2))
+    line = f"no document of {str(state.root)!r} has a usable quality_factor ({reasons}): the report draws the quality factor and its perplexities"
+    if state.kind == "classify":
+        return (line + f"; this is a `scalingfilter classify` output (score field {state.score_fields[0]!r}): report the `score` output "
+                "it was classified from (records that also carry qf_distilled get a figure of it there), and select on "
+                "qf_distilled with `scalingfilter select --score-field qf_distilled`")
+    return line + "; report a `scalingfilter score` output"
 
 
 def _example_rows(corpus: Corpus, picks: dict[str, list[int]], texts: dict[int, dict[str, Any]], kept: np.ndarray | None,
@@ -101,10 +114,13 @@ def build_report(
         with staged_output(report_dir, last=(REPORT_NAME,)) as local:
             return build_report(scored_dir, local, selected_dir, text_field, group_field, n_examples, snippet_chars, max_points, notes, group_examples)
     scored_dir, out = location(scored_dir), Path(report_dir)
-    summary = read_score_summary(scored_dir)
+    state = ScoredDir.open(scored_dir)  # a finished score output with its summary.json, or a one-line error
+    summary = state.require_summary("report")
     corpus = read_corpus(scored_dir, text_field, group_field)
     scored, log_qf = corpus.cols["scored"], corpus.log_qf
-    kept, sel = _load_kept(corpus, scored_dir, location(selected_dir)) if selected_dir is not None else (None, None)
+    if corpus.n and not scored.any():  # every figure would be empty
+        raise InputError(no_quality_factor(state, corpus))
+    kept, sel = _load_kept(corpus, state, location(selected_dir)) if selected_dir is not None else (None, None)
 
     stats: dict[str, Any] = {"scored_dir": str(scored_dir), "files": len(corpus.files)}
     stats.update(corpus_stats(corpus, rejected_count(summary)))

@@ -2,7 +2,7 @@
 scored directory into compact columns, and fetch the few texts shown.
 
 Invariants: a scored directory is accepted only with its `summary.json` (written last by `score`, so its
-presence means the run finished); a selection only with both `selection.json` (written last by `select`)
+presence means the run finished: `jobs.state.ScoredDir`, which `build_report` opens); a selection only with both `selection.json` (written last by `select`)
 and its keep mask. Everything read from summary.json is a key `score` writes.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from scalingfilter.io.documents import find_scored_files, read_records
+from scalingfilter.io.records import read_records
+from scalingfilter.io.walk import find_scored_files
 from scalingfilter.errors import InputError
-from scalingfilter.jobs.state import PART_SUMMARY_GLOB, STATE_DIR, SUMMARY_NAME
+from scalingfilter.jobs.state import SCORED_HINT, STATE_DIR, SUMMARY_NAME
 from scalingfilter.stages.select import MANIFEST_NAME, MASK_NAME, load_selection_mask, score_problem
 
-SCORED_HINT = "is this a `scalingfilter score` output?"
 SELECTED_HINT = "is this a `scalingfilter select` output?"
 
 # Numeric record fields read into float64 columns (NaN where absent or not a number). `qf_distilled` is the
@@ -40,23 +40,6 @@ def _read_json_file(path: Path, what: str, hint: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InputError(f"{str(path)!r} is not a {what} (not a JSON object); {hint}")
     return value
-
-
-def read_score_summary(scored_dir: Path) -> dict[str, Any]:
-    """The `summary.json` of a finished `score` run, or a one-line InputError saying what is missing."""
-    if not scored_dir.is_dir():
-        raise InputError(f"{str(scored_dir)!r} is not a directory; {SCORED_HINT}")
-    path = scored_dir / SUMMARY_NAME
-    if not path.is_file():
-        parts = sorted(p.name for p in scored_dir.glob(PART_SUMMARY_GLOB))
-        why = (f"it holds only node-part summaries ({', '.join(parts)}): report on a directory whose scoring wrote {SUMMARY_NAME}"
-               if parts else "scoring never ran there or has not finished")
-        raise InputError(f"no {SUMMARY_NAME} in {str(scored_dir)!r} ({why}); {SCORED_HINT}")
-    summary = _read_json_file(path, "score summary", SCORED_HINT)
-    files, done = summary.get("files"), summary.get("files_done")
-    if isinstance(files, int) and isinstance(done, int) and done < files:
-        raise InputError(f"scoring of {str(scored_dir)!r} has not finished ({done} of {files} files done); rerun `scalingfilter score`")
-    return summary
 
 
 def rejected_count(summary: dict[str, Any]) -> int | None:

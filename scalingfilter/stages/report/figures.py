@@ -19,8 +19,9 @@ import numpy as np
 from scalingfilter.errors import require
 from scalingfilter.io.storage import write_bytes_atomic
 
-KEPT_COLOUR = "#1b7837"
-DROPPED_COLOUR = "#c2410c"
+# kept and dropped in neutral colours (blue, grey), never green and red: the report judges nothing, the user does
+KEPT_COLOUR = "#2f5f98"
+DROPPED_COLOUR = "#9ca3af"
 ALL_COLOUR = "#3b5b92"
 SMALL_COLOUR = "#7b3294"
 LARGE_COLOUR = "#008837"

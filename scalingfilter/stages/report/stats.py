@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from scalingfilter.errors import require
-from scalingfilter.stages.select import rank_interval
+from scalingfilter.stages.select_choose import rank_interval
 from scalingfilter.stages.report.data import Corpus
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)

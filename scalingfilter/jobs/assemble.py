@@ -1,0 +1,116 @@
+"""Finishing a job: a file whose units are all done is assembled (its part files joined into the output
+file, and its rejects, by rename; then its final marker, then its parts and done markers go), and the
+summary of the run is made from the final markers."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scalingfilter.io import locations
+from scalingfilter.io.records import file_format, open_parquet
+from scalingfilter.io.objects import ObjectPath
+from scalingfilter.io.storage import atomic_path, atomic_write, read_json, read_json_dir, write_json_atomic
+from scalingfilter.jobs.plan import Plan, printable
+from scalingfilter.jobs.state import FINAL_DIR, REJECTS_DIR
+from scalingfilter.jobs.units import UnitStats
+
+if TYPE_CHECKING:
+    from scalingfilter.jobs.job import Job
+
+
+def concat_bytes(parts: list, out) -> None:
+    """Byte concatenation: valid for plain JSONL, gzip members and zstd frames alike."""
+    for p in parts:
+        with p.open("rb") as fh:
+            shutil.copyfileobj(fh, out, 1 << 20)
+
+
+def concat_parquet(parts: list, dest: Path) -> None:
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for p in parts:
+            pf = open_parquet(p)
+            if writer is None:
+                writer = pq.ParquetWriter(str(dest), pf.schema_arrow)
+            for g in range(pf.num_row_groups):
+                writer.write_table(pf.read_row_group(g))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def assemble(job: "Job", source: str) -> None:
+    """All units of a file done: join their parts into the output (and rejects) file, by rename."""
+    lay = job.layout
+    units = job.units_of(source)
+    missing = [u.name for u in units if not job.is_done(u)]
+    if missing:
+        raise RuntimeError(f"cannot assemble {source}: units not done: {missing[:5]}")
+    parts = lay.parts(source)
+    data_parts = sorted(p for p in parts.glob("data-*"))
+    rej_parts = sorted(parts.glob("rejects-*"))
+    if len(data_parts) != len(units):
+        raise RuntimeError(f"cannot assemble {source}: {len(data_parts)} part files for {len(units)} units in {parts}")
+    fmt = file_format(source)
+    dest = lay.output(source)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(dest, ObjectPath) and isinstance(data_parts[0], ObjectPath) and len(data_parts) == 1:
+        dest.copy_from(data_parts[0])  # one part: a server-side copy, complete or absent like any PUT
+    elif fmt == "parquet" and len(data_parts) > 1:
+        with atomic_path(dest) as tmp:
+            concat_parquet(data_parts, tmp)
+    else:
+        with atomic_write(dest) as fh:
+            concat_bytes(data_parts, fh)
+    stats = UnitStats()
+    for u in units:
+        stats.add(UnitStats.from_marker(read_json(lay.done(u.source, u.part))))
+    if stats.rejected:
+        with atomic_write(lay.rejects(source)) as fh:
+            concat_bytes(rej_parts, fh)
+    plan = read_json(lay.plan(source))
+    etag = {"etag": plan["etag"]} if plan.get("etag") else {}
+    # the output's size too: a rerun rescores a file whose output was changed since (jobs.plan.Planner.lost_outputs)
+    write_json_atomic(lay.final(source), {"source": source, "size": plan["size"], "mtime_ns": plan["mtime_ns"], **etag, **asdict(stats),
+                                          "output_size": dest.stat().st_size})
+    locations.rmtree(parts)
+    for u in units:
+        lay.done(u.source, u.part).unlink(missing_ok=True)
+
+
+def summarise(job: "Job", plan: "Plan", elapsed: float, run_totals: list[float], processes: int,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of summary.json: totals from the final markers, this run's throughput, `extra` (the engine's)."""
+    lay, cfg = job.layout, job.cfg
+    totals = UnitStats()
+    done = 0
+    finals = read_json_dir(lay.dir(FINAL_DIR))
+    for s in plan.mine:
+        marker = finals.get(lay.final(s).name)
+        if marker is not None:
+            totals.add(UnitStats.from_marker(marker))
+            done += 1
+    run_docs, run_tokens = run_totals
+    return {
+        "input_dir": printable(str(job.input_dir)), "output_dir": printable(str(job.out)),
+        "node_parts": {"nparts": cfg.nparts, "rank_part_start": cfg.rank_part_start, "rank_nparts": cfg.rank_nparts},
+        "files": len(plan.mine), "files_done": done,
+        "documents": totals.records, "scored": totals.scored, "unscorable": totals.unscorable,
+        "rejected": totals.rejected, "tokens": totals.tokens, "truncated": totals.truncated,
+        "rejects_dir": printable(str(job.out / REJECTS_DIR)) if totals.rejected else None,
+        "skipped_paths": plan.walk.skipped_summary(),
+        "skipped_examples": [{"path": p, "why": w} for p, w in plan.walk.skipped[:20]],
+        "rescored_changed_files": plan.changed, "removed_vanished_files": plan.removed,
+        "time_s": round(elapsed, 3),
+        "documents_this_run": int(run_docs), "tokens_this_run": int(run_tokens),
+        "docs_per_s": round(run_docs / elapsed, 2) if elapsed > 0 else None,
+        "tokens_per_s": round(run_tokens / elapsed, 1) if elapsed > 0 else None,
+        "processes": processes,
+        **(extra or {}),
+        "settings": read_json(lay.config) if lay.config.exists() else None,
+    }
