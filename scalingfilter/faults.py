@@ -12,6 +12,7 @@ for a test. The points and their settings:
 | `worker-record` | `SCALINGFILTER_TEST_HANG_WORKER_AT_DOC=N` | the first Ray worker to reach record N of a unit sleeps there forever (once per job; the unit timeout ends it) |
 | `worker-load` | `SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD=1` | the first Ray worker to load its scorer sleeps forever (once per job) |
 | `driver-units-done` | `SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N` | the Ray driver SIGKILLs itself once N units are reported done |
+| `driver-connect` | `SCALINGFILTER_TEST_TERM_DRIVER_AT_CONNECT=1` | the Ray driver sends itself SIGTERM just before it imports Ray and starts or joins it (a scancel in the first seconds) |
 | `select-file` | `SCALINGFILTER_TEST_ABORT_AFTER_FILES=N` | `select` ends abruptly (os._exit(86)) after writing N output files |
 | `train-checkpoint` | `SCALINGFILTER_TEST_KILL_AFTER_CHECKPOINTS=N` | SIGKILL `train` right after its Nth checkpoint was written (and published) |
 
@@ -38,6 +39,7 @@ KILL_WORKER_AT_DOC_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
 HANG_WORKER_AT_DOC_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_DOC"
 HANG_WORKER_AT_LOAD_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD"
 KILL_DRIVER_AFTER_UNITS_ENV = "SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS"
+TERM_DRIVER_AT_CONNECT_ENV = "SCALINGFILTER_TEST_TERM_DRIVER_AT_CONNECT"
 ABORT_AFTER_FILES_ENV = "SCALINGFILTER_TEST_ABORT_AFTER_FILES"
 KILL_AFTER_CHECKPOINTS_ENV = "SCALINGFILTER_TEST_KILL_AFTER_CHECKPOINTS"
 TEST_SCORER_ENV = "SCALINGFILTER_TEST_SCORER"
@@ -48,6 +50,7 @@ _LOCAL = {
     "unit-start": (SLOW_UNIT_ENV, "sleep"),
     "unit-done": (KILL_AFTER_UNITS_ENV, "kill"),
     "driver-units-done": (KILL_DRIVER_AFTER_UNITS_ENV, "kill"),
+    "driver-connect": (TERM_DRIVER_AT_CONNECT_ENV, "term"),
     "select-file": (ABORT_AFTER_FILES_ENV, "exit"),
     "train-checkpoint": (KILL_AFTER_CHECKPOINTS_ENV, "kill"),
 }
@@ -129,6 +132,9 @@ def point(name: str, count: int | None = None) -> None:
 def _act(action: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered at once: the handler in place decides what happens
+        return
     elif action == "exit":
         os._exit(ABORT_EXIT_STATUS)
     while True:  # "hang": alive, doing nothing, until something kills this process

@@ -255,6 +255,21 @@ def test_sigterm_stops_the_driver_with_one_line_and_a_rerun_finishes(tmp_path, r
     assert_same_tree(local, tmp_path / "ray")
 
 
+def test_sigterm_while_ray_starts_is_one_line_too(tmp_path):
+    """A scancel in the driver's first seconds (importing and starting Ray): one line and 143, not Ray's or the
+    default death (exit 15, no message). The signal is sent at a fixed point (faults: driver-connect)."""
+    from scalingfilter.faults import TERM_DRIVER_AT_CONNECT_ENV
+
+    write_corpus(tmp_path / "in", bad=False)
+    env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TERM_DRIVER_AT_CONNECT_ENV: "1"})
+    r = subprocess.run([PY, "-m", "scalingfilter.cli", "score", "--input-dir", str(tmp_path / "in"), "--output-dir",
+                        str(tmp_path / "out"), "--engine", "ray", "--no-progress"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 143, (r.returncode, r.stderr[-2000:])
+    assert "stopped (SIGTERM); rerun the same command" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out" / ".scalingfilter" / "lock").exists()  # stopped before it took the output
+
+
 def test_unit_timeout_below_the_report_interval_is_refused(tmp_path):
     write_corpus(tmp_path / "in", bad=False)
     proc = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray", "--unit-timeout", "2"])

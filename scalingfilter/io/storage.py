@@ -477,3 +477,15 @@ def read_json_dir(directory: str | os.PathLike) -> dict[str, Any]:
 
 def posixpath_name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a local file's bytes (read in 1 MiB blocks), as hex: what a card or a cache records of
+    the files it vouches for."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -8,13 +8,13 @@ holds other settings than the card's, before fastText trusts it. P(keep) (`p_kee
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
 from typing import Any
 
 from scalingfilter.errors import ModelLoadError, require
+from scalingfilter.io.storage import file_sha256
 from scalingfilter.stages.distill_text import CARD_FORMAT, CARD_NAME, EXTRA, LABEL_KEEP, MODEL_NAME, NORMALISERS
 
 
@@ -44,12 +44,7 @@ def p_keep(model, texts: list[str]) -> list[float]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = file_sha256  # the card's model_sha256
 
 
 def load_card(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:

@@ -471,6 +471,9 @@ def run_with_ray(job: Job, opts: RayOptions) -> dict[str, Any]:
     """Run `job` on Ray (see the module docstring); returns the summary."""
     from scalingfilter.errors import require
 
+    # SIGTERM is one line and 143 from the first instant: importing Ray and starting it take seconds
+    terminate_as_interrupt()
+    faults.point("driver-connect", 1)
     ray = require("ray", "ray", "--engine ray")
     from tqdm import tqdm
 
@@ -485,7 +488,12 @@ def run_with_ray(job: Job, opts: RayOptions) -> dict[str, Any]:
             job.write_summary(summary)
             return summary
         job.settings()  # resolved here, on the driver (the test hooks' scorer too), before the work is sent to the workers
-        started_ray = connect(ray, opts)
+        try:
+            started_ray = connect(ray, opts)
+        except KeyboardInterrupt:  # stopped while Ray started: stop what did start
+            if ray.is_initialized():
+                ray.shutdown()
+            raise
         try:
             terminate_as_interrupt()  # after ray.init: its handler would print native dumps and exit 1
             shape = worker_shape(ray.cluster_resources(), opts)

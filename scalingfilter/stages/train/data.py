@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from scalingfilter.errors import ConfigMismatchError, InputError
-from scalingfilter.io.storage import atomic_path, read_json, write_json_atomic
+from scalingfilter.io.storage import atomic_path, file_sha256, read_json, write_json_atomic
 from scalingfilter.io.walk import iter_corpus, walk_corpus
 from scalingfilter.models.tokenizer import load_or_train_tokenizer
 from scalingfilter.stages.train.checkpoints import CACHE_DIR, CACHE_META, atomic_dir
@@ -138,12 +138,6 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], what: str, input_
                                   f"--input-dir, or train into a new --output-dir")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_files(cache: Path) -> list[str]:
@@ -155,7 +149,7 @@ def cache_files(cache: Path) -> list[str]:
 
 
 def cache_checksums(cache: Path) -> dict[str, str]:
-    return {rel: _file_sha256(cache / rel) for rel in cache_files(cache)}
+    return {rel: file_sha256(cache / rel) for rel in cache_files(cache)}
 
 
 def load_cache(cache: Path, identity: dict[str, Any], input_dir: str):
@@ -188,7 +182,7 @@ def load_cache(cache: Path, identity: dict[str, Any], input_dir: str):
                 raise refuse(f"{rel} is not one of the files it was written with")
             if rel not in present:
                 raise refuse(f"{rel} is missing")
-            if _file_sha256(cache / rel) != sums[rel]:
+            if file_sha256(cache / rel) != sums[rel]:
                 raise refuse(f"{rel} does not match the SHA-256 recorded when it was written")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cache / "tokenizer")
