@@ -14,6 +14,7 @@ torch, no numpy, no model):
   distill             train a fastText imitation of the quality factor: `scalingfilter distill`
   DistilledScorer     P(keep) of texts under a distilled model (the numbers of `classify`)
   evaluate            AUROC and pair win rate against labels: `scalingfilter evaluate`
+  ablate              proxy models trained on each filter's selection, evaluated: `scalingfilter ablate`
 
 Integrations with datatrove, Ray Data and Hugging Face datasets: `scalingfilter.integrations`.
 """
@@ -38,6 +39,8 @@ _EXPORTS = {
     "distill": "scalingfilter.api",
     "DistilledScorer": "scalingfilter.stages.distill",
     "evaluate": "scalingfilter.api",
+    "ablate": "scalingfilter.stages.ablate",
+    "AblateConfig": "scalingfilter.stages.ablate",
     "ScalingFilterError": "scalingfilter.errors",
 }
 
@@ -62,6 +65,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never imported at run time
     from scalingfilter.api import distill, evaluate, train_pair
+    from scalingfilter.stages.ablate import AblateConfig, ablate
     from scalingfilter.stages.distill import DistilledScorer
     from scalingfilter.stages.diversity import semantic_diversity
     from scalingfilter.errors import ScalingFilterError

@@ -23,6 +23,7 @@ COMMANDS = {
     "slurm": "Print an sbatch script that runs score on a Slurm cluster (job array with torchrun, or a Ray cluster).",
     "distill": "Train a fastText classifier that imitates the quality factor (to filter a whole pool on CPUs).",
     "classify": "Add qf_distilled (P(keep) of a distilled fastText model) to every document of a corpus.",
+    "ablate": "Train small proxy models on each filter's selection and compare them on public benchmarks (random, quality factor, ...).",
     "threshold": "A fixed score threshold for a streaming filter (keep --keep of the pool), estimated from a scored sample.",
 }
 

@@ -1,0 +1,253 @@
+"""`scalingfilter ablate`: does a selection train a better model? Proxy models trained on each arm, evaluated.
+
+One run, from a scored pool (the output of `score`, optionally of `classify`) to OUT/results.{json,md,html}:
+
+    arms      each filter's keep mask, by select's machinery (`arms`); the held-out slice of every source is
+              left out of every arm's training text
+    tokenizer one, trained on a uniform sample of the pool (or given), shared by every arm
+    budget    the same number of training tokens for every arm (default: what the smallest compared arm holds)
+    units     one per (arm, seed), plus the untrained model: train (`proxy`), evaluate (`evals`), write
+              OUT/units/ARM/seed-N.json atomically: the file is the unit's done marker
+    results   per metric: mean over seeds with a 95 % interval, the paired difference against `random` with a
+              bootstrap interval over items and seeds, the positive control's verdict (`stats`, `results`)
+
+Restartable: a rerun skips the units whose file exists and redoes the others from their start; a unit's numbers
+depend only on (settings, arm, seed), so a run killed at any moment and rerun ends with the results of an
+uninterrupted run. The settings that determine the results are recorded (OUT/.scalingfilter/ablate.json) with
+the scored pool's file versions; a rerun with other settings or a rescored pool is refused (one line) unless
+`force_overwrite`, which starts over. One run at a time holds OUT (`storage.JobLock`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from scalingfilter import faults
+from scalingfilter.errors import ConfigMismatchError, InputError, UsageError
+from scalingfilter.io.storage import JobLock, read_json, write_json_atomic
+from scalingfilter.stages.ablate.arms import (CONTROL_ARMS, DEFAULT_ARMS, DEFAULT_CLEAN_SOURCES, DEFAULT_JUNK_SOURCES,
+                                              arm_mask, arm_record, heuristic_pass, parse_arms, read_pool)
+from scalingfilter.stages.ablate.items import ItemScores
+
+STATE_DIR = ".scalingfilter"
+SETTINGS_NAME = "ablate.json"
+UNITS_DIR = "units"
+TOKENIZER_DIR = "tokenizer"
+UNTRAINED = "untrained"
+TOKENIZER_SAMPLE_DOCS = 2000
+
+
+@dataclass
+class AblateConfig:
+    input_dir: str
+    output_dir: str
+    arms: str = ",".join(DEFAULT_ARMS)
+    keep: float = 0.7
+    preset: str = "tiny"
+    seeds: int = 3
+    token_budget: int | None = None  # training tokens per model; None: what the smallest compared arm holds
+    eval_dir: str | None = None  # blimp / arc_easy / lambada_openai files; None: the bundled BLiMP subset
+    eval_items: int | None = None  # at most this many items per eval set (a stratified, seeded subsample)
+    heldout_dirs: tuple[str, ...] = ()  # more held-out text (bits per byte, one group per directory)
+    heldout_per_source: int = 50  # documents of every pool source held out of every arm (bits per byte)
+    control: bool = True  # the positive control: clean sources against junk sources of the same pool
+    clean_sources: tuple[str, ...] = DEFAULT_CLEAN_SOURCES
+    junk_sources: tuple[str, ...] = DEFAULT_JUNK_SOURCES
+    tokenizer: str | None = None  # a tokenizer directory; None: trained on a sample of the pool
+    text_field: str = "text"
+    select_seed: int = 0  # the random arm's draw (select --seed)
+    min_tokens: int | None = None  # select's short-document guard (None: select's default)
+    device: str = "auto"
+    threads: int | None = None
+    force_overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> "AblateConfig":
+        if not 0 < self.keep <= 1:
+            raise UsageError(f"keep={self.keep}: must be a fraction in (0, 1]")
+        if self.seeds < 1:
+            raise UsageError(f"seeds={self.seeds}: must be at least 1")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise UsageError(f"token_budget={self.token_budget}: must be at least 1")
+        if self.heldout_per_source < 1:
+            raise UsageError(f"heldout_per_source={self.heldout_per_source}: must be at least 1")
+        parse_arms(self.arms)
+        return self
+
+
+def unit_path(out: Path, arm: str, seed: int) -> Path:
+    safe = arm.replace("+", "-plus-").replace(":", "-")
+    return out / UNITS_DIR / safe / f"seed-{seed}.json"
+
+
+def heldout_positions(sources: list[str], eligible: np.ndarray, per_source: int) -> np.ndarray:
+    """Up to `per_source` documents of every source, the same whatever the arms: the first by a hash of the
+    document's corpus position (a stable, seed-free random order)."""
+    ranked: dict[str, list[tuple[bytes, int]]] = {}
+    for i in np.flatnonzero(eligible):
+        ranked.setdefault(sources[i], []).append((hashlib.blake2b(str(int(i)).encode(), digest_size=8).digest(), int(i)))
+    held = np.zeros(len(sources), dtype=bool)
+    for entries in ranked.values():
+        for _h, i in sorted(entries)[:per_source]:
+            held[i] = True
+    return held
+
+
+def _heldout_dir_docs(dirs: tuple[str, ...], text_field: str) -> list[tuple[str, str]]:
+    from scalingfilter.io.walk import iter_corpus
+
+    docs = []
+    for d in dirs:
+        name = Path(str(d).rstrip("/")).name or str(d)
+        got = [(rec.text, f"dir:{name}") for rec in iter_corpus(d, text_field) if rec.error is None and isinstance(rec.text, str) and rec.text.strip()]
+        if not got:
+            raise InputError(f"heldout_dirs: {d!r} holds no document with text in field {text_field!r}")
+        docs += got
+    return docs
+
+
+def _check_settings(out: Path, settings: dict[str, Any], force: bool, log: Callable[[str], None]) -> None:
+    path = out / STATE_DIR / SETTINGS_NAME
+    if path.exists():
+        saved = read_json(path)
+        if saved != settings:
+            if not force:
+                changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+                raise ConfigMismatchError(f"{str(out)!r} holds an ablation with other settings ({', '.join(changed)} differ); "
+                                          f"use another output directory, or force_overwrite to start over")
+            log(f"settings changed: removing the earlier units of {out}")
+            shutil.rmtree(out / UNITS_DIR, ignore_errors=True)
+            shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
+    write_json_atomic(path, settings)
+
+
+def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = print, **options: Any) -> dict[str, Any]:
+    """Run (or finish) an ablation; returns the results (also written to OUTPUT_DIR/results.json, .md, .html)."""
+    from scalingfilter.stages.ablate import evals, proxy
+    from scalingfilter.stages.ablate.results import build_results, write_outputs
+
+    cfg = AblateConfig(**{**(asdict(config) if config else {}), **options}).check()
+    arms = parse_arms(cfg.arms)
+    preset = proxy.parse_preset(cfg.preset)
+    out = Path(cfg.output_dir)
+    inp = Path(cfg.input_dir)
+    if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents or out.resolve() in inp.resolve().parents:
+        raise UsageError(f"output_dir={str(out)!r} must not be, contain or lie inside input_dir={str(inp)!r}")
+    t0 = time.time()
+    fields = tuple(a[len("field:"):] for a in arms if a.startswith("field:"))
+    pool = read_pool(inp, cfg.keep, cfg.text_field, cfg.select_seed, cfg.min_tokens, fields)
+    log(f"pool {inp}: {len(pool.texts):,} documents, {int(pool.scored.sum()):,} scored; every arm keeps {pool.n_keep:,} "
+        f"(keep {cfg.keep:g})")
+    heuristics, reasons = None, {}
+    if any(a.startswith("heuristics") for a in arms):
+        heuristics, drop = heuristic_pass(pool)
+        reasons = dict(drop.most_common())
+        log(f"heuristics (datatrove Gopher + C4 rules): {int(heuristics.sum()):,} of {int(pool.scored.sum()):,} pass "
+            f"({time.time() - t0:.0f} s)")
+    all_arms = arms + (list(CONTROL_ARMS) if cfg.control else [])
+    usable = pool.scored & pool.has_text
+    held = heldout_positions(pool.sources, usable, cfg.heldout_per_source)
+    masks, info = {}, {}
+    for arm in all_arms:
+        mask, short_by = arm_mask(pool, arm, heuristics, cfg.clean_sources, cfg.junk_sources)
+        masks[arm] = mask
+        info[arm] = arm_record(pool, mask, short_by)
+        info[arm]["heldout_excluded"] = int((mask & held).sum())
+        if arm.startswith("heuristics"):
+            info[arm]["heuristics_drop_reasons"] = reasons
+        if not (mask & usable & ~held).any():
+            raise InputError(f"arm {arm!r} holds no document to train on (sources {', '.join(sorted(set(pool.sources)))})")
+    from scalingfilter.jobs.state import ScoredDir
+
+    settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "force_overwrite", "progress", "device", "threads")},
+                "preset": asdict(preset), "scored_versions": ScoredDir.open(inp).versions(), "arms": all_arms}
+    out.mkdir(parents=True, exist_ok=True)
+    with JobLock(out, "ablate"):
+        _check_settings(out, settings, cfg.force_overwrite, log)
+        threads = proxy.set_threads(cfg.threads)
+        device = proxy.device_for(cfg.device)
+        tok_dir = out / TOKENIZER_DIR
+        if cfg.tokenizer:
+            tokenizer = proxy.load_tokenizer(cfg.tokenizer)
+        elif tok_dir.is_dir():
+            tokenizer = proxy.load_tokenizer(tok_dir)
+        else:
+            candidates = np.flatnonzero(usable & ~held)
+            rng = np.random.default_rng(cfg.select_seed)
+            sample = sorted(rng.choice(candidates, size=min(TOKENIZER_SAMPLE_DOCS, len(candidates)), replace=False).tolist())
+            tokenizer = proxy.train_tokenizer([pool.texts[i] for i in sample], preset.vocab_size)
+            proxy.save_tokenizer(tokenizer, tok_dir)
+        streams = {}
+        for arm in all_arms:
+            idx = np.flatnonzero(masks[arm] & usable & ~held)
+            streams[arm] = proxy.token_stream(tokenizer, [pool.texts[i] for i in idx])
+            info[arm]["trained_documents"] = int(len(idx))
+            info[arm]["tokens"] = int(len(streams[arm]))
+        compared = [a for a in arms if a != "all"] or arms
+        budget = cfg.token_budget or min(info[a]["tokens"] for a in compared)
+        steps = budget // preset.tokens_per_step
+        if steps < 1:
+            raise InputError(f"a token budget of {budget:,} is less than one step of {preset.tokens_per_step:,} tokens "
+                             f"({preset.batch_size} x {preset.seq_len}); give a larger token_budget or a larger pool")
+        for arm in all_arms:
+            info[arm]["epochs"] = round(steps * preset.tokens_per_step / max(1, info[arm]["tokens"]), 3)
+            if info[arm]["epochs"] > 1:
+                log(f"note: arm {arm} holds {info[arm]['tokens']:,} tokens: the budget is {info[arm]['epochs']:.2f} epochs of it")
+        sets = evals.load_eval_sets(cfg.eval_dir, cfg.eval_items, seed=0)
+        heldout_docs = [(pool.texts[i], pool.sources[i]) for i in np.flatnonzero(held)] + _heldout_dir_docs(cfg.heldout_dirs, cfg.text_field)
+        log(f"{len(all_arms)} arms x {cfg.seeds} seeds: {steps:,} steps of {preset.tokens_per_step:,} tokens = "
+            f"{steps * preset.tokens_per_step:,} tokens per model; preset {cfg.preset} ({preset.non_embedding_params / 1e6:.2f} M "
+            f"non-embedding parameters), device {device}, {threads} threads; evaluation: "
+            + ", ".join(f"{k} {len(v):,}" for k, v in sets.items()) + f", held-out {len(heldout_docs):,} documents")
+
+        def evaluate(model) -> dict[str, ItemScores]:
+            return evals.evaluate_model(evals.LanguageModel(model, tokenizer, device), sets, heldout_docs)
+
+        done_here = 0
+        units = [(UNTRAINED, 0)] + [(arm, seed) for seed in range(cfg.seeds) for arm in all_arms]
+        for n, (arm, seed) in enumerate(units, 1):
+            path = unit_path(out, arm, seed)
+            if path.exists():
+                continue
+            t_unit = time.time()
+            if arm == UNTRAINED:
+                model = proxy.new_model(preset, tokenizer, seed).to(device)
+                record: dict[str, Any] = {"arm": arm, "seed": seed, "train": None}
+            else:
+                log(f"[{n}/{len(units)}] {arm}, seed {seed}: training {steps:,} steps")
+                trained = proxy.train_proxy(preset, tokenizer, streams[arm], steps, seed, device, log if n <= 2 else None)
+                model = trained.model
+                record = {"arm": arm, "seed": seed, "train": {"steps": trained.steps, "tokens": trained.tokens, "epochs": round(trained.epochs, 4),
+                                                              "final_loss": trained.final_loss, "seconds": round(trained.seconds, 1)}}
+            model.eval()
+            scores = evaluate(model)
+            record["metrics"] = {m: s.to_json() for m, s in scores.items()}
+            record["seconds"] = round(time.time() - t_unit, 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, record)  # last: the unit is done
+            done_here += 1
+            faults.point("unit-done", done_here)  # tests: a kill -9 right after a unit is durable
+            headline = ", ".join(f"{m} {s.value():.4f}" for m, s in scores.items() if m in ("blimp_accuracy", "heldout_bpb"))
+            log(f"[{n}/{len(units)}] {arm}, seed {seed}: {headline} ({record['seconds']:.0f} s)")
+
+        per_arm: dict[str, list[dict[str, ItemScores]]] = {}
+        for arm in all_arms:
+            per_arm[arm] = [{m: ItemScores.from_json(v) for m, v in read_json(unit_path(out, arm, s))["metrics"].items()}
+                            for s in range(cfg.seeds)]
+        untrained = {m: ItemScores.from_json(v) for m, v in read_json(unit_path(out, UNTRAINED, 0))["metrics"].items()}
+        run_settings = {**settings["config"], "preset": asdict(preset), "token_budget": steps * preset.tokens_per_step,
+                        "steps": steps, "device": device, "threads": threads, "eval_items": {k: len(v) for k, v in sets.items()},
+                        "heldout_documents": len(heldout_docs), "pool_documents": len(pool.texts),
+                        "pool_scored": int(pool.scored.sum()), "documents_kept_per_arm": pool.n_keep}
+        control = ("control:clean", "control:junk") if cfg.control else None
+        results = build_results(per_arm, untrained, dict(evals.CHANCE), info, control, run_settings)
+        write_outputs(out, results)
+    log(f"results: {out / 'results.md'} ({time.time() - t0:.0f} s)")
+    return results

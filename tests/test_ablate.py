@@ -1,0 +1,168 @@
+"""`scalingfilter ablate`: arms are select's selections, units restart exactly, results have the promised shape.
+
+The pool: the six generated sources of tests/data/sources.jsonl.gz (360 documents) scored in-process with the
+bundled pair; proxy models of a micro preset (2 layers x 32), so a whole ablation takes seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from scalingfilter.stages.ablate import AblateConfig, ablate, unit_path
+from scalingfilter.stages.ablate.arms import arm_mask, heuristic_pass, parse_arms, read_pool
+from scalingfilter.stages.select import load_selection_mask, select_corpus
+
+DATA = Path(__file__).parent / "data" / "sources.jsonl.gz"
+MICRO = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32, "batch_size": 4, "lr": 3e-3, "vocab_size": 300}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> Path:
+    from scalingfilter.stages.score import score_corpus
+
+    root = tmp_path_factory.mktemp("ablate")
+    (root / "in").mkdir()
+    with gzip.open(DATA, "rt") as fh:
+        records = [json.loads(line) for line in fh]
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    # real text some of which datatrove's rules pass: the demo corpus (docstrings, licences, code, listings)
+    from scalingfilter.stages.demo_corpus import collect_demo_documents
+
+    for i, d in enumerate(collect_demo_documents(200, seed=0)):
+        by_source.setdefault(f"demo-{d['kind']}", []).append({"id": f"demo-{i}", "source": f"demo-{d['kind']}", "text": d["text"]})
+    for name, recs in by_source.items():
+        (root / "in" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    score_corpus(str(root / "in"), str(root / "scored"), pair="bundled", show_progress=False)
+    return root / "scored"
+
+
+@pytest.fixture(scope="module")
+def micro_preset(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("preset") / "micro.json"
+    path.write_text(json.dumps(MICRO))
+    return str(path)
+
+
+@pytest.mark.parametrize("arm,method", [("random", "random"), ("quality-factor", "top-k"), ("perplexity-gating", "perplexity-gating")])
+def test_an_arm_holds_exactly_what_select_keeps(scored, tmp_path, arm, method):
+    pool = read_pool(scored, keep=0.7, seed=3)
+    mask, short_by = arm_mask(pool, arm)
+    select_corpus(str(scored), str(tmp_path / "sel"), keep=0.7, method=method, seed=3)
+    kept = load_selection_mask(tmp_path / "sel")["kept"]
+    assert short_by == 0
+    assert np.array_equal(mask, kept)
+    assert mask.sum() == pool.n_keep == round(0.7 * pool.scored.sum())
+
+
+def test_heuristics_are_datatroves_rules(scored):
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    pool = read_pool(scored, keep=0.5)
+    passed, reasons = heuristic_pass(pool)
+    assert 0 < passed.sum() < pool.scored.sum() and sum(reasons.values()) == pool.scored.sum() - passed.sum()
+    rules = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter()]
+    for i in np.flatnonzero(pool.scored)[::7]:
+        verdicts = [r.filter(Document(text=pool.texts[i], id="x")) for r in rules]
+        assert passed[i] == all(v is True for v in verdicts)
+
+
+@pytest.mark.parametrize("every", [3, 40])
+def test_heuristic_arms_draw_the_shared_count_from_what_the_rules_pass(scored, every):
+    pool = read_pool(scored, keep=0.5)
+    passed = np.zeros(len(pool.texts), dtype=bool)
+    passed[::every] = True  # which documents the rules pass does not matter here: how the arms draw from them does
+    hq, short_h = arm_mask(pool, "heuristics+quality-factor", passed)
+    h, _ = arm_mask(pool, "heuristics", passed)
+    want = min(pool.n_keep, int(passed.sum()))
+    assert hq.sum() == want and h.sum() == want and short_h == pool.n_keep - want
+    assert not (hq & ~passed).any() and not (h & ~passed).any()
+    # heuristics+quality-factor: the top `want` quality factors among the passing documents (ties by position)
+    qf = pool.table.score
+    order = sorted(np.flatnonzero(passed), key=lambda i: (-qf[i], i))[:want]
+    assert set(np.flatnonzero(hq)) == set(order)
+
+
+def test_control_arms_are_chosen_by_source(scored):
+    pool = read_pool(scored, keep=0.3)
+    clean, _ = arm_mask(pool, "control:clean", clean_sources=("legal", "markets"), junk_sources=("code",))
+    junk, _ = arm_mask(pool, "control:junk", clean_sources=("legal", "markets"), junk_sources=("code",))
+    assert {pool.sources[i] for i in np.flatnonzero(clean)} <= {"legal", "markets"}
+    assert {pool.sources[i] for i in np.flatnonzero(junk)} == {"code"}
+
+
+def test_arm_names_are_checked_and_random_comes_first():
+    assert parse_arms("quality-factor,field:qf_distilled") == ["random", "quality-factor", "field:qf_distilled"]
+    from scalingfilter.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown arm 'best'"):
+        parse_arms("random,best")
+
+
+def _config(scored, out, preset, **kw) -> AblateConfig:
+    base = dict(input_dir=str(scored), output_dir=str(out), arms="random,quality-factor", keep=0.7, preset=preset, seeds=2,
+                eval_items=60, heldout_per_source=4, clean_sources=("legal", "markets"), junk_sources=("code", "weather"),
+                threads=1, device="cpu", progress=False)
+    base.update(kw)
+    return AblateConfig(**base)
+
+
+def test_ablation_results_and_an_exact_restart(scored, micro_preset, tmp_path):
+    out = tmp_path / "ab"
+    results = ablate(_config(scored, out, micro_preset), log=lambda s: None)
+    arms = results["arms"]
+    assert set(arms) == {"random", "quality-factor", "control:clean", "control:junk"}
+    m = arms["quality-factor"]["metrics"]["blimp_accuracy"]
+    assert len(m["per_seed"]) == 2 and m["ci95"][0] <= m["mean"] <= m["ci95"][1]
+    assert "blimp_accuracy" in arms["quality-factor"]["vs_random"]
+    assert "untrained" in results["baselines"] and results["baselines"]["chance"]["blimp_accuracy"] == 0.5
+    assert (out / "results.md").exists() and (out / "results.html").exists()
+    # every arm trained on the same number of tokens
+    budgets = {json.loads(p.read_text())["train"]["tokens"] for p in (out / "units").rglob("seed-*.json") if "untrained" not in str(p)}
+    assert len(budgets) == 1
+    # a unit redone from scratch gives the same numbers: remove two units and rerun
+    before = (out / "results.json").read_bytes()
+    unit_path(out, "quality-factor", 1).unlink()
+    unit_path(out, "random", 0).unlink()
+    ablate(_config(scored, out, micro_preset), log=lambda s: None)
+    assert json.loads((out / "results.json").read_bytes())["arms"] == json.loads(before)["arms"]
+
+
+def test_kill_after_a_unit_then_rerun_ends_as_an_uninterrupted_run(scored, micro_preset, tmp_path):
+    ref = tmp_path / "ref"
+    ablate(_config(scored, ref, micro_preset, seeds=1, control=False), log=lambda s: None)
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "scalingfilter.cli", "ablate", "--input-dir", str(scored), "--output-dir", str(out),
+            "--arms", "random,quality-factor", "--preset", micro_preset, "--seeds", "1", "--eval-items", "60",
+            "--heldout-per-source", "4", "--no-control", "--threads", "1", "--device", "cpu"]
+    env = {**os.environ, "SCALINGFILTER_TEST_KILL_AFTER_UNITS": "2"}
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    done = sorted(p.relative_to(out / "units").as_posix() for p in (out / "units").rglob("seed-*.json"))
+    assert done == ["random/seed-0.json", "untrained/seed-0.json"]  # the kill landed right after the second unit
+    assert not (out / "results.json").exists()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((out / "results.json").read_bytes())
+    want = json.loads((ref / "results.json").read_bytes())
+    assert got["arms"] == want["arms"] and got["baselines"] == want["baselines"]
+
+
+def test_other_settings_in_the_same_output_are_refused(scored, micro_preset, tmp_path):
+    from scalingfilter.errors import ConfigMismatchError
+
+    out = tmp_path / "ab"
+    ablate(_config(scored, out, micro_preset, seeds=1, control=False), log=lambda s: None)
+    with pytest.raises(ConfigMismatchError, match="keep"):
+        ablate(_config(scored, out, micro_preset, seeds=1, control=False, keep=0.5), log=lambda s: None)
