@@ -49,6 +49,7 @@ class ScalingFilterError(Exception):
 
         message = str(self)
         for param, flag in self.flags.items():
+            message = re.sub(rf"(?<![\w-]){re.escape(param)}=True\b", flag, message)  # a switch: `--resume`, not `--resume=True`
             message = re.sub(rf"(?<![\w-]){re.escape(param)}(?==)", flag, message)
         return message
 

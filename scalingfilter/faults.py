@@ -6,9 +6,10 @@ for a test. The points and their settings:
 
 | point | setting | what happens there |
 | --- | --- | --- |
-| `unit-start` | `SCALINGFILTER_TEST_SLOW_UNIT_S=S` | each unit (score, classify) lasts at least S seconds (interruption tests) |
-| `unit-done` | `SCALINGFILTER_TEST_KILL_AFTER_UNITS=N` | SIGKILL right after this process marked its Nth unit done (a crash once a unit is durable) |
-| `worker-record` | `SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N` | the first Ray worker to reach record N of a unit SIGKILLs itself there (once per job) |
+| `unit-start` | `SCALINGFILTER_TEST_SLOW_UNIT_S=S` | each unit (score, classify, diversity's embedding units) lasts at least S seconds (interruption tests) |
+| `unit-done` | `SCALINGFILTER_TEST_KILL_AFTER_UNITS=N` | SIGKILL right after this process marked its Nth unit done (a crash once a unit is durable): score, classify, diversity's embedding units, and ablate's (after each (arm, seed) unit) |
+| `unit-done` | `SCALINGFILTER_TEST_STOP_AFTER_UNITS=N` | SIGSTOP right after this process marked its Nth unit done (a run paused past the lock's TTL; SIGCONT resumes it) |
+| `worker-record` | `SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N` | the first Ray worker to reach record N of a unit SIGKILLs itself there (once per job; score's and classify's units, and diversity's embedding units as `EmbedWork` reads them) |
 | `worker-record` | `SCALINGFILTER_TEST_HANG_WORKER_AT_DOC=N` | the first Ray worker to reach record N of a unit sleeps there forever (once per job; the unit timeout ends it) |
 | `worker-load` | `SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD=1` | the first Ray worker to load its scorer sleeps forever (once per job) |
 | `driver-units-done` | `SCALINGFILTER_TEST_KILL_DRIVER_AFTER_UNITS=N` | the Ray driver SIGKILLs itself once N units are reported done |
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 SLOW_UNIT_ENV = "SCALINGFILTER_TEST_SLOW_UNIT_S"
 KILL_AFTER_UNITS_ENV = "SCALINGFILTER_TEST_KILL_AFTER_UNITS"
+STOP_AFTER_UNITS_ENV = "SCALINGFILTER_TEST_STOP_AFTER_UNITS"
 KILL_WORKER_AT_DOC_ENV = "SCALINGFILTER_TEST_KILL_WORKER_AT_DOC"
 HANG_WORKER_AT_DOC_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_DOC"
 HANG_WORKER_AT_LOAD_ENV = "SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD"
@@ -45,22 +47,24 @@ KILL_AFTER_CHECKPOINTS_ENV = "SCALINGFILTER_TEST_KILL_AFTER_CHECKPOINTS"
 TEST_SCORER_ENV = "SCALINGFILTER_TEST_SCORER"
 ABORT_EXIT_STATUS = 86
 
-# point -> (setting, action) for the points each process reads from its own environment
-_LOCAL = {
-    "unit-start": (SLOW_UNIT_ENV, "sleep"),
-    "unit-done": (KILL_AFTER_UNITS_ENV, "kill"),
-    "driver-units-done": (KILL_DRIVER_AFTER_UNITS_ENV, "kill"),
-    "driver-connect": (TERM_DRIVER_AT_CONNECT_ENV, "term"),
-    "select-file": (ABORT_AFTER_FILES_ENV, "exit"),
-    "train-checkpoint": (KILL_AFTER_CHECKPOINTS_ENV, "kill"),
-}
+# (point, setting, action) for the points each process reads from its own environment (a point may have several)
+_LOCAL = (
+    ("unit-start", SLOW_UNIT_ENV, "sleep"),
+    ("unit-done", KILL_AFTER_UNITS_ENV, "kill"),
+    ("unit-done", STOP_AFTER_UNITS_ENV, "stop"),
+    ("driver-units-done", KILL_DRIVER_AFTER_UNITS_ENV, "kill"),
+    ("driver-connect", TERM_DRIVER_AT_CONNECT_ENV, "term"),
+    ("select-file", ABORT_AFTER_FILES_ENV, "exit"),
+    ("train-checkpoint", KILL_AFTER_CHECKPOINTS_ENV, "kill"),
+)
+_LOCAL_POINTS = {p for p, _, _ in _LOCAL}
 # the Ray workers' settings: (point, action, setting)
 _WORKER = (
     ("worker-record", "kill", KILL_WORKER_AT_DOC_ENV),
     ("worker-record", "hang", HANG_WORKER_AT_DOC_ENV),
     ("worker-load", "hang", HANG_WORKER_AT_LOAD_ENV),
 )
-POINTS = tuple(_LOCAL) + ("worker-record", "worker-load")
+POINTS = tuple(sorted(_LOCAL_POINTS)) + ("worker-record", "worker-load")
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,18 @@ def install(worker_faults: WorkerFaults | None) -> None:
 
 def point(name: str, count: int | None = None) -> None:
     """A named point (see the module docstring): does what its setting says, or nothing (the usual case)."""
-    if name in _LOCAL:
-        env, action = _LOCAL[name]
-        value = os.environ.get(env)
-        if not value:
-            return
-        if action == "sleep":
-            time.sleep(float(value))
-        elif count is not None and count >= int(value):
-            _act(action)
+    if name in _LOCAL_POINTS:
+        for point_name, env, action in _LOCAL:
+            value = os.environ.get(env) if point_name == name else None
+            if not value:
+                continue
+            if action == "sleep":
+                time.sleep(float(value))
+            elif action == "stop":  # once, at exactly N: a resumed run goes on past it
+                if count == int(value):
+                    _act(action)
+            elif count is not None and count >= int(value):
+                _act(action)
         return
     if _installed is None:
         return
@@ -137,6 +144,9 @@ def _act(action: str) -> None:
         return
     elif action == "exit":
         os._exit(ABORT_EXIT_STATUS)
+    elif action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)  # every thread stops (the lock's heartbeat too) until a SIGCONT
+        return
     while True:  # "hang": alive, doing nothing, until something kills this process
         time.sleep(3600)
 

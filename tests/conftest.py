@@ -11,6 +11,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread, in this process and the ones it starts (set before torch is imported): a CLI run in this
+# process (scalingfilter.testing.run_cli) then computes exactly as one in a subprocess, so runs of both kinds
+# compare bit for bit, and pytest plus a child process do not oversubscribe a 2-core machine. (Before, the
+# count depended on test order: a `train --threads 1` in this process set it for every test after it.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SAMPLE_TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -55,28 +60,18 @@ def s3():
         stop_process(proc)
 
 
-def _fresh_filesystems() -> None:
-    """Forget cached filesystem instances: they hold the endpoint and credentials they were made with."""
-    import s3fs
-
-    from scalingfilter.io import objects
-
-    objects._filesystem.cache_clear()
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.fixture
 def s3_env(s3, tmp_path, monkeypatch):
     """This process (and the CLI runs it starts) talk to the module's server; a spool directory of its own."""
-    from scalingfilter.testing import S3_TEST_CREDENTIALS
+    from scalingfilter.testing import S3_TEST_CREDENTIALS, forget_filesystems
 
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(k)
     for k, v in {**S3_TEST_CREDENTIALS, "AWS_ENDPOINT_URL": s3, "SCALINGFILTER_SPOOL_DIR": str(tmp_path / "spool")}.items():
         monkeypatch.setenv(k, v)
-    _fresh_filesystems()
+    forget_filesystems()
     yield s3
-    _fresh_filesystems()
+    forget_filesystems()
 
 
 _bucket_no = [0]

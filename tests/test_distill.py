@@ -20,7 +20,7 @@ fasttext = pytest.importorskip("fasttext")  # the [distill] extra (in the dev ex
 
 from scalingfilter.stages import distill as D  # noqa: E402
 from scalingfilter.stages.evaluate import auroc  # noqa: E402
-from scalingfilter.testing import read_scored  # noqa: E402
+from scalingfilter.testing import cli_process, read_scored, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -57,11 +57,6 @@ def write_scored(root: Path, n: int, seed: int = 0, unscored: int = 0, name: str
     (root / name).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     (root / "summary.json").write_bytes(orjson.dumps({"documents": len(records), "settings": {"max_len": 128}}))
     return records
-
-
-def run_cli(args, env=None):
-    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +127,8 @@ def test_a_short_score_is_named_in_the_card_and_the_log(trained, tmp_path):
     said: list[str] = []
     assert D.distill(long, tmp_path / "m", D.DistillSettings(heldout=0.2, **FT), log=said.append)["warnings"] == []
     assert not any(m.startswith("warning") for m in said)
-    proc = run_cli(["distill", "--input-dir", str(root / "scored"), "--output-dir", str(tmp_path / "m2"), "--epoch", "2"])
+    proc = run_cli(["distill", "--input-dir", str(root / "scored"), "--output-dir", str(tmp_path / "m2"), "--epoch", "2",
+                    "--dim", "16", "--bucket", "20000", "--threads", "1"])  # FT's small model: the warning is the point
     assert proc.returncode == 0, proc.stderr
     assert "warning: the quality factor was computed on 128 tokens" in proc.stderr
 
@@ -219,9 +215,9 @@ def test_classify_equals_a_plain_predict_loop(trained, tmp_path):
     inp = classify_corpus(tmp_path)
     model = fasttext.load_model(str(model_dir / "model.bin"))
     outputs = {}
-    for workers in ("1", "2"):
+    for workers in ("1", "2"):  # 2: a pool of forked predict processes (forked from a fresh process, not from pytest)
         out = tmp_path / f"out{workers}"
-        r = run_cli(["classify", "--input-dir", str(inp), "--output-dir", str(out), "--model", str(model_dir), "--workers", workers,
+        r = (run_cli if workers == "1" else cli_process)(["classify", "--input-dir", str(inp), "--output-dir", str(out), "--model", str(model_dir), "--workers", workers,
                      "--no-progress", "--unit-docs", "50", "--split-bytes", "0"])
         assert r.returncode == 3, r.stderr  # one record rejected
         outputs[workers] = read_scored(out)
@@ -264,13 +260,13 @@ def test_classify_restart_after_kill_gives_identical_output(trained, tmp_path):
     root, _records, _card = trained
     inp = classify_corpus(tmp_path)
     common = ["--input-dir", str(inp), "--model", str(root / "model"), "--workers", "2", "--no-progress", "--unit-docs", "20", "--split-bytes", "0"]
-    ref = run_cli(["classify", *common, "--output-dir", str(tmp_path / "ref")])
+    ref = cli_process(["classify", *common, "--output-dir", str(tmp_path / "ref")])  # processes: --workers 2 forks a pool
     assert ref.returncode == 3, ref.stderr
     out = tmp_path / "killed"
-    killed = run_cli(["classify", *common, "--output-dir", str(out)], env={"SCALINGFILTER_TEST_KILL_AFTER_UNITS": "3"})
+    killed = cli_process(["classify", *common, "--output-dir", str(out)], env={"SCALINGFILTER_TEST_KILL_AFTER_UNITS": "3"})
     assert killed.returncode == -9  # the hook fired: killed right after a third unit was marked done
     assert not (out / "summary.json").exists()
-    again = run_cli(["classify", *common, "--output-dir", str(out)])
+    again = cli_process(["classify", *common, "--output-dir", str(out)])
     assert again.returncode == 3, again.stderr
     assert read_scored(out) == read_scored(tmp_path / "ref")
     assert sorted(p.name for p in (out / "rejects").rglob("*.jsonl")) == ["a.jsonl.rejects.jsonl"]
@@ -300,8 +296,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(trained, tmp_path):
     cases = [
         (["distill", "--input-dir", str(never), "--output-dir", str(tmp_path / "m_a")], "never scored", tmp_path / "m_a"),
         (["distill", "--input-dir", str(few), "--output-dir", str(tmp_path / "m_b")], "too few scored documents", tmp_path / "m_b"),
-        (["classify", "--input-dir", str(never), "--output-dir", str(tmp_path / "o_c"), "--model", str(not_model)], "not a distilled model", tmp_path / "o_c"),
-        (["classify", "--input-dir", str(never), "--output-dir", str(tmp_path / "o_d"), "--model", str(tmp_path / "missing")], "not a directory", tmp_path / "o_d"),
+        (["classify", "--input-dir", str(never), "--output-dir", str(tmp_path / "o_c"), "--model", str(not_model)], f"--model={str(not_model)!r} is not a distilled model", tmp_path / "o_c"),
+        (["classify", "--input-dir", str(never), "--output-dir", str(tmp_path / "o_d"), "--model", str(tmp_path / "missing")], f"--model={str(tmp_path / 'missing')!r} is not a directory", tmp_path / "o_d"),
     ]
     for args, message, target in cases:
         r = run_cli(args)
@@ -317,7 +313,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(trained, tmp_path):
     assert r.returncode == 2 and "does not match" in r.stderr and not (tmp_path / "o_e").exists()
     # an existing model is not replaced without --force-overwrite
     r = run_cli(["distill", "--input-dir", str(root / "scored"), "--output-dir", str(root / "model")])
-    assert r.returncode == 2 and "--force-overwrite" in r.stderr
+    assert r.returncode == 2 and "--force-overwrite" in r.stderr and f"--output-dir={str(root / 'model')!r} holds a model" in r.stderr
 
 
 def test_a_damaged_model_is_refused_even_when_its_card_was_rehashed(trained, tmp_path):

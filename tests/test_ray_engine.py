@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from scalingfilter.jobs.engines.ray import (  # noqa: E402
 )
 from scalingfilter.errors import RejectedRecordError, UsageError  # noqa: E402
 from scalingfilter.stages.score import TEST_SCORER_ENV, ScoreConfig, score_corpus  # noqa: E402
+from scalingfilter.testing import run_cli as run_cli_here  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -237,10 +239,13 @@ def test_sigterm_stops_the_driver_with_one_line_and_a_rerun_finishes(tmp_path, r
     env = dict(os.environ, **{TEST_SCORER_ENV: "fixed", TEST_HANG_WORKER_ENV: "3"})
     with open(log, "w") as err:
         proc = subprocess.Popen([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + 90
-        while "ready" not in log.read_text() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        time.sleep(2)  # a worker is inside the hang now (it reaches document 3 of its first unit at once)
+        # the worker that hangs first creates the fault point's once-per-job marker (scalingfilter.faults: named
+        # after the driver's pid, in the driver's temporary directory): once it exists, a worker is inside the hang
+        hanging = f"scalingfilter-test-hang-worker-record-{proc.pid}-*"
+        deadline = time.monotonic() + 90
+        while not list(Path(tempfile.gettempdir()).glob(hanging)) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # polling the marker
+        assert proc.poll() is None and list(Path(tempfile.gettempdir()).glob(hanging)), log.read_text()[-3000:]
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
     text = log.read_text()
@@ -249,9 +254,9 @@ def test_sigterm_stops_the_driver_with_one_line_and_a_rerun_finishes(tmp_path, r
     rerun = run_cli(args, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     local = tmp_path / "local"
-    e = dict(os.environ, **{TEST_SCORER_ENV: "fixed"})
-    subprocess.run([PY, "-m", "scalingfilter.cli", "score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(local),
-                    "--split-bytes", "2000", "--unit-docs", "90", "--no-progress"], cwd=REPO, env=e, check=True, capture_output=True)
+    r = run_cli_here(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(local), "--split-bytes", "2000",
+                      "--unit-docs", "90", "--no-progress"], env={TEST_SCORER_ENV: "fixed"})
+    assert r.returncode == 0, r.stderr
     assert_same_tree(local, tmp_path / "ray")
 
 
@@ -272,7 +277,8 @@ def test_sigterm_while_ray_starts_is_one_line_too(tmp_path):
 
 def test_unit_timeout_below_the_report_interval_is_refused(tmp_path):
     write_corpus(tmp_path / "in", bad=False)
-    proc = run_cli(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray", "--unit-timeout", "2"])
+    proc = run_cli_here(["score", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--engine", "ray", "--unit-timeout", "2"],
+                        env={TEST_SCORER_ENV: "fixed"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--unit-timeout must be 0 (off) or at least 5 s (got 2)" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
@@ -318,6 +324,7 @@ def test_worker_shape_from_the_cluster():
 
 
 def run_cli(args, env=None, timeout=60):
+    """The CLI in a new process: a Ray driver of its own (this process drives the module's Ray instance)."""
     e = dict(os.environ, **{TEST_SCORER_ENV: "fixed"}, **(env or {}))
     return subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
 

@@ -31,7 +31,7 @@ from scalingfilter.stages.select import (
     format_manifest, load_selection_mask, rank_interval, select_mask, sort_keys,
 )
 from scalingfilter.stages.select import select_corpus as select_corpus_guarded
-from scalingfilter.io.storage import JobLock
+from scalingfilter.io.locks import JobLock
 
 
 def select_corpus(*args, **options):

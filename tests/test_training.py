@@ -250,8 +250,10 @@ def test_second_cycle_starts_from_the_earlier_pair(corpus, tmp_path):
         start_second = second["history"][0][f"{name}_loss"]
         assert start_second < start_fresh
         assert start_second < first["history"][0][f"{name}_loss"]
-    with pytest.raises(ModelLoadError, match="same --sizes"):  # shapes must match: another size pair cannot start from it
+    with pytest.raises(ModelLoadError, match="same sizes='2x16x2,2x48x4'") as err:  # shapes must match: another size pair cannot start from it
         train_pair(cfg(corpus, tmp_path / "three", sizes="2x16x2,2x48x4", init_from=str(tmp_path / "one")), log=quiet)
+    assert str(err.value).startswith("init_from=") and "--" not in str(err.value).split(":")[0]
+    assert err.value.cli_message().startswith("--init-from=") and "same --sizes='2x16x2,2x48x4'" in err.value.cli_message()
 
 
 def test_second_cycle_keeps_the_earlier_tokenizer(corpus, tmp_path):
@@ -331,7 +333,7 @@ def test_resume_refuses_a_changed_corpus(corpus, tmp_path, monkeypatch, capsys):
     other = tmp_path / "other"
     other.mkdir()
     write_records(other / "a.jsonl", [{"text": t * 3} for t in ["another corpus entirely. "] * 80])
-    with pytest.raises(ConfigMismatchError, match="corpus"):
+    with pytest.raises(ConfigMismatchError, match=f"input_dir={str(other)!r}: the corpus is not the one"):
         train_pair(cfg(other, out, tokens=2 * 32 * 4, resume=True), log=quiet)
     with open(mine / "a.jsonl", "a") as fh:  # one more document in the same directory
         fh.write(json.dumps({"id": "new", "text": "a document added after training started"}) + "\n")
@@ -340,7 +342,7 @@ def test_resume_refuses_a_changed_corpus(corpus, tmp_path, monkeypatch, capsys):
                "--seq_len", "32", "--batch_size", "2", "--tokens", "256", "--lr", "3e-3", "--threads", "1",
                "--no_progress", "--resume"])
     err = capsys.readouterr().err
-    assert rc == 2 and "corpus" in err and err.count("\n") == 1
+    assert rc == 2 and f"--input-dir={str(mine)!r}: the corpus" in err and err.count("\n") == 1, err
 
     # a crash before the first checkpoint leaves only the token cache: it is checked the same way
     early = tmp_path / "early"
@@ -406,8 +408,9 @@ def test_train_flags_are_range_checked_while_parsing(bad, tmp_path, capsys):
 def test_api_settings_are_range_checked(corpus, tmp_path):
     from scalingfilter.errors import UsageError
 
-    with pytest.raises(UsageError, match="--checkpoint-every"):
+    with pytest.raises(UsageError, match="checkpoint_every=0: must be at least 1") as err:
         train_pair(cfg(corpus, tmp_path / "o", checkpoint_every=0), log=quiet)
+    assert "--" not in str(err.value) and err.value.cli_message().startswith("--checkpoint-every=0: ")
     assert not (tmp_path / "o").exists()
 
 
@@ -523,7 +526,7 @@ def test_resume_refuses_a_changed_precision(corpus, finished_run, tmp_path, caps
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["bf16"] is False
-    with pytest.raises(ConfigMismatchError, match="fp32"):
+    with pytest.raises(ConfigMismatchError, match="rerun with precision=fp32 "):
         train_pair(cfg(corpus, out, tokens=2 * 32 * 4, resume=True, precision="bf16"), log=quiet)
     monkeypatch_auto = pytest.MonkeyPatch()
     monkeypatch_auto.setattr(loop, "cpu_supports_bf16", lambda: True)  # --precision auto resolves to bf16 here
@@ -536,7 +539,7 @@ def test_resume_refuses_a_changed_precision(corpus, finished_run, tmp_path, caps
     capsys.readouterr()
     assert main([*args, "--precision", "bf16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--precision fp32" in err, err
+    assert err.count("\n") == 1 and "rerun with --precision=fp32 " in err, err
     log_before = json.loads((out / "train_log.json").read_text())
     assert main(args) == 0  # the run's own precision resumes
     assert json.loads((out / "train_log.json").read_text())["bf16_autocast"] is False == log_before["bf16_autocast"]

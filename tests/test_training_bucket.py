@@ -1,7 +1,7 @@
 """`train --output-dir s3://...` publishes every checkpoint as it is written (training.CheckpointPublisher), so
 that a run whose machine is lost resumes on another machine (an empty spool directory) from the last published
 checkpoint and reaches the weights of an uninterrupted run. Against a real S3 API server (moto's `moto_server`,
-as tests/test_object_storage.py), with a tiny pair and 8 steps so that each run takes a second or two."""
+as tests/test_storage.py), with a tiny pair and 8 steps so that each run takes a second or two."""
 
 from __future__ import annotations
 
@@ -163,8 +163,9 @@ def test_the_cache_goes_before_the_checkpoint_and_a_failed_publication_is_retrie
     assert res["checkpoints_published"] == 3
     assert_same_weights(uninterrupted, bucket_files(s3_env, url))
     # a fresh run would publish its checkpoints beside this pair: refused without --resume
-    with pytest.raises(InputError, match="already holds a training run"):
+    with pytest.raises(InputError, match=f"output_dir='{url}' already holds a training run; pass resume=True") as err:
         train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=lambda m: None)
+    assert err.value.cli_message().startswith(f"--output-dir='{url}' already") and "pass --resume" in err.value.cli_message()
 
 
 def test_a_store_that_keeps_failing_stops_the_run_and_it_resumes_here(s3_env, bucket, corpus, uninterrupted, monkeypatch):
@@ -173,7 +174,8 @@ def test_a_store_that_keeps_failing_stops_the_run_and_it_resumes_here(s3_env, bu
     recording_puts(monkeypatch, lambda key, attempt: outage[0] and key == "checkpoint.pt")
     with pytest.raises(StorageError, match=f"{PUBLISH_FAILURES_TO_STOP} checkpoints in a row") as err:
         train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=lambda m: None)
-    assert "\n" not in str(err.value) and "step 6" in str(err.value) and "--resume" in str(err.value)
+    assert "\n" not in str(err.value) and "step 6" in str(err.value) and "resume=True" in str(err.value)
+    assert "--resume" in err.value.cli_message()
     objects = bucket_files(s3_env, url)
     assert ".cache/data.json" in objects and "checkpoint.pt" not in objects and "train_log.json" not in objects
     outage[0] = False  # the store is back
@@ -183,7 +185,8 @@ def test_a_store_that_keeps_failing_stops_the_run_and_it_resumes_here(s3_env, bu
     with pytest.raises(InputError) as refused:
         train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, **SETTINGS), log=lambda m: None)
     msg = str(refused.value)
-    assert "\n" not in msg and str(local) in msg and "step 6" in msg and "--resume" in msg and f"delete {local}" in msg, msg
+    assert "\n" not in msg and str(local) in msg and "step 6" in msg and "resume=True" in msg and f"delete {local}" in msg, msg
+    assert "with --resume" in refused.value.cli_message()
     assert (local / "checkpoint.pt").exists()
     messages: list[str] = []
     train_pair(TrainConfig(input_dir=str(corpus), output_dir=url, resume=True, **SETTINGS), log=messages.append)

@@ -145,14 +145,3 @@ def test_results_txt_is_the_reference_format():
     mean, std = summarize(scores)
     assert lines[3] == f"Mean Semantic Diversity: {mean}" and lines[4] == f"Std Semantic Diversity: {std}"
     assert math.isclose(std, float(np.std(scores)))  # ddof = 0 like the reference
-
-
-def test_interleave_chunks_restores_input_order():
-    from scalingfilter.stages.diversity import interleave_chunks
-
-    n, chunk, world = 23, 4, 3
-    rows = np.arange(n, dtype=np.float32)[:, None]
-    chunks = [list(range(i, min(i + chunk, n))) for i in range(0, n, chunk)]
-    parts = [[i for c, ch in enumerate(chunks) if c % world == r for i in ch] for r in range(world)]
-    emb, ids = interleave_chunks([rows[p] for p in parts], [[str(i) for i in p] for p in parts], chunk)
-    assert ids == [str(i) for i in range(n)] and np.array_equal(emb[:, 0], np.arange(n))

@@ -8,6 +8,9 @@ Invariants of the object-store side:
 - reads stream (`open_read`: ranged GETs through a buffered file; never a whole-file download into
   memory); a connection that drops is retried by the filesystem, then is a one-line `StorageError` naming
   the object (never an OSError, which the readers would take for a corrupt file);
+- conditional writes where the store has them: `create` (If-None-Match: only if absent) and, on S3,
+  `replace_if_match` (If-Match: only if unchanged since a version), which a lock's holder uses so that it
+  never rewrites a lock another run took over (`locks.ObjectLock`);
 - writes never leave a partial object at a final key: `storage.atomic_path` writes a local temporary
   file and `put_from` sends it in one PUT (or a multipart upload the server completes only at the end);
 - keys are literal: `*`, `?` and `[` in a name are characters of the name, never a pattern (fsspec's
@@ -302,12 +305,13 @@ class ObjectPath:
         with translated(str(self), "write"):
             self.fs.cp_file(other.path, self.path)
 
-    def create(self, data: bytes) -> None:
+    def create(self, data: bytes) -> str | None:
         """Write `data` only if no object exists at this key (a conditional PUT); FileExistsError if one does,
-        NotImplementedError where the filesystem or the server has no conditional writes."""
+        NotImplementedError where the filesystem or the server has no conditional writes. Returns the new
+        object's ETag where the store gives one (for `replace_if_match`)."""
         with translated(str(self), "write"):
             try:
-                self.fs.pipe_file(self.path, data, mode="create")
+                response = self.fs.pipe_file(self.path, data, mode="create")
             except (TypeError, NotImplementedError) as exc:  # a filesystem without the mode argument
                 raise NotImplementedError(str(exc)) from exc
             except OSError as exc:
@@ -315,6 +319,31 @@ class ObjectPath:
                 if "notimplemented" in text or "501" in text:  # a server that refuses If-None-Match
                     raise NotImplementedError(str(exc)) from exc
                 raise
+        return _etag_of(response)
+
+    def replace_if_match(self, data: bytes, etag: str) -> str | None:
+        """Overwrite this key with `data` only if it still holds the version `etag` (a conditional PUT,
+        If-Match): `ObjectChanged` if it holds another version or is gone, NotImplementedError where the
+        filesystem has no such write (only S3's is known to). Returns the new version's ETag."""
+        if self.protocol not in ("s3", "s3a"):
+            raise NotImplementedError(f"no conditional overwrite for {self.protocol}://")
+        changed = None  # raised outside `translated`, which would make it a StorageError
+        with translated(str(self), "write"):
+            try:
+                response = self.fs.pipe_file(self.path, data, IfMatch=f'"{etag.strip(chr(34))}"')
+            except FileNotFoundError as exc:  # S3 answers a missing key with 404 even under If-Match
+                changed = exc
+            except OSError as exc:
+                text = str(exc).lower().replace("-", "").replace(" ", "")
+                if "precondition" in text or "412" in text:
+                    changed = exc
+                elif "notimplemented" in text or "501" in text:
+                    raise NotImplementedError(str(exc)) from exc
+                else:
+                    raise
+        if changed is not None:
+            raise ObjectChanged(str(self)) from changed
+        return _etag_of(response)
 
     def write_bytes(self, data: bytes) -> None:
         with translated(str(self), "write"):
@@ -342,6 +371,15 @@ class ObjectPath:
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to do: keys need no directories."""
+
+
+class ObjectChanged(Exception):
+    """A conditional write found the object changed (another version, or gone) since the version it named."""
+
+
+def _etag_of(response: Any) -> str | None:
+    etag = response.get("ETag") if isinstance(response, dict) else None
+    return str(etag).strip('"') if etag else None
 
 
 def has_magic(key: str) -> bool:

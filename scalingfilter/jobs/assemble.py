@@ -1,6 +1,7 @@
 """Finishing a job: a file whose units are all done is assembled (its part files joined into the output
 file, and its rejects, by rename; then its final marker, then its parts and done markers go), and the
-summary of the run is made from the final markers."""
+summary of the run is made from the final markers. Each of those writes and removals is preceded by
+`Job.check_held`: a run that lost OUT's lock to another run assembles nothing more."""
 
 from __future__ import annotations
 
@@ -59,25 +60,28 @@ def assemble(job: "Job", source: str) -> None:
     fmt = file_format(source)
     dest = lay.output(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    check = job.check_held  # right before each publish: a run that lost its lock writes nothing more
     if isinstance(dest, ObjectPath) and isinstance(data_parts[0], ObjectPath) and len(data_parts) == 1:
+        check()
         dest.copy_from(data_parts[0])  # one part: a server-side copy, complete or absent like any PUT
     elif fmt == "parquet" and len(data_parts) > 1:
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest, check=check) as tmp:
             concat_parquet(data_parts, tmp)
     else:
-        with atomic_write(dest) as fh:
+        with atomic_write(dest, check=check) as fh:
             concat_bytes(data_parts, fh)
     stats = UnitStats()
     for u in units:
         stats.add(UnitStats.from_marker(read_json(lay.done(u.source, u.part))))
     if stats.rejected:
-        with atomic_write(lay.rejects(source)) as fh:
+        with atomic_write(lay.rejects(source), check=check) as fh:
             concat_bytes(rej_parts, fh)
     plan = read_json(lay.plan(source))
     etag = {"etag": plan["etag"]} if plan.get("etag") else {}
     # the output's size too: a rerun rescores a file whose output was changed since (jobs.plan.Planner.lost_outputs)
     write_json_atomic(lay.final(source), {"source": source, "size": plan["size"], "mtime_ns": plan["mtime_ns"], **etag, **asdict(stats),
-                                          "output_size": dest.stat().st_size})
+                                          "output_size": dest.stat().st_size}, check=check)
+    check()  # the parts and done markers removed are this run's only while it holds the lock
     locations.rmtree(parts)
     for u in units:
         lay.done(u.source, u.part).unlink(missing_ok=True)

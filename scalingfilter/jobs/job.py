@@ -22,7 +22,12 @@ Invariants a month-long job relies on (kept by the modules named):
 - a restart leaves OUT as an uninterrupted run would: under the lock, the temporaries a killed run left are
   removed, and the parts and done markers of files already assembled (with node parts only those of this
   node's files);
-- one run at a time holds OUTPUT_DIR (`storage.JobLock`; the processes of one torchrun/Ray job share it);
+- one run at a time holds OUTPUT_DIR (`locks.JobLock`; the processes of one torchrun/Ray job share it),
+  and a run that lost it never publishes again: in an object store (where a lock is taken over from a holder
+  paused past its TTL) every publish (part files, done markers, the settings, an assembled file, its final
+  marker, the removal of its parts, the summary) is preceded by `Job.check_held`, in whichever process makes
+  it, which stops the run with a one-line `locks.LockLostError` unless the lock object still holds the
+  lease this job was given (`JobConfig.lock_lease`);
 - the settings that determine the output are recorded with the first finished unit, and a rerun with other
   settings is refused; a run that failed before doing anything leaves no settings behind;
 - each input file is fingerprinted (size, mtime): a changed file is redone, a vanished file's output removed.
@@ -40,7 +45,8 @@ from scalingfilter.io import locations
 from scalingfilter.io.records import count_records, file_format
 from scalingfilter.io.walk import CorpusFiles
 from scalingfilter.io.objects import ObjectPath
-from scalingfilter.io.storage import LOCK_NAME, atomic_path, part_lock_name, read_json, write_json_atomic
+from scalingfilter.io.storage import atomic_path, read_json, write_json_atomic
+from scalingfilter.io.locks import LOCK_NAME, check_lease, held_lease, lease_in, part_lock_name
 from scalingfilter.jobs import plan as planning
 from scalingfilter.jobs.assemble import assemble, summarise
 from scalingfilter.jobs.state import StateLayout
@@ -70,6 +76,10 @@ class JobConfig:
     storage_options: dict[str, Any] | None = None  # URLs: options of their filesystem; None: this process's
     prefetch_bytes: int = 1 << 30  # remote inputs up to this size are fetched to a local spool one unit ahead
     verb: str = "scoring"  # the progress bar's
+    # the lease of the lock the job runs under (an object store's; None: a local flock, nothing to check). Set by
+    # `Job.prepare` in the lock's holder and `Job.plan_from_state` in torchrun's other ranks; Ray workers get it
+    # with the config the driver sends them, after planning
+    lock_lease: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,10 @@ class Job:
         return LOCK_NAME if self.parts_key is None else part_lock_name(*self.parts_key)
 
     @property
+    def lock_path(self):
+        return self.layout.state / self.lock_name
+
+    @property
     def summary_path(self):
         return self.layout.summary(self.parts_key)
 
@@ -180,11 +194,24 @@ class Job:
         planning.preflight(self, warn)
 
     def prepare(self) -> Plan:
-        """Walk, reconcile, check the settings, plan: the pending units (see jobs.plan)."""
-        return planning.prepare(self)
+        """Walk, reconcile, check the settings, plan: the pending units (see jobs.plan). Called by the process
+        that holds the lock, just after taking it: the job takes its lease."""
+        if isinstance(self.out, ObjectPath):
+            self.cfg.lock_lease = held_lease(self.lock_path)
+        plan = planning.prepare(self)
+        self.check_held()
+        return plan
 
     def plan_from_state(self) -> Plan:
+        if isinstance(self.out, ObjectPath):  # the lock rank 0 has just taken
+            self.cfg.lock_lease = lease_in(self.lock_path)
         return planning.plan_from_state(self)
+
+    def check_held(self) -> None:
+        """Called right before each publish: a one-line `LockLostError` unless this job still holds OUT's lock
+        (an object store's lock object re-read; a local flock cannot be lost, and costs nothing here)."""
+        if self.cfg.lock_lease is not None and isinstance(self.out, ObjectPath):
+            check_lease(self.lock_path, self.cfg.lock_lease)
 
     def units_of(self, source: str) -> list[Unit]:
         """A file's units as planned (read from the state)."""
@@ -229,7 +256,7 @@ class Job:
         settings = self.settings()
         self.check_settings(settings)
         if not self.layout.config.exists():
-            write_json_atomic(self.layout.config, settings)
+            write_json_atomic(self.layout.config, settings, check=self.check_held)
 
     # ---- one unit (any process)
     def run_unit(self, unit: Unit, progress: Progress | None = None) -> UnitStats:
@@ -240,7 +267,8 @@ class Job:
         fmt = file_format(unit.source)
         ext = "parquet" if fmt == "parquet" else Path(unit.source).name.split(".", 1)[1]
         # the extension stays last so that writers compress as the final name says
-        with atomic_path(parts / f"data-{unit.part:05d}.{ext}") as data_tmp, atomic_path(parts / f"rejects-{unit.part:05d}.jsonl") as rej_tmp:
+        with atomic_path(parts / f"data-{unit.part:05d}.{ext}", check=self.check_held) as data_tmp, \
+                atomic_path(parts / f"rejects-{unit.part:05d}.jsonl", check=self.check_held) as rej_tmp:
             stats = self.work.run(unit, UnitFiles(self.read_path(unit), data_tmp, rej_tmp), progress)
         self.mark_done(unit, stats)
         return stats
@@ -248,7 +276,7 @@ class Job:
     def mark_done(self, unit: Unit, stats: UnitStats) -> None:
         if self.units_done_here == 0:
             self.record_settings()
-        write_json_atomic(self.layout.done(unit.source, unit.part), {"unit": unit.name, **asdict(stats)})
+        write_json_atomic(self.layout.done(unit.source, unit.part), {"unit": unit.name, **asdict(stats)}, check=self.check_held)
         self.units_done_here += 1
         faults.point("unit-done", self.units_done_here)
 
@@ -289,8 +317,9 @@ class Job:
 
     def write_summary(self, summary: dict[str, Any], finished: bool = True) -> None:
         """The summary last: summary.json (or the node parts'); an unfinished job's in the state instead."""
+        self.check_held()
         if finished:
             self.failed_summary_path.unlink(missing_ok=True)
-            write_json_atomic(self.summary_path, summary)
+            write_json_atomic(self.summary_path, summary, check=self.check_held)
         else:
-            write_json_atomic(self.failed_summary_path, summary)
+            write_json_atomic(self.failed_summary_path, summary, check=self.check_held)

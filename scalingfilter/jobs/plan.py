@@ -22,8 +22,8 @@ from scalingfilter.io import locations
 from scalingfilter.io.records import INPUT_SUFFIXES, count_records, file_format
 from scalingfilter.io.walk import CorpusFiles, walk_corpus, warn_skipped
 from scalingfilter.io.objects import ObjectPath
-from scalingfilter.io.storage import (LOCK_NAME, PART_LOCK_PREFIX, fsync_dir, read_json, read_json_dir, tmp_files, tmp_key, tmp_target,
-                                     write_json_atomic)
+from scalingfilter.io.storage import fsync_dir, read_json, read_json_dir, tmp_files, tmp_key, tmp_target, write_json_atomic
+from scalingfilter.io.locks import LOCK_NAME, PART_LOCK_PREFIX
 from scalingfilter.jobs.state import (CONFIG_NAME, DONE_DIR, FINAL_DIR, MARKER_DIRS, PART_SUMMARY_GLOB, PARTS_DIR, PLANS_DIR, RESERVED_NAMES,
                                       STATE_DIR, SUMMARY_NAME, StateLayout, state_key)
 from scalingfilter.jobs.units import Unit, file_units, node_files

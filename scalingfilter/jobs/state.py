@@ -50,7 +50,7 @@ def part_summary_name(first: int, last: int) -> str:
 #   OUT/.scalingfilter/parts/<key>/           the finished part files of a file's units, until it is assembled
 #   OUT/.scalingfilter/done/<key>.NNNNN.json  a unit's completion marker (written after its part file)
 #   OUT/.scalingfilter/final/<key>.json       a file's completion marker (written after its output appeared)
-#   OUT/.scalingfilter/lock[.parts-A-B]       the job lock (io.storage.JobLock)
+#   OUT/.scalingfilter/lock[.parts-A-B]       the job lock (io.locks.JobLock)
 #
 # <key> is `state_key(relative path)`: flat, readable and collision-free.
 
@@ -187,6 +187,7 @@ class ScoredDir:
         self.parts = parts
         self.layout = StateLayout(root)
         self._files: list[str] | None = None
+        self._data_markers: dict[str, dict[str, Any]] | None = None  # the final markers `data_files` read
 
     # ---- finished?
     @classmethod
@@ -318,19 +319,27 @@ class ScoredDir:
         """Each scored file's final marker, by source (read anew on each call: one listing, then the markers)."""
         from scalingfilter.io.locations import names_in
         from scalingfilter.io.storage import read_json_dir, tmp_target
+        from scalingfilter.jobs.plan import source_problem
 
         where = self.layout.dir(FINAL_DIR)
         names = sorted(n for n in names_in(where) if n.endswith(".json") and tmp_target(n) is None)
         read = read_json_dir(where) if names else {}
+
         out: dict[str, dict[str, Any]] = {}
         for name in names:
             m = read.get(name)
-            try:
-                if m is None:
-                    raise ValueError("not readable JSON")
-                out[str(m["source"])] = m
-            except (ValueError, TypeError, KeyError) as exc:
-                raise inconsistent(self.root, f"final marker {name} is unreadable: {type(exc).__name__}: {exc}") from None
+            if not isinstance(m, dict):
+                raise inconsistent(self.root, f"final marker {name} is unreadable: "
+                                   + ("not readable JSON" if m is None else f"a JSON {type(m).__name__}, not an object"))
+            # a path read from the state is followed only when it is one `score` could have written (the check score
+            # itself makes): relative, inside the directory, under its own marker name; else the state is foreign
+            problem = source_problem(m.get("source"), name)
+            if problem is not None:
+                raise InconsistentScoredDirError(
+                    f"the scored directory {str(self.root)!r} holds state this tool did not write (final marker {name} "
+                    f"{problem}); nothing was read from it; rerun `scalingfilter score` with --force-overwrite to discard "
+                    f"the state and rescore, or remove {STATE_DIR}/{FINAL_DIR}/{name}")
+            out[m["source"]] = m
         return out
 
     def versions(self) -> dict[str, dict[str, Any]]:
@@ -341,27 +350,67 @@ class ScoredDir:
 
     def data_files(self) -> tuple[list[str], dict[str, int]]:
         """(data files, expected record count per file: its final marker's records - rejected), or an
-        InconsistentScoredDirError: a file a marker lists that is missing, a data file without a marker."""
+        InconsistentScoredDirError: a marker naming a path score could not have written, a file a marker lists that
+        is missing, a data file without a marker."""
         files = self._find()
+        markers = self.markers()
         expected: dict[str, int] = {}
-        for source, m in self.markers().items():
-            try:
-                expected[source] = int(m["records"]) - int(m.get("rejected", 0))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise inconsistent(self.root, f"the final marker of {source} is unreadable: {type(exc).__name__}: {exc}") from None
+        for source, m in markers.items():
+            records, rejected = m.get("records"), m.get("rejected", 0)
+            if not all(type(v) is int and v >= 0 for v in (records, rejected)):
+                raise inconsistent(self.root, f"the final marker of {source} holds no record count this tool writes "
+                                   f"(records={records!r}, rejected={rejected!r})")
+            expected[source] = records - rejected
             if not (self.root / source).is_file():
                 raise inconsistent(self.root, f"{source} is listed as scored but missing")
         unmarked = [f for f in files if f not in expected]
         if unmarked:
-            raise inconsistent(self.root, f"{unmarked[0]} has no final marker in {STATE_DIR}/{FINAL_DIR}"
-                               + (f", and {len(unmarked) - 1} more files" if len(unmarked) > 1 else ""))
+            # score writes a file's output, then its final marker, then the summary: a data file without a marker
+            # in a finished directory was put there by someone else (score leaves such a file alone, so a rerun
+            # does not repair this), or is an input file added after the summary was written
+            more = f" (and {len(unmarked) - 1} more files)" if len(unmarked) > 1 else ""
+            raise InconsistentScoredDirError(
+                f"the scored directory {str(self.root)!r} holds {unmarked[0]!r}{more}, which has no final marker in "
+                f"{STATE_DIR}/{FINAL_DIR}: `scalingfilter score` did not write it; move it out of the output directory "
+                f"(if it is an input file added since, rerun `scalingfilter score`, which scores it)")
+        self._data_markers = markers
         return self.files(), expected
 
+    def _changed_outputs(self, markers: dict[str, dict[str, Any]]) -> list[tuple[str, int | None, int]]:
+        """(file, its size, its final marker's `output_size`) of each scored file whose size is not what score
+        wrote (edited by hand, replaced): the record count alone misses an edit that keeps the count (a changed
+        score). Markers without `output_size` (written by older versions) are not checked. One listing of a
+        bucket; one stat per file locally."""
+        from scalingfilter.io.objects import ObjectPath
+
+        want = {s: m["output_size"] for s, m in markers.items() if type(m.get("output_size")) is int}
+        if not want:
+            return []
+        if isinstance(self.root, ObjectPath):
+            listed = self.root.find()
+            sizes = {s: (listed[s].get("size") if s in listed else None) for s in want}
+        else:
+            sizes = {}
+            for s in want:
+                try:
+                    sizes[s] = (self.root / s).stat().st_size
+                except OSError:
+                    sizes[s] = None
+        return [(s, sizes[s], w) for s, w in sorted(want.items()) if sizes[s] != w]
+
     def check_counts(self, files: list[str], counts: list[int], expected: dict[str, int]) -> None:
-        """Every data file holds the records its final marker says (`counts`: as read, in the order of `files`)."""
+        """Every data file holds the records its final marker says (`counts`: as read, in the order of `files`), and
+        has the size it had when score wrote it (the markers `data_files` read; markers without `output_size`,
+        written by older versions, are not checked)."""
         for rel, n in zip(files, counts):
             if n != expected[rel]:
                 raise inconsistent(self.root, f"{rel} has {n} records, its final marker says {expected[rel]}")
+        # then the sizes: an edit that keeps the record count (a changed score) changes the size score recorded
+        changed = self._changed_outputs(self._data_markers) if self._data_markers is not None else []
+        if changed:
+            rel, size, want = changed[0]
+            raise inconsistent(self.root, f"{rel} has {size} bytes, its final marker says {want}: it was changed since it "
+                               f"was scored" + (f", and {len(changed) - 1} more files" if len(changed) > 1 else ""))
 
     def changed_since(self, versions: dict[str, dict[str, Any]]) -> list[str]:
         """The files whose version differs from `versions` (an earlier `versions()`), sorted."""

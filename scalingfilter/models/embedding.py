@@ -7,9 +7,11 @@
   document) plus at most three chunks of texts (encoded, read ahead, being read), not the corpus. A
   chunk is encoded by `fast_encode.encode_texts` (host tokenising ahead of the device; the same
   embeddings as sentence-transformers' `encode`) while a background thread reads the next one
-  (`streams.read_ahead`). On several GPUs the chunks are encoded by one process per GPU
-  (sentence-transformers multi-process encoding); under `torchrun` each rank encodes every
-  world_size-th chunk and rank 0 gathers the parts from disk.
+  (`streams.read_ahead`). On several GPUs of one process the chunks are encoded by one process per
+  GPU (sentence-transformers multi-process encoding). The `diversity` command does not stream through
+  `encode_stream`: it embeds in units of CHUNK_TEXTS positions run by the job engines (one process,
+  torchrun ranks or Ray workers, each taking whole units: `stages.diversity_embed`), the same chunks and
+  so the same rows; `encode_stream` embeds texts given in memory (`stages.diversity.semantic_diversity`).
 - The cache holds the rows that were embedded, which need not be every document (the diversity groups
   embed only the documents they draw): `embeddings.npy` (float32, rows x d), `embeddings.rows.npy`
   (int64, ascending: the position of each row among the usable documents of the input),
@@ -27,7 +29,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -114,22 +116,16 @@ def load_model(name: str | None = None, device: str | None = None, dtype: str = 
     require_extras(name, "sentence embeddings (scalingfilter.models.embedding.load_model)")
     spec = resolve_model(name)
     device = device or default_device()
+    if not spec.local:  # one quick look at the hub: unreachable, it is offline mode (the local cache) at once,
+        from scalingfilter.models.pair import ensure_hub_reachable_or_offline  # not a minute of retries
+
+        ensure_hub_reachable_or_offline([spec.source])
     try:
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(spec.source, device=device)
     except Exception as exc:
-        if spec.local:
-            raise ModelLoadError(f"could not load the sentence-transformers model in {spec.source!r}: {type(exc).__name__}: {exc}") from exc
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        raise ModelLoadError(
-            f"could not load model {spec.name!r} from the Hugging Face hub{' (HF_HUB_OFFLINE is set)' if offline else ''}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
-            f"Without access to the hub, download it on a machine that has access, e.g.\n"
-            f"    huggingface-cli download {spec.name} --local-dir ./{spec.name.split('/')[-1]}\n"
-            f"copy that folder here and pass its path: --model-name ./{spec.name.split('/')[-1]}\n"
-            f"(or leave --model-name out to use the bundled all-MiniLM-L6-v2)."
-        ) from exc
+        raise _load_error(spec, exc) from exc
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and getattr(tokenizer, "pad_token", "") is None:  # batches could not be padded
         raise ModelLoadError(f"model {spec.name!r}: its tokenizer has no padding token, so it is not a sentence-embedding "
@@ -148,6 +144,21 @@ def load_model(name: str | None = None, device: str | None = None, dtype: str = 
     model._scalingfilter_spec = spec  # type: ignore[attr-defined]
     model._scalingfilter_dtype = str(resolved).removeprefix("torch.")  # type: ignore[attr-defined]
     return model
+
+
+def _load_error(spec: ModelSpec, exc: Exception) -> ModelLoadError:
+    """One line for a model that did not load, saying what to do (library parameter names: the CLI shows flags)."""
+    first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if spec.local:
+        return ModelLoadError(f"could not load the sentence-transformers model in {spec.source!r}: {first}")
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    where = "the Hugging Face hub cannot be reached from here and the model is not in the local cache" if offline else "the Hugging Face hub"
+    folder = spec.name.rstrip("/").split("/")[-1]
+    return ModelLoadError(
+        f"could not load model {spec.name!r} ({where}; {first}); download it where the hub is reachable "
+        f"(`huggingface-cli download {spec.name} --local-dir {folder}`), copy that folder here and pass model_name=./{folder}, "
+        f"or model_name=default for the bundled all-MiniLM-L6-v2 (no download)"
+    ).with_flags(model_name="--model-name")
 
 
 def model_fingerprint(model) -> dict[str, Any]:
@@ -326,53 +337,35 @@ def encode_stream(
     devices: list[str] | None = None,
     total: int | None = None,
     progress: bool = True,
-    on_doc: Callable[[str, str], None] | None = None,
-    shard: tuple[int, int] = (0, 1),
-    records_read: Callable[[], int] | None = None,
-    encoder: Callable[[list[str], int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str], EncodeStats]:
     """Embeddings (float32, n x d) and ids of (id, text) pairs, read and encoded `chunk_texts` at a time.
 
     devices: more than one (e.g. ['cuda:0', 'cuda:1']) -> one encoding process per device.
-    shard (rank, world): encode only chunks c with c % world == rank (every document still goes to `on_doc`).
-    total / records_read: the progress bar counts input records (rejected ones too) when given, else documents.
-    encoder(texts, batch_size): encodes each chunk instead of `model` (diversity's Ray workers, which hold the
-    same model); `model` still gives the dimension and the device reported.
+    total: the number of documents, for the progress bar.
     """
     import time
 
     from tqdm.auto import tqdm
 
-    rank, world = shard
     pool = None
-    if encoder is None and devices and len(devices) > 1:
+    if devices and len(devices) > 1:
         pool = model.start_multi_process_pool(devices)
     parts: list[np.ndarray] = []
     ids: list[str] = []
     stats = EncodeStats(devices=list(devices or [str(model.device)]))
-    bar = tqdm(total=total, unit="rec" if records_read else "doc", desc="embedding" + (f" (rank {rank}/{world})" if world > 1 else ""), disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, unit="doc", desc="embedding", disable=not progress, file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        for c, chunk in enumerate(read_ahead(chunked(docs, chunk_texts))):
-            if on_doc is not None:
-                for key, text in chunk:
-                    on_doc(key, text)
-            if c % world != rank:
-                bar.update(records_read() - bar.n if records_read else len(chunk))
-                continue
+        for chunk in read_ahead(chunked(docs, chunk_texts)):
             texts = [t for _, t in chunk]
-            if encoder is not None:
-                emb = encoder(texts, batch_size)
-            elif pool is not None:
+            if pool is not None:
                 emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, pool=pool)
             else:
                 emb = encode_texts(model, texts, batch_size=batch_size)
             parts.append(np.asarray(emb, dtype=np.float32))
             ids.extend(k for k, _ in chunk)
             stats.documents += len(chunk)
-            bar.update(records_read() - bar.n if records_read else len(chunk))
-        if records_read:
-            bar.update(records_read() - bar.n)
+            bar.update(len(chunk))
     finally:
         bar.close()
         if pool is not None:

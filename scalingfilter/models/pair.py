@@ -155,9 +155,13 @@ def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
     if _is_local(name):
         why = f"the directory {name!r} is not a Hugging Face model directory with a tokenizer ({type(exc).__name__}: {exc})"
         return ModelLoadError(f"cannot load the {role} model: {why}")
+    from scalingfilter.bundled import bundled_pair_dir
+
+    # the one way on that needs no download comes first, where this installation ships it
+    bundled = "score with the pair shipped with scalingfilter (pair=bundled: no download), or " if bundled_pair_dir() is not None else ""
     return ModelLoadError(
         f"cannot load the {role} model {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-        f"If the hub is unreachable from here, download it where it is reachable "
+        f"If the hub is unreachable from here, {bundled}download the model where it is reachable "
         f"(`huggingface-cli download {name} --local-dir DIR`), copy DIR here, and pass {role}=DIR "
         f"(or pair=DIR with DIR/small and DIR/large)."
     ).with_flags(**PAIR_FLAGS)

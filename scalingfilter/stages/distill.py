@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from scalingfilter.errors import InputError, UsageError, require
+from scalingfilter.errors import InputError, UsageError, param_error, require
 from scalingfilter.jobs.state import ScoredDir
 from scalingfilter.stages.select_choose import top_k
 # The parts, by responsibility (their names are this module's too: the API, the CLI and the tests use them):
@@ -127,17 +127,18 @@ class DistillSettings:
 
     def validate(self) -> None:
         if not 0 < self.keep < 1:
-            raise UsageError(f"--keep must be in (0, 1) (got {self.keep})")
+            raise param_error("keep", f"keep={self.keep!r}: must be in (0, 1)")
         if not 0 < self.heldout < 1:
-            raise UsageError(f"--heldout must be in (0, 1) (got {self.heldout})")
+            raise param_error("heldout", f"heldout={self.heldout!r}: must be in (0, 1)")
         if self.labels not in LABEL_MODES:
-            raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)} (got {self.labels!r})")
+            raise param_error("labels", f"labels={self.labels!r}: must be one of {', '.join(LABEL_MODES)}")
         if self.normalisation not in NORMALISERS:
-            raise UsageError(f"--normalise must be one of {', '.join(NORMALISERS)} (got {self.normalisation!r})")
+            raise UsageError(f"normalisation={self.normalisation!r}: must be one of {', '.join(NORMALISERS)}").with_flags(
+                normalisation="--normalise")
         if not (self.max_chars is None or self.max_chars == "auto" or (isinstance(self.max_chars, int) and self.max_chars > 0)):
-            raise UsageError(f"--max-chars must be a positive integer, 'auto' or None (got {self.max_chars!r})")
+            raise param_error("max_chars", f"max_chars={self.max_chars!r}: must be a positive integer, 'auto' or None")
         if self.maxn and self.minn > self.maxn:
-            raise UsageError(f"--minn ({self.minn}) must not exceed --maxn ({self.maxn})")
+            raise param_error("minn", f"minn={self.minn}: must not exceed maxn={self.maxn}").with_flags(maxn="--maxn")
 
     def resolved(self, summary: dict[str, Any]) -> "DistillSettings":
         """These settings with max_chars "auto" made a number from the score's summary (its max_len)."""
@@ -280,7 +281,7 @@ def label_information(qf: np.ndarray, label: np.ndarray) -> list[str]:
     if keep_q.max() <= drop_q.min():  # no keep label is on a higher score than any drop label: all one tie
         raise InputError(f"the keep threshold cannot separate the documents: every keep and drop label to train on is on "
                          f"the same quality factor ({low_keep:.6g}; ties are broken by corpus position, not by the score), "
-                         f"so the labels carry no information; check the scoring, or choose another --keep")
+                         f"so the labels carry no information; check the scoring, or choose another keep fraction")
     return [f"{tied_keep:,} keep and {tied_drop:,} drop training labels share quality factors with the other label "
             f"(ties at the keep threshold, labelled by corpus position, not by the score): those labels are arbitrary"]
 
@@ -317,7 +318,7 @@ def plan_split(pool: Pool, s: DistillSettings) -> Plan:
         raise InputError(
             f"too few scored documents for the split: {n_scored} scored, {n_keep} keep / {n_drop} drop to train on and "
             f"{counts['heldout']} held out (need at least {MIN_TRAIN_PER_LABEL} of each label and {MIN_HELDOUT} held out); "
-            f"score more documents, or change --heldout / --keep")
+            f"score more documents, or change heldout={s.heldout:g} / keep={s.keep:g}").with_flags(heldout="--heldout", keep="--keep")
     return Plan(decision, threshold, label, heldout, counts, label_information(pool.qf, label))
 
 
@@ -391,16 +392,18 @@ def agreement(p: np.ndarray, qf: np.ndarray, decision: np.ndarray, keep: float, 
 def prepare_model_dir(model_dir: Path, force_overwrite: bool) -> None:
     for name in (MODEL_NAME, CARD_NAME):
         if (model_dir / name).exists() and not force_overwrite:
-            raise UsageError(f"{model_dir / name} exists; choose another --output-dir or pass --force-overwrite")
+            raise UsageError(f"model_dir={str(model_dir)!r} holds a model already ({name}); choose another directory, or pass "
+                             f"force_overwrite=True to replace it").with_flags(model_dir="--output-dir", force_overwrite="--force-overwrite")
     if model_dir.exists() and not model_dir.is_dir():
-        raise UsageError(f"--output-dir {str(model_dir)!r} is a file")
+        raise UsageError(f"model_dir={str(model_dir)!r} is a file").with_flags(model_dir="--output-dir")
 
 
 def distill(scored_dir: str | os.PathLike, model_dir: str | os.PathLike, settings: DistillSettings | None = None,
             force_overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train MODEL_DIR/model.bin on the scored corpus and write MODEL_DIR/card.json; returns the card.
     Every check that can refuse the run happens before anything is written."""
-    from scalingfilter.io.storage import JobLock, atomic_path, write_json_atomic
+    from scalingfilter.io.storage import atomic_path, write_json_atomic
+    from scalingfilter.io.locks import JobLock
 
     s = settings or DistillSettings()
     s.validate()

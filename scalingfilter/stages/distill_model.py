@@ -54,10 +54,12 @@ def load_card(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, An
     d = Path(model_dir)
     card_path, model_path = d / CARD_NAME, d / MODEL_NAME
     if not d.is_dir():
-        raise ModelLoadError(f"--model {str(d)!r} is not a directory (expected the output directory of `scalingfilter distill`)")
+        raise ModelLoadError(f"model_dir={str(d)!r} is not a directory (expected the output directory of `scalingfilter distill`)"
+                             ).with_flags(model_dir="--model")
     if not card_path.is_file() or not model_path.is_file():
         missing = " and ".join(n for n, p in ((CARD_NAME, card_path), (MODEL_NAME, model_path)) if not p.is_file())
-        raise ModelLoadError(f"--model {str(d)!r} is not a distilled model: no {missing} (make one with `scalingfilter distill`)")
+        raise ModelLoadError(f"model_dir={str(d)!r} is not a distilled model: no {missing} (make one with `scalingfilter distill`)"
+                             ).with_flags(model_dir="--model")
     try:
         card = read_json(card_path)
     except ValueError as exc:

@@ -10,54 +10,55 @@ Stages and their invariants:
    fingerprints the usable ones (their ids and texts, in order): n and the fingerprint.
 2. Draw: the groups are drawn from n alone (`group_indices(n, plan, seed)`), so they are the same
    whatever is embedded or cached.
-3. Embed: only the union of the groups' positions is embedded (a second pass reads the input once,
-   keeping those documents, in input order), minus the rows the cache already holds under
-   --load-from-cache. `--full` scores every document and embeds them all in a single pass.
-   Embedding a document does not depend on which others are embedded (up to float rounding of the
-   batch it lands in), so the scores equal those of embedding the whole corpus and drawing the same groups.
+3. Embed: only the union of the groups' positions is embedded, minus the rows the cache already holds
+   under --load-from-cache; `--full` scores every document, so every position is embedded. The
+   positions are embedded in units of `chunk_texts` consecutive positions, run by a job engine
+   (`stages.diversity_embed`): each unit reads its documents from the read checkpoint stage 1 kept
+   before them, so the input is read about once more in all. A killed run, rerun, continues with the
+   units not done and ends byte-identical to an uninterrupted run. Embedding a document does not depend
+   on which others are embedded (up to float rounding of the batch it lands in), so the scores equal
+   those of embedding the whole corpus and drawing the same groups.
 4. Score and write: results.txt (the reference's lines), results.json (scores, settings, counts), and
    the embedding cache (the rows embedded, with their positions; see embedding.Cache). Every file is
-   written atomically, and one run at a time holds the output directory (storage.JobLock).
+   written atomically, and one run at a time holds the output directory (locks.JobLock).
 
 The Vendi score grows with the number of documents scored, so scores are comparable only at the same
 group size (and with the same embedding model and kernel). With fewer documents than groups x size this
 module does not fail (the reference crashes below 100,000): it uses as many full groups of group_size as
 fit, or else one group of every document, and says so in the result's notes.
 
-Under torchrun every process reads the input and encodes every world_size-th chunk of the documents to
-embed; rank 0 puts the chunks back in input order (`jobs.engines.local.gather_chunks`), scores and writes;
-`run_diversity` returns the result on rank 0 (None elsewhere). With --engine ray the chunks are encoded by
-Ray workers (`jobs.engines.ray_embed`).
+Engines: the units run on the engines that run score (`jobs.engines.local`, `jobs.engines.ray`); none is
+diversity's own. Under torchrun every process counts the input (stage 1) and embeds every world_size-th
+unit; rank 0 reads the units back in order, scores and writes; `run_diversity` returns the result on
+rank 0 (None elsewhere). With --engine ray the units are embedded by Ray workers, which read the input
+themselves, with the score engine's retries and hang detection.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from scalingfilter.stages import vendi
 from scalingfilter.errors import InputError
-from scalingfilter.io.records import count_records, read_records
 from scalingfilter.io.walk import find_input_files
-from scalingfilter.io.writers import JsonlWriter
 from scalingfilter.models.embedding import (
     CHUNK_TEXTS, PAPER_MODEL, Cache, CachedRows, CacheMismatch, EncodeStats, InputFingerprint, embedding_dim, encode_stream,
     encoding_devices, load_model, model_fingerprint,
 )
 from scalingfilter.errors import UsageError
-from scalingfilter.jobs.engines.local import agree, gather_chunks, held_by_rank0, interleave_chunks  # noqa: F401  (interleave_chunks: tests)
+from scalingfilter.jobs.engines.local import agree, held_by_rank0
 from scalingfilter.jobs.processes import Processes, env_rank
-from scalingfilter.io.storage import JobLock, atomic_path, write_bytes_atomic, write_json_atomic
+from scalingfilter.io.storage import write_bytes_atomic, write_json_atomic
+from scalingfilter.io.locks import JobLock
+from scalingfilter.stages.diversity_embed import InputIndex, Rejects, clear_parts, embed_positions, usable_records
 
 log = logging.getLogger("scalingfilter")
 
@@ -66,7 +67,6 @@ PAPER_GROUP_SIZE = 10_000
 RESULTS_TXT = "results.txt"
 RESULTS_JSON = "results.json"
 REJECTS_FILE = "rejects.jsonl"
-PARTS_DIR = ".embedding_parts"
 CHUNK_ENV = "SCALINGFILTER_DIVERSITY_CHUNK"
 
 
@@ -99,9 +99,9 @@ class DiversityConfig:
     dtype: str = "auto"
     max_seq_length: int | None = None
     # documents read and encoded at a time (and the unit torchrun ranks share out)
-    chunk_texts: int = field(default_factory=_chunk_texts_default)
+    chunk_texts: int = field(default_factory=_chunk_texts_default)  # (the embedding units' size)
     progress: bool = True
-    engine: str = "local"  # "ray": the embedding step on Ray workers (scalingfilter.jobs.engines.ray_embed)
+    engine: str = "local"  # "ray": the embedding units on Ray workers (scalingfilter.jobs.engines.ray)
     ray: Any = None  # engines.ray_engine.RayOptions for engine "ray" (None: a local Ray instance)
 
 
@@ -189,71 +189,6 @@ def format_results_txt(scores: list[float]) -> str:
     return "".join(f"{s}\n" for s in scores) + f"Mean Semantic Diversity: {mean}\nStd Semantic Diversity: {std}\n"
 
 
-class _Rejects:
-    """Counts unusable records by reason and writes them to OUT/rejects.jsonl (atomically, when closed)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path  # None: count only (torchrun ranks other than 0, the second pass)
-        self.writer: JsonlWriter | None = None
-        self._tmp = contextlib.ExitStack()
-        self.reasons: collections.Counter[str] = collections.Counter()
-        self.read = 0
-
-    def add(self, record, reason: str | None = None) -> None:
-        if reason is not None:
-            record.error = reason
-        if self.path is not None:
-            if self.writer is None:
-                self.writer = JsonlWriter(self._tmp.enter_context(atomic_path(self.path)))
-            self.writer.write(record.reject_entry())
-        self.reasons[(record.error or "unknown").split(":")[0]] += 1
-
-    @property
-    def count(self) -> int:
-        return sum(self.reasons.values())
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self._tmp.close()  # renames the finished file into place
-        elif self.path is not None and self.path.exists():
-            self.path.unlink()  # a stale file from an earlier run
-
-    def abandon(self) -> None:
-        """Drop the unfinished file (called in the except block of the error that stopped the pass)."""
-        if self.writer is not None:
-            self.writer.close()
-        self._tmp.__exit__(*sys.exc_info())  # atomic_path removes its temporary file
-
-
-def usable_documents(input_dir: Path, files: list[str], text_field: str, rejects: _Rejects) -> Iterator[tuple[str, str]]:
-    """(key, text) of each usable record, files in sorted order; the rest go to `rejects`."""
-    for rel in files:
-        for rec in read_records(input_dir / rel, rel, text_field):
-            rejects.read += 1
-            if rec.error is not None:
-                rejects.add(rec)
-            elif not rec.text or not rec.text.strip():
-                rejects.add(rec, "empty text")
-            else:
-                yield rec.key, rec.text
-
-
-def selected_documents(input_dir: Path, files: list[str], text_field: str, wanted: np.ndarray) -> Iterator[tuple[str, str]]:
-    """(key, text) of the usable documents at the ascending positions `wanted`, in input order; reading
-    stops after the last one. InputError if the input has fewer usable documents than the count found."""
-    if not len(wanted):
-        return
-    k = 0
-    for pos, doc in enumerate(usable_documents(input_dir, files, text_field, _Rejects(None))):
-        if pos == wanted[k]:
-            yield doc
-            k += 1
-            if k == len(wanted):
-                return
-    raise InputError(f"the input in {str(input_dir)!r} changed while it was read (fewer usable documents than counted); rerun")
-
-
 def check_config(cfg: DiversityConfig) -> list[str]:
     """Validate the settings (the command's flags check them too, at parse time) and find the input files."""
     try:
@@ -288,8 +223,7 @@ class _Run:
     device: str
     devices: list[str] | None
     batch_size: int
-    model: Any = None
-    encoder: Any = None  # --engine ray: a jobs.engines.ray_embed.RayEncoder (the model then gives the dimension only)
+    model: Any = None  # this process's (with --engine ray: the fingerprint and the dimension only)
     mfp: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -310,8 +244,9 @@ class _Embedded:
     rows: CachedRows | None
     n: int
     plan: GroupPlan
-    rejects: _Rejects
+    rejects: Rejects
     stats: EncodeStats
+    engine: dict[str, Any]  # what the engine did (diversity_embed.embed_positions)
     cached_rows_used: int = 0
 
 
@@ -332,17 +267,11 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
         with held_by_rank0(procs, out_dir, "diversity"):
             run.model = load_model(cfg.model_name, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length)
             run.mfp = model_fingerprint(run.model)
-            if cfg.engine == "ray":  # the same model on Ray workers: caches and results as with one process
-                from scalingfilter.jobs.engines.ray_embed import RayEncoder
-
-                run.encoder = RayEncoder(cfg.model_name, cfg.dtype, cfg.max_seq_length, cfg.ray)
             embedded = _embed(run)
             if not procs.is_main:
                 return None
             return _score_and_write(run, embedded)
     finally:
-        if run.encoder is not None:
-            run.encoder.close()
         procs.close()
 
 
@@ -377,9 +306,7 @@ def _embed(run: _Run) -> _Embedded:
     reuse = cfg.load_from_cache and cache.exists()
     if cfg.load_from_cache and not reuse and procs.is_main:
         log.info("no complete embedding cache in %s (a cache of an older format counts as none): computing the embeddings", run.out_dir)
-    if cfg.full and not reuse:
-        return _embed_everything(run, cache)
-    fp, rejects = _count_usable(run)
+    fp, rejects, index = _count_usable(run)
     n = fp.count
     _require_documents(run, n, rejects)
     plan = plan_groups(n, cfg.groups, cfg.group_size, cfg.full)
@@ -399,105 +326,45 @@ def _embed(run: _Run) -> _Embedded:
     used = len(needed) - len(todo)
     if procs.is_main:
         log.info("%s usable documents; the groups need %s of them (%s cached): embedding %s", f"{n:,}", f"{len(needed):,}", f"{used:,}", f"{len(todo):,}")
-    new, stats = _embed_positions(run, todo)
+    new, stats, engine = embed_positions(run, todo, index.array(), meta)
     rows = None
     if procs.is_main:
         rows = cached.merged(new)
         if len(todo):
             cache.save(rows, meta)
-    return _Embedded(rows, n, plan, rejects, stats, used)
+        clear_parts(run.out_dir)  # the rows are in the cache (a kill before this point resumes from the parts)
+    return _Embedded(rows, n, plan, rejects, stats, engine, used)
 
 
-def _count_usable(run: _Run) -> tuple[InputFingerprint, _Rejects]:
-    """Stage 1: one pass over the input; rank 0 writes the rejects."""
+def _count_usable(run: _Run) -> tuple[InputFingerprint, Rejects, InputIndex]:
+    """Stage 1: one pass over the input (rank 0 writes the rejects); the read checkpoints for stage 3."""
     from tqdm.auto import tqdm
 
     cfg = run.cfg
     if run.procs.is_main:
         log.info("counting the usable documents of %d file(s) in %s ...", len(run.files), run.input_dir)
     fp = InputFingerprint(cfg.text_field)
-    rejects = _Rejects(run.out_dir / REJECTS_FILE if run.procs.is_main else None)
+    index = InputIndex()
+    rejects = Rejects(run.out_dir / REJECTS_FILE if run.procs.is_main else None)
     try:
         with tqdm(unit="rec", desc="reading", disable=not (cfg.progress and run.procs.is_main), mininterval=1.0) as bar:
-            for key, text in usable_documents(run.input_dir, run.files, cfg.text_field, rejects):
-                fp.update(key, text)
+            for file_index, rec in usable_records(run.input_dir, run.files, cfg.text_field, rejects):
+                fp.update(rec.key, rec.text)
+                index.add(file_index, rec.index)
                 bar.update(rejects.read - bar.n)
             bar.update(rejects.read - bar.n)
     except BaseException:
         rejects.abandon()
         raise
     rejects.close()
-    return fp, rejects
+    return fp, rejects, index
 
 
-def _require_documents(run: _Run, n: int, rejects: _Rejects) -> None:
+def _require_documents(run: _Run, n: int, rejects: Rejects) -> None:
     if n == 0:
         raise InputError(
             f"no usable documents in {str(run.input_dir)!r}: {rejects.read:,} records read, all rejected (see {run.out_dir / REJECTS_FILE})"
         )
-
-
-def _embed_positions(run: _Run, todo: np.ndarray) -> tuple[CachedRows, EncodeStats]:
-    """Stage 3: embed the usable documents at positions `todo` (ascending), read in one pass.
-    Rank 0 gets every row in input order; the other ranks an empty set."""
-    dim = embedding_dim(run.model)
-    if not len(todo):
-        return CachedRows.empty(dim), EncodeStats(devices=[run.device])
-    procs = run.procs
-    emb, ids, stats = encode_stream(
-        run.model,
-        selected_documents(run.input_dir, run.files, run.cfg.text_field, todo),
-        batch_size=run.batch_size,
-        devices=run.devices,
-        total=len(todo),
-        progress=run.cfg.progress,
-        shard=(procs.rank, procs.world_size),
-        chunk_texts=run.cfg.chunk_texts,
-        encoder=run.encoder.encode if run.encoder else None,
-    )
-    if procs.world_size > 1:
-        emb, ids = gather_chunks(procs, run.out_dir / PARTS_DIR, emb, ids, run.cfg.chunk_texts)
-        if not procs.is_main:
-            return CachedRows.empty(dim), stats
-    stats.documents = len(ids)
-    return CachedRows(emb, ids, todo), stats
-
-
-def _embed_everything(run: _Run, cache: Cache) -> _Embedded:
-    """--full without a cache to reuse: stages 1 and 3 in one pass (every usable document is embedded)."""
-    cfg, procs = run.cfg, run.procs
-    fp = InputFingerprint(cfg.text_field)
-    rejects = _Rejects(run.out_dir / REJECTS_FILE if procs.is_main else None)
-    total = sum(count_records(run.input_dir / f) for f in run.files) if cfg.progress else None
-    try:
-        emb, ids, stats = encode_stream(
-            run.model,
-            usable_documents(run.input_dir, run.files, cfg.text_field, rejects),
-            batch_size=run.batch_size,
-            devices=run.devices,
-            total=total,
-            progress=cfg.progress,
-            on_doc=fp.update,
-            shard=(procs.rank, procs.world_size),
-            records_read=lambda: rejects.read,
-            chunk_texts=cfg.chunk_texts,
-            encoder=run.encoder.encode if run.encoder else None,
-        )
-    except BaseException:
-        rejects.abandon()
-        raise
-    rejects.close()
-    n = fp.count
-    _require_documents(run, n, rejects)
-    if procs.world_size > 1:
-        emb, ids = gather_chunks(procs, run.out_dir / PARTS_DIR, emb, ids, cfg.chunk_texts)
-    plan = plan_groups(n, cfg.groups, cfg.group_size, full=True)
-    if not procs.is_main:
-        return _Embedded(None, n, plan, rejects, stats)
-    stats.documents = len(ids)
-    rows = CachedRows(emb, ids, np.arange(len(ids), dtype=np.int64))
-    cache.save(rows, {"model_fingerprint": run.mfp, "input_fingerprint": fp.hexdigest(), "n": n, "text_field": cfg.text_field})
-    return _Embedded(rows, n, plan, rejects, stats)
 
 
 def _score_and_write(run: _Run, embedded: _Embedded) -> dict[str, Any]:
@@ -545,6 +412,7 @@ def _result(run: _Run, embedded: _Embedded, scores: list[float], vendi_seconds: 
             "from_cache": embedded.cached_rows_used > 0,
             "encoded": stats.documents,
             "cached_rows_used": embedded.cached_rows_used,
+            "engine": embedded.engine,
             "seconds": round(stats.seconds, 3),
             "docs_per_second": round(stats.documents / stats.seconds, 2) if stats.seconds > 0 else None,
         },

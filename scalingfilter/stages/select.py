@@ -44,7 +44,7 @@ The parts, by responsibility: ``select_config`` (the choices), ``select_table`` 
 (the kept set, exact and deterministic), ``select_output`` (OUT's life, pass 2, the mask, the manifest);
 this module runs them in order and re-exports their names.
 
-The output directory's life (one run at a time: ``storage.JobLock(OUT, "select")``)
+The output directory's life (one run at a time: ``locks.JobLock(OUT, "select")``)
 -----------------------------------------------------------------------------------
 1. ``OUT/.scalingfilter/selection.in-progress`` is written before any other output file;
 2. the kept files, ``unscored.jsonl`` and ``.scalingfilter/selection.npz`` (the keep mask per corpus
@@ -83,7 +83,8 @@ import numpy as np
 
 from scalingfilter.errors import InputError, SelectionError  # noqa: F401  (SelectionError: re-exported)
 from scalingfilter.io.locations import location  # paths may be URLs (s3://...)
-from scalingfilter.io.storage import JobLock, atomic_write, read_json, write_json_atomic
+from scalingfilter.io.storage import atomic_write, read_json, write_json_atomic
+from scalingfilter.io.locks import JobLock
 from scalingfilter.jobs.state import DEFAULT_SCORE_FIELD, SCORE_FIELDS, STATE_DIR, ScoredDir, inconsistent  # noqa: F401
 # The parts of the command, by responsibility; their names are this module's too (the API and the tests use them)
 from scalingfilter.stages.select_choose import Bounds, choose, rank_interval, select_mask, sort_keys, top_k  # noqa: F401

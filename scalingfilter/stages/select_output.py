@@ -1,7 +1,7 @@
 """The output of `select`: the directory's life, pass 2 (the kept records, written as they came in), the keep
 mask and the manifest.
 
-OUT's life (one run at a time: `storage.JobLock(OUT, "select")`): `selection.in-progress` is written before any
+OUT's life (one run at a time: `locks.JobLock(OUT, "select")`): `selection.in-progress` is written before any
 other output file; the kept files, `unscored.jsonl` and `selection.npz` each atomically; `selection.json` (the
 manifest) LAST, so a selection is complete exactly when it is there. `prepare_output` cleans up an interrupted
 selection, replaces a complete one only with `force_overwrite`, and refuses anything else (see `select`'s
@@ -30,7 +30,8 @@ from scalingfilter.io.locations import contains, location, rmtree as remove_tree
 from scalingfilter.io.objects import ObjectPath
 from scalingfilter.io.records import file_format, open_binary
 from scalingfilter.io.writers import open_binary_writer
-from scalingfilter.io.storage import LOCK_NAME, atomic_path, read_json, tmp_target, write_json_atomic
+from scalingfilter.io.storage import atomic_path, read_json, tmp_target, write_json_atomic
+from scalingfilter.io.locks import LOCK_NAME
 from scalingfilter.jobs.state import SCORE_FIELDS, STATE_DIR
 from scalingfilter.stages.select_choose import Bounds
 from scalingfilter.stages.select_config import GATE_FIELD, SHORT_DOCUMENT_TOKENS, SelectConfig

@@ -5,25 +5,28 @@ Rank 0 takes the output's lock and plans; every process then reads the same plan
 locks, every rank agrees on errors" is `rank0_then_all` / `held_by_rank0`, which `diversity` uses as well);
 each process does its units with `Job.run_unit` under one progress bar, assembles its share of the files,
 and rank 0 writes the summary last.
+
+The same steps (`run_share`) run diversity's embedding, a `jobs.rows.RowsJob`, under the lock its stage
+holds: no stage brings an executor of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
-
-import numpy as np
+from typing import Any, Callable, Iterator, TypeVar, Union
 
 from scalingfilter.errors import ScalingFilterError
-from scalingfilter.io.storage import JobLock, atomic_write, read_json, write_json_atomic
+from scalingfilter.io.storage import write_json_atomic
+from scalingfilter.io.locks import JobLock
 from scalingfilter.jobs.job import Job
+from scalingfilter.jobs.rows import RowsJob
 from scalingfilter.jobs.processes import Processes
 from scalingfilter.jobs.units import Unit, UnitStats, rank_share
 
 T = TypeVar("T")
 LOCK_COMMAND = "score"  # the lock holder's command, as a second run's refusal names it
+EngineJob = Union[Job, RowsJob]  # what an engine runs: the same steps (prepare, run_unit, assemble) on both
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,91 +83,116 @@ def run_local(job: Job) -> dict[str, Any]:
     t0 = time.time()
     procs = Processes.from_env(job.cfg.device)
     with held_by_rank0(procs, job.out, LOCK_COMMAND, job.lock_name):
-        plan = rank0_then_all(procs, job.prepare, job.plan_from_state)
-        # nobody marks a unit done before every process has listed the pending units: else a process that
-        # lists late (a slow listing of a bucket) sees fewer units, and the round-robin shares disagree
-        procs.barrier()
-        my_units = rank_share(plan.pending, procs.rank, procs.world_size)
-        run_stats = run_units(job, my_units, procs) if my_units else UnitStats()
-        procs.barrier()
-        for i, s in enumerate(plan.mine):
-            if i % procs.world_size == procs.rank and not job.is_final(s):
-                job.assemble(s)
-        procs.barrier()
+        plan, run_stats = run_share(job, procs)
         run_totals = procs.all_sum([run_stats.records, run_stats.tokens])
         summary = job.summarise(plan, time.time() - t0, run_totals, procs.world_size)
         if procs.is_main:
-            write_json_atomic(job.summary_path, summary)
+            write_json_atomic(job.summary_path, summary, check=job.check_held)  # not if the lock was lost
         procs.close()
         return summary
 
 
-def run_units(job: Job, units: list[Unit], procs: Processes) -> UnitStats:
-    """This process's units, in order, under one progress bar (documents, tokens/s)."""
+def run_share(job: EngineJob, procs: Processes) -> tuple[Any, UnitStats]:
+    """The job's steps on every process, under a lock the caller holds: rank 0 plans, each process does its
+    round-robin share of the pending units, then its share of the assemblies. Returns (plan, this process's
+    stats). Runs a `Job` (score, classify) and a `jobs.rows.RowsJob` (diversity's embedding) alike."""
+    plan = rank0_then_all(procs, job.prepare, job.plan_from_state)
+    # nobody marks a unit done before every process has listed the pending units: else a process that
+    # lists late (a slow listing of a bucket) sees fewer units, and the round-robin shares disagree
+    procs.barrier()
+    my_units = rank_share(plan.pending, procs.rank, procs.world_size)
+    run_stats = run_units(job, my_units, procs) if my_units else UnitStats()
+    procs.barrier()
+    for i, s in enumerate(plan.mine):
+        if i % procs.world_size == procs.rank and not job.is_final(s):
+            job.assemble(s)
+    procs.barrier()
+    return plan, run_stats
+
+
+def run_units(job: EngineJob, units: list[Unit], procs: Processes) -> UnitStats:
+    """This process's units, in order, under one progress bar (`ProgressLine`: documents, rates, ETA)."""
     from tqdm import tqdm
 
-    job.work.load()
+    line: ProgressLine | None = None
+    job.work.load(heartbeat=lambda: line.batch() if line is not None else None)  # each batch scored moves the line
     total = UnitStats()
     show = job.cfg.show_progress
     share = job.count_pending(units) if show else None
-    bar = tqdm(desc=f"{job.cfg.verb} (rank {procs.rank})" if procs.world_size > 1 else job.cfg.verb, unit="doc", total=share,
-               disable=not show, position=procs.local_rank, dynamic_ncols=True, mininterval=1.0,
-               smoothing=0)  # smoothing 0: rate and ETA from the start, not from the last second
-    t_start = time.time()
-    tokens = 0
-
-    def progress(docs: int, toks: int) -> None:
-        nonlocal tokens
-        tokens += toks
-        bar.update(docs)
-        bar.set_postfix_str(f"{tokens / max(time.time() - t_start, 1e-9):,.0f} tok/s", refresh=False)
-
+    desc = f"{job.cfg.verb} (rank {procs.rank})" if procs.world_size > 1 else job.cfg.verb
+    bar = tqdm(desc=desc, unit="doc", total=share, disable=not show, position=procs.local_rank, dynamic_ncols=True,
+               bar_format=ProgressLine.FORMAT if share is not None else ProgressLine.FORMAT_NO_TOTAL)
+    line = ProgressLine(bar, share)  # the work starts now: loading and counting are behind
     job.prefetch(units)
     try:
         for i, unit in enumerate(units):
             bar.set_description_str(f"{job.cfg.verb} unit {i + 1}/{len(units)}", refresh=False)
-            total.add(job.run_unit(unit, progress))
+            total.add(job.run_unit(unit, line.written))
     finally:
+        line.draw(force=True, refresh=False)  # the last numbers, drawn once by close
         bar.close()
         job.close_prefetch()
     return total
 
 
-# ---------------------------------------------------------------------------------------------
-# Results of chunks dealt round-robin to the ranks, put back in input order (diversity's embeddings)
+def work_rates(docs: int, tokens: int, total: int | None, work_s: float, since_last_s: float = 0.0) -> tuple[float | None, float | None, float | None]:
+    """(documents/s, tokens/s, seconds left) of a job that wrote `docs` documents in its first `work_s` seconds of
+    work (set-up excluded: the models' loading, planning, counting), the last of them `since_last_s` seconds
+    ago. Documents come in bursts (a window of them is scored before the first is written), so the rates are
+    those of the bursts completed, and the time since the last one counts as work already done on the next;
+    (None, None, None) before the first document: no rate is better than a rate of 0 or of a first handful."""
+    if docs <= 0 or work_s <= 0:
+        return None, None, None
+    rate = docs / work_s
+    left = None if total is None else max(max(total - docs, 0) / rate - since_last_s, 0.0)
+    return rate, tokens / work_s, left
 
 
-def gather_chunks(procs: Processes, scratch: Path, rows: np.ndarray, ids: list[str], chunk: int) -> tuple[np.ndarray, list[str]]:
-    """torchrun: each rank saves its part; after a barrier rank 0 puts the chunks back in input order
-    (chunk c was done by rank c % world; every chunk but the last holds `chunk` rows), so the result is a
-    single process's. The other ranks get their own part back."""
-    rank = procs.rank
-    with atomic_write(scratch / f"embeddings.rank{rank}.npy") as fh:
-        np.save(fh, np.asarray(rows, dtype=np.float32), allow_pickle=False)
-    write_json_atomic(scratch / f"ids.rank{rank}.json", ids)
-    procs.barrier()
-    if not procs.is_main:
-        return rows, ids
-    parts = [np.load(scratch / f"embeddings.rank{r}.npy", allow_pickle=False) for r in range(procs.world_size)]
-    idss = [read_json(scratch / f"ids.rank{r}.json") for r in range(procs.world_size)]
-    out, all_ids = interleave_chunks(parts, idss, chunk)
-    for p in scratch.glob("*.rank*.*"):
-        p.unlink()
-    with contextlib.suppress(OSError):
-        scratch.rmdir()
-    return out, all_ids
+class ProgressLine:
+    """The local engine's progress line: documents written, and rates and ETA over the work (`work_rates`).
 
+    Drawn after each batch scored (the work's heartbeat, at most once a second), so the first line comes after the
+    first batch, not after the first window of documents (minutes for a large pair on a CPU); while batches
+    come, writing documents does not draw, so a burst is drawn complete, never as its first handful. A work
+    without batches (no heartbeat) is drawn as it writes."""
 
-def interleave_chunks(embs: list[np.ndarray], idss: list[list[str]], chunk_texts: int) -> tuple[np.ndarray, list[str]]:
-    """Undo the round-robin: chunk c (chunk_texts rows, the last one shorter) is the next block of part c % world."""
-    world = len(embs)
-    blocks, all_ids, pos = [], [], [0] * world
-    total = sum(len(i) for i in idss)
-    for c in range(-(-total // chunk_texts)):
-        r = c % world
-        lo, hi = pos[r], min(pos[r] + chunk_texts, len(idss[r]))
-        blocks.append(embs[r][lo:hi])
-        all_ids.extend(idss[r][lo:hi])
-        pos[r] = hi
-    dim = embs[0].shape[1] if embs else 0
-    return (np.concatenate(blocks, axis=0) if blocks else np.zeros((0, dim), np.float32)), all_ids
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+    FORMAT_NO_TOTAL = "{desc}: {n_fmt} doc [{elapsed}{postfix}]"
+
+    def __init__(self, bar, total: int | None, clock: Callable[[], float] = time.monotonic, every_s: float = 1.0):
+        self.bar, self.total, self.clock, self.every_s = bar, total, clock, every_s
+        self.started = clock()
+        self.docs = self.tokens = self.batches = 0
+        self.last_docs_at: float | None = None
+        self.drawn_at: float | None = None
+        self.batched = False  # the work reports its batches: they, not the writes, draw the line
+
+    def batch(self) -> None:
+        self.batched = True
+        self.batches += 1
+        self.draw()
+
+    def written(self, docs: int, tokens: int) -> None:
+        """run_unit's progress callback: documents written (and their tokens) since the last call."""
+        self.docs += docs
+        self.tokens += tokens
+        self.last_docs_at = self.clock()
+        if not self.batched:
+            self.draw()
+
+    def postfix(self, now: float) -> str:
+        if self.last_docs_at is None:
+            return f"batch {self.batches} of the first documents" if self.batches else "starting"
+        rate, tok_rate, left = work_rates(self.docs, self.tokens, self.total, self.last_docs_at - self.started, now - self.last_docs_at)
+        eta = "" if left is None else f", ETA {int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d}"
+        return f"{rate:,.1f} doc/s, {tok_rate:,.0f} tok/s{eta}"  # tqdm puts ", " before it
+
+    def draw(self, force: bool = False, refresh: bool = True) -> None:
+        now = self.clock()
+        if not force and self.drawn_at is not None and now - self.drawn_at < self.every_s:
+            return
+        self.drawn_at = now
+        self.bar.n = self.docs
+        self.bar.set_postfix_str(self.postfix(now), refresh=False)
+        if refresh:
+            self.bar.refresh()

@@ -1,4 +1,5 @@
-"""`--engine ray`: a job (score, classify) on a Ray cluster, units handed out dynamically.
+"""`--engine ray`: a job (score, classify; diversity's embedding: `run_rows_with_ray`) on a Ray cluster, units
+handed out dynamically.
 
 The driver (the process that runs the command) takes the output directory's lock, plans the job with
 `Job.prepare` (the same units as the local engine), starts long-lived workers (Ray actors,
@@ -7,7 +8,9 @@ The driver (the process that runs the command) takes the output directory's lock
 more units. A worker does a unit with `Job.run_unit` (temporary part files, renamed; the done marker last)
 and assembles a file once all its units are done (`Job.assemble`), so the output is byte-identical to the
 local engine's and a job started with one engine can be finished with the other. The driver then writes the
-summary as the local engine does. The engine knows no stage: it runs any `Job` (a `JobConfig` and a `UnitWork`).
+summary as the local engine does. The engine knows no stage: it runs any `Job` (a `JobConfig` and a `UnitWork`),
+and with `run_rows_with_ray` a `jobs.rows.RowsJob` (diversity's embedding: its units compute array rows; the
+same workers, retries and hang detection, under the lock the stage holds, without a summary).
 
 Invariants:
 - the driver holds unit metadata only (a `Unit` per pending unit, counters): its memory does not grow with
@@ -32,7 +35,7 @@ Invariants:
 
 Without an address the driver starts a local Ray instance over this machine's cores and GPUs; with
 `auto` or HOST:PORT it joins a running cluster (whose nodes must see the input and output directories
-at the same paths and have scalingfilter installed).
+at the same paths and have scalingfilter installed): `jobs.engines.ray_connect.connect`.
 
 Fault points (scalingfilter.faults; tests/test_ray_engine.py): `worker-record` and `worker-load` in the
 workers (captured on the driver with `faults.for_workers`, installed by each worker), `driver-units-done`
@@ -45,23 +48,23 @@ import collections
 import logging
 import resource
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from scalingfilter import faults
 from scalingfilter.errors import ScalingFilterError, UnitTimeoutError, UsageError
-from scalingfilter.io.storage import JobLock
+from scalingfilter.io.locks import JobLock
 from scalingfilter.jobs.engines.ray_worker import (PROGRESS_EVERY_S, AssembleFile, DoUnit, FileAssembled, JobWorker, ProgressCounter,  # noqa: F401
                                                    UnitDone, WorkItem)
-from scalingfilter.jobs.engines.local import LOCK_COMMAND
+from scalingfilter.jobs.engines.local import LOCK_COMMAND, work_rates
+from scalingfilter.jobs.engines.ray_connect import connect
 from scalingfilter.jobs.job import FAILED_SUMMARY_NAME, Job, JobConfig, Plan, UnitWork  # noqa: F401
+from scalingfilter.jobs.rows import RowsJob
 from scalingfilter.jobs.units import Unit
 
 log = logging.getLogger("scalingfilter")
 
-CONNECT_TIMEOUT_S = 20.0  # HOST:PORT must accept a TCP connection this fast (the issue's bound is 30 s)
 POLL_EVERY_S = 1.0  # the driver reads the counter (rates, which workers moved) this often
 # A shorter unit timeout could kill a healthy worker between two of its reports (every PROGRESS_EVERY_S, read
 # every POLL_EVERY_S): 5 s leaves room for both and a slow counter.
@@ -89,59 +92,7 @@ class RayOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# Joining or starting Ray
-
-
-def _resolve_auto() -> str:
-    """The cluster `auto` means (RAY_ADDRESS, else the last `ray start` on this machine), found as ray.init
-    would find it, so that its reachability can be checked first."""
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        address = canonicalize_bootstrap_address("auto")
-    except Exception:  # a private helper of Ray's: any failure means nothing was found
-        address = None
-    if not address:
-        raise ScalingFilterError("--ray-address auto: no running Ray cluster found on this machine (RAY_ADDRESS is not set and no "
-                                 "`ray start` ran here); start one, pass HOST:PORT, or leave out --ray-address for a local instance")
-    return address
-
-
-def _check_reachable(address: str, what: str = "") -> None:
-    """HOST:PORT must accept a connection quickly: ray.init would otherwise retry for minutes."""
-    host, _, port = address.rpartition(":")
-    host = host.removeprefix("ray://")
-    if not host or not port.isdigit():
-        raise UsageError(f"--ray-address must be 'auto' or HOST:PORT (got {address!r})")
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise ScalingFilterError(f"{what}cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it "
-                                 f"(`ray start --head`) or pass the head's address, or leave out --ray-address for a local instance") from None
-
-
-def connect(ray, opts: RayOptions) -> bool:
-    """Join the cluster at opts.address or start a local instance; True when this call started Ray."""
-    if ray.is_initialized():
-        return False  # an embedding program (or a test) runs Ray already
-    if opts.address == "auto":
-        _check_reachable(_resolve_auto(), "--ray-address auto: ")
-    elif opts.address is not None:
-        _check_reachable(opts.address)
-    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-    try:
-        if opts.address is None:
-            ray.init(address="local", object_store_memory=opts.object_store_mb << 20, **kwargs)  # never a stray running cluster
-        else:
-            ray.init(address=opts.address, **kwargs)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray instance"
-        hint = ("; a cluster started with `ray start` checks a token: set RAY_AUTH_MODE=token and make its token "
-                "available (~/.ray/auth_token or RAY_AUTH_TOKEN)") if opts.address else ""
-        raise ScalingFilterError(f"cannot start or join {where}: {first}{hint}") from None
-    return True
+# Signals, and the workers' shape (joining or starting Ray: `jobs.engines.ray_connect`)
 
 
 def terminate_as_interrupt() -> None:
@@ -188,6 +139,8 @@ class _Dispatcher:
         self.remote_cls = ray.remote(JobWorker)
         self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
         self.live = (0, 0)  # documents and tokens the workers reported so far (redone work included)
+        self.live_at = 0.0  # when the driver last saw that count move
+        self.batches_scored = 0  # batches the workers reported (progress before a window's documents are written)
         self._shown_at = self._polled_at = 0.0
         self.queue: collections.deque[list[WorkItem]] = collections.deque()
         self.remaining: dict[str, int] = collections.Counter(u.source for u in plan.pending)
@@ -429,9 +382,11 @@ class _Dispatcher:
             return False
         self._polled_at = now
         try:
-            docs, tokens, reports = self.ray.get(self.counter.read.remote(), timeout=5)
+            docs, tokens, reports, self.batches_scored = self.ray.get(self.counter.read.remote(), timeout=5)
         except self.ray.exceptions.GetTimeoutError:
             return False  # a busy counter: the next look
+        if docs != self.live[0]:
+            self.live_at = time.time()  # documents come in bursts (a window at a time): rates are the bursts'
         self.live = (docs, tokens)
         now = time.monotonic()
         for info in self.workers.values():
@@ -445,10 +400,11 @@ class _Dispatcher:
         if now - self._shown_at < 1.0:
             return
         self._shown_at = now
-        elapsed = max(now - (self.first_ready_at or self.t0), 1e-9)
         bar.update(self.units_done - bar.n)
-        bar.set_postfix_str(f"{self.live[0] / elapsed:,.0f} doc/s, {self.live[1] / elapsed:,.0f} tok/s, "
-                            f"workers {sum(w['ready'] for w in self.workers.values())}/{self.n_workers}", refresh=False)
+        rate, tok_rate, _ = work_rates(*self.live, None, self.live_at - (self.first_ready_at or self.t0))
+        moving = (f"{rate:,.1f} doc/s, {tok_rate:,.0f} tok/s" if rate is not None else  # none written yet: batches, not "0 doc/s"
+                  f"batch {self.batches_scored} of the first documents" if self.batches_scored else "loading")
+        bar.set_postfix_str(f"{moving}, workers {sum(w['ready'] for w in self.workers.values())}/{self.n_workers}", refresh=False)
 
     def fill(self) -> None:
         """Give every ready worker up to in_flight_per_worker batches."""
@@ -475,8 +431,6 @@ def run_with_ray(job: Job, opts: RayOptions) -> dict[str, Any]:
     terminate_as_interrupt()
     faults.point("driver-connect", 1)
     ray = require("ray", "ray", "--engine ray")
-    from tqdm import tqdm
-
     check_options(opts)
     t0 = time.time()
     cfg = job.cfg
@@ -488,29 +442,7 @@ def run_with_ray(job: Job, opts: RayOptions) -> dict[str, Any]:
             job.write_summary(summary)
             return summary
         job.settings()  # resolved here, on the driver (the test hooks' scorer too), before the work is sent to the workers
-        try:
-            started_ray = connect(ray, opts)
-        except KeyboardInterrupt:  # stopped while Ray started: stop what did start
-            if ray.is_initialized():
-                ray.shutdown()
-            raise
-        try:
-            terminate_as_interrupt()  # after ray.init: its handler would print native dumps and exit 1
-            shape = worker_shape(ray.cluster_resources(), opts)
-            dispatcher = _Dispatcher(ray, job, plan, opts, shape)
-            bar = tqdm(desc=f"{cfg.verb} units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
-                       dynamic_ncols=True, mininterval=1.0, smoothing=0)
-            try:
-                dispatcher.run(bar)
-            finally:
-                bar.close()
-                for actor in [*dispatcher.workers, dispatcher.counter]:
-                    ray.kill(actor)
-                dispatcher.faults.cleanup()
-            work_s = time.time() - (dispatcher.first_ready_at or dispatcher.t0)
-        finally:
-            if started_ray:
-                ray.shutdown()
+        dispatcher, shape, work_s = _dispatch(ray, job, plan, opts)
         extra = {
             "engine": "ray", "ray_address": opts.address or "local", "workers": shape[0], "gpus_per_worker": shape[1],
             "cpus_per_worker": shape[2], "workers_started": dispatcher.started, "workers_lost": dispatcher.lost,
@@ -528,6 +460,62 @@ def run_with_ray(job: Job, opts: RayOptions) -> dict[str, Any]:
         if dispatcher.timed_out_failed:
             raise timeout_error(dispatcher.timed_out_failed, opts, summary)
         return summary
+
+
+def run_rows_with_ray(job: RowsJob, opts: RayOptions) -> dict[str, Any]:
+    """Run a rows job (diversity's embedding, `jobs.rows.RowsJob`) on Ray, under the lock its stage holds:
+    the same driver loop, workers, retries and hang detection as a `Job`'s. Returns the engine's counters;
+    units that could not be done stop the run with one line (the done ones are kept for a rerun)."""
+    from scalingfilter.errors import require
+
+    terminate_as_interrupt()
+    ray = require("ray", "ray", "--engine ray")
+    check_options(opts)
+    plan = job.prepare()
+    if not plan.pending and all(job.is_final(s) for s in plan.mine):
+        return {"engine": "ray", "units_this_run": 0}
+    dispatcher, shape, work_s = _dispatch(ray, job, plan, opts)
+    if dispatcher.timed_out_failed:
+        raise UnitTimeoutError(f"{', '.join(dispatcher.timed_out_failed[:5])}: given up after {opts.max_unit_retries + 1} attempt(s), the last "
+                               f"making no progress for {opts.unit_timeout:g} s (--unit-timeout); the units done are kept: rerun the same command to continue")
+    if dispatcher.failed or not all(job.is_final(s) for s in plan.mine):
+        raise ScalingFilterError(f"{len(dispatcher.failed)} unit(s) not done ({', '.join(dispatcher.failed[:5])}): their workers kept dying; "
+                                 "see the Ray logs; the units done are kept: rerun the same command to continue")
+    return {"engine": "ray", "workers": shape[0], "gpus_per_worker": shape[1], "units_this_run": dispatcher.units_total,
+            "unit_retries": dispatcher.retries, "unit_timeouts": dispatcher.timeouts, "work_s": round(work_s, 3)}
+
+
+def _dispatch(ray, job: Job | RowsJob, plan, opts: RayOptions) -> tuple[_Dispatcher, tuple[int, float, int], float]:
+    """Start or join Ray, do the plan's units on workers under the driver's progress bar, stop the workers (and
+    Ray, where this call started it). Returns the dispatcher (its counters), the worker shape and the seconds
+    from the first worker ready to the end."""
+    from tqdm import tqdm
+
+    cfg = job.cfg
+    try:
+        started_ray = connect(ray, opts)
+    except KeyboardInterrupt:  # stopped while Ray started: stop what did start
+        if ray.is_initialized():
+            ray.shutdown()
+        raise
+    try:
+        terminate_as_interrupt()  # after ray.init: its handler would print native dumps and exit 1
+        shape = worker_shape(ray.cluster_resources(), opts)
+        dispatcher = _Dispatcher(ray, job, plan, opts, shape)
+        bar = tqdm(desc=f"{cfg.verb} units", unit="unit", total=dispatcher.units_total, disable=not cfg.show_progress,
+                   dynamic_ncols=True, mininterval=1.0, smoothing=0)
+        try:
+            dispatcher.run(bar)
+        finally:
+            bar.close()
+            for actor in [*dispatcher.workers, dispatcher.counter]:
+                ray.kill(actor)
+            dispatcher.faults.cleanup()
+        work_s = time.time() - (dispatcher.first_ready_at or dispatcher.t0)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return dispatcher, shape, work_s
 
 
 def check_options(opts: RayOptions) -> None:

@@ -2,9 +2,10 @@
 
 Work travels as dataclasses: the driver sends a worker a batch of `DoUnit` / `AssembleFile` items, and the
 worker returns `UnitDone` / `FileAssembled` results, in order. A worker is a long-lived Ray actor holding
-one `Job` and its stage's `UnitWork` (loaded once, in `ready`); it does each unit with `Job.run_unit` (the
-local engine's step: temporary part files, renamed; the done marker last) and assembles with `Job.assemble`,
-so the output is byte-identical to the local engine's.
+one job (a `Job` and its stage's `UnitWork`, or a `jobs.rows.RowsJob` and its `RowsWork`: diversity's
+embedding), whose work it loads once, in `ready`; it does each unit with the job's `run_unit` (the local
+engine's step: temporary files, renamed; the done marker last) and assembles with its `assemble`, so the
+output is byte-identical to the local engine's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Union
 
 from scalingfilter import faults
 from scalingfilter.jobs.job import Job, JobConfig, UnitWork
+from scalingfilter.jobs.rows import RowsJob, RowsJobConfig, RowsWork
 from scalingfilter.jobs.units import Unit
 
 PROGRESS_EVERY_S = 2.0  # a worker reports its documents and tokens to the driver's counter this often
@@ -66,6 +68,7 @@ class ProgressCounter:
 
     def __init__(self):
         self.docs = self.tokens = 0
+        self.batches = 0  # batches scored: the progress within a window, before its documents are written
         self.reports: dict[int, int] = {}  # worker id -> reports received
 
     def add(self, docs: int, tokens: int, worker: int | None = None) -> None:
@@ -74,21 +77,30 @@ class ProgressCounter:
         if worker is not None:
             self.reports[worker] = self.reports.get(worker, 0) + 1
 
-    def read(self) -> tuple[int, int, dict[int, int]]:
-        return self.docs, self.tokens, self.reports
+    def add_batches(self, batches: int) -> None:
+        self.batches += batches
+
+    def read(self) -> tuple[int, int, dict[int, int], int]:
+        return self.docs, self.tokens, self.reports, self.batches
 
 
 class JobWorker:
     """Does and assembles what the driver sends it; loads the stage's work once, in `ready`."""
 
-    def __init__(self, cfg: JobConfig, work: UnitWork, worker_faults: faults.WorkerFaults | None = None, counter=None,
-                 worker_id: int | None = None):
-        self.job = Job(replace(cfg, show_progress=False), work)  # one progress display: the driver's
+    def __init__(self, cfg: JobConfig | RowsJobConfig, work: UnitWork | RowsWork, worker_faults: faults.WorkerFaults | None = None,
+                 counter=None, worker_id: int | None = None):
+        job_type = RowsJob if isinstance(cfg, RowsJobConfig) else Job
+        self.job = job_type(replace(cfg, show_progress=False), work)  # one progress display: the driver's
         self.faults = worker_faults
         self.counter = counter
         self.worker_id = worker_id
-        self.unreported = [0, 0]
+        self.unreported = [0, 0, 0]  # documents, tokens, batches
         self.reported_at = time.time()
+
+    def batch(self) -> None:
+        """The work's heartbeat: a batch scored (documents are written a window of many batches at a time)."""
+        self.unreported[2] += 1
+        self.report()
 
     def progress(self, docs: int, tokens: int) -> None:
         """run_unit's progress callback (documents written): sent on to the counter."""
@@ -101,8 +113,11 @@ class JobWorker:
         Called as documents are written, as the work moves (its heartbeat: a batch scored) and as items
         finish, so a report is also the driver's sign of progress; a worker that hangs sends none."""
         if self.counter is not None and (now or time.time() - self.reported_at >= PROGRESS_EVERY_S):
-            self.counter.add.remote(*self.unreported, self.worker_id)  # fire and forget
-            self.unreported = [0, 0]
+            docs, tokens, batches = self.unreported
+            self.counter.add.remote(docs, tokens, self.worker_id)  # fire and forget
+            if batches and hasattr(self.counter, "add_batches"):  # (a test's stand-in counter may count reports only)
+                self.counter.add_batches.remote(batches)
+            self.unreported = [0, 0, 0]
             self.reported_at = time.time()
 
     def ready(self) -> tuple[int, str]:
@@ -111,7 +126,7 @@ class JobWorker:
         self.report(now=True)
         faults.install(self.faults)
         faults.point("worker-load")
-        self.job.work.load(heartbeat=self.report)
+        self.job.work.load(heartbeat=self.batch)
         return os.getpid(), socket.gethostname()
 
     def run(self, items: list[WorkItem]) -> list[UnitDone | FileAssembled]:

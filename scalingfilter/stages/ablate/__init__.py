@@ -15,7 +15,7 @@ Restartable: a rerun skips the units whose file exists and redoes the others fro
 depend only on (settings, arm, seed), so a run killed at any moment and rerun ends with the results of an
 uninterrupted run. The settings that determine the results are recorded (OUT/.scalingfilter/ablate.json) with
 the scored pool's file versions; a rerun with other settings or a rescored pool is refused (one line) unless
-`force_overwrite`, which starts over. One run at a time holds OUT (`storage.JobLock`).
+`force_overwrite`, which starts over. One run at a time holds OUT (`locks.JobLock`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import orjson
 
 from scalingfilter import faults
 from scalingfilter.errors import ConfigMismatchError, InputError, UsageError
-from scalingfilter.io.storage import JobLock, read_json, write_json_atomic
+from scalingfilter.io.storage import read_json, write_json_atomic
+from scalingfilter.io.locks import JobLock
 from scalingfilter.stages.ablate.arms import (CONTROL_ARMS, DEFAULT_ARMS, DEFAULT_CLEAN_SOURCES, DEFAULT_JUNK_SOURCES,
                                               arm_mask, arm_record, heuristic_pass, parse_arms, read_pool)
 from scalingfilter.stages.ablate.items import ItemScores
@@ -54,7 +56,9 @@ class AblateConfig:
     seeds: int = 3
     token_budget: int | None = None  # training tokens per model; None: what the smallest compared arm holds
     eval_dir: str | None = None  # blimp / arc_easy / lambada_openai files; None: the bundled BLiMP subset
-    eval_items: int | None = None  # at most this many items per eval set (a stratified, seeded subsample)
+    # at most this many items per eval set (a seeded subsample, stratified by BLiMP paradigm): the evaluation of a
+    # tiny model then takes about a minute on a CPU; None: every item
+    eval_items: int | dict[str, int] | None = 1000
     heldout_dirs: tuple[str, ...] = ()  # more held-out text (bits per byte, one group per directory)
     heldout_per_source: int = 50  # documents of every pool source held out of every arm (bits per byte)
     control: bool = True  # the positive control: clean sources against junk sources of the same pool
@@ -113,13 +117,22 @@ def _heldout_dir_docs(dirs: tuple[str, ...], text_field: str) -> list[tuple[str,
     return docs
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "scored_versions" else {f"{prefix}{k}": v})
+    return flat
+
+
 def _check_settings(out: Path, settings: dict[str, Any], force: bool, log: Callable[[str], None]) -> None:
     path = out / STATE_DIR / SETTINGS_NAME
+    settings = orjson.loads(orjson.dumps(settings))  # as read back (tuples become lists)
     if path.exists():
         saved = read_json(path)
         if saved != settings:
             if not force:
-                changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+                old, new = _flat(saved), _flat(settings)
+                changed = sorted(k.removeprefix("config.") for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigMismatchError(f"{str(out)!r} holds an ablation with other settings ({', '.join(changed)} differ); "
                                           f"use another output directory, or force_overwrite to start over")
             log(f"settings changed: removing the earlier units of {out}")

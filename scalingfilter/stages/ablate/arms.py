@@ -10,7 +10,8 @@ options on the same directory:
     field:NAME          select --method top-k --score-field NAME  (e.g. qf_distilled from `classify`)
     all                 every scored document                     (no filter, for reference)
     heuristics                 the documents datatrove's Gopher and C4 rules pass, then a random draw
-    heuristics+quality-factor  the documents the rules pass, then the top by quality factor
+    heuristics+quality-factor  the documents the rules pass, then the top by quality factor (when the rules
+                               pass fewer than the shared count: the top `keep` of what they pass)
 
 Every arm but `all` keeps the same number of documents, round(keep x scored pool) (`select`'s rounding), so
 arms differ in which documents they hold, not in how many; the heuristic arms draw that many from the
@@ -156,10 +157,10 @@ def heuristic_pass(pool: Pool, progress: Callable[[int], None] | None = None) ->
     return keep, reasons
 
 
-def _within(pool: Pool, allowed: np.ndarray, method: str, score: np.ndarray) -> tuple[np.ndarray, int]:
-    """(mask, short_by): select's `method` keeping pool.n_keep documents among `allowed` ones."""
+def _within(pool: Pool, allowed: np.ndarray, method: str, score: np.ndarray, want: int | None = None) -> tuple[np.ndarray, int]:
+    """(mask, short_by): select's `method` keeping `want` (default pool.n_keep) documents among `allowed` ones."""
     n_allowed = int(allowed.sum())
-    want = pool.n_keep
+    want = pool.n_keep if want is None else want
     if n_allowed == 0:
         return np.zeros_like(allowed), want
     keep = min(1.0, want / n_allowed)
@@ -182,7 +183,18 @@ def arm_mask(pool: Pool, arm: str, heuristics: np.ndarray | None = None,
     if arm in ("heuristics", "heuristics+quality-factor"):
         if heuristics is None:
             raise ValueError("heuristic arms need the heuristic pass mask")
-        return _within(pool, everything & heuristics, "random" if arm == "heuristics" else "top-k", qf)
+        passed = everything & heuristics
+        if arm == "heuristics":
+            return _within(pool, passed, "random", qf)
+        n_pass = int(passed.sum())
+        if n_pass > pool.n_keep:
+            return _within(pool, passed, "top-k", qf)
+        # the rules pass fewer than the shared count: the quality factor still keeps its fraction of what they pass
+        # (else both heuristic arms would hold the same documents and the question "does it add anything?" would
+        # have no answer); the same token budget for every arm keeps the comparison at equal compute
+        want = select_mask("top-k", pool.config.keep, np.where(passed, qf, np.nan))[0].sum()
+        mask, _short = _within(pool, passed, "top-k", qf, int(want))
+        return mask, pool.n_keep - int(mask.sum())
     if arm in CONTROL_ARMS:
         wanted = clean_sources if arm == "control:clean" else junk_sources
         allowed = everything & np.isin(np.array(pool.sources, dtype=object), list(wanted))

@@ -22,6 +22,11 @@ from typing import Any
 import numpy as np
 
 
+def higher_is_better(metric: str) -> bool:
+    """The naming rule every metric follows: bits per byte (`*_bpb`) are better low, everything else (accuracies) high."""
+    return not metric.endswith("_bpb")
+
+
 @dataclass
 class ItemScores:
     num: np.ndarray  # float64, one per item

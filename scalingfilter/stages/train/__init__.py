@@ -14,7 +14,7 @@ A run (`train_pair`) is `set_up_run` (device, data, models), `resume_run` or `in
     publish.py      an output URL: each checkpoint published to the bucket as it is written
 
 The output directory:
-  - one `train` at a time holds it (storage.JobLock); a second is refused at once, naming the holder;
+  - one `train` at a time holds it (io.locks.JobLock); a second is refused at once, naming the holder;
   - every file is written atomically (storage.atomic_path / write_json_atomic; the model and tokenizer
     directories are written under a temporary name and renamed), so a crash never leaves half a file;
   - `checkpoint.pt` holds tensors and plain values only and is read with torch.load(weights_only=True):
@@ -41,8 +41,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from scalingfilter.errors import ConfigMismatchError, InputError, ModelLoadError, UsageError
-from scalingfilter.io.storage import JobLock, atomic_path, write_json_atomic
+from scalingfilter.errors import ConfigMismatchError, InputError, ModelLoadError, UsageError, param_error
+from scalingfilter.io.storage import atomic_path, write_json_atomic
+from scalingfilter.io.locks import JobLock
 from scalingfilter.models.gpt import count_params, make_config, make_model, parse_sizes
 from scalingfilter.models.pair import PAIR_SCORING_FILE
 from scalingfilter.models.tokenizer import MIN_VOCAB_SIZE
@@ -93,7 +94,7 @@ class TrainConfig:
     def validate(self) -> None:
         """The ranges the command line checks while parsing, for callers of the API (UsageError)."""
         if str(self.output_dir).startswith("file://"):
-            raise UsageError(f"--output-dir {self.output_dir!r}: give a local directory as a plain path")
+            raise param_error("output_dir", f"output_dir={self.output_dir!r}: give a local directory as a plain path")
         checks = [
             ("seq_len", self.seq_len >= 2, "at least 2"), ("batch_size", self.batch_size >= 1, "at least 1"),
             ("vocab_size", self.vocab_size >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE}"), ("lr", self.lr > 0, "greater than 0"),
@@ -106,7 +107,7 @@ class TrainConfig:
         ]
         for name, ok, what in checks:
             if not ok:
-                raise UsageError(f"--{name.replace('_', '-')} must be {what} (got {getattr(self, name)!r})")
+                raise param_error(name, f"{name}={getattr(self, name)!r}: must be {what}")
 
     def effective(self) -> "TrainConfig":
         """The settings the run uses: a new cycle (--init-from) keeps the earlier pair's tokenizer."""
@@ -121,7 +122,8 @@ def open_output_dir(cfg: TrainConfig, out: Path, identity: dict[str, Any], log: 
     ckpt_path = out / CHECKPOINT_NAME
     if not cfg.resume:
         if ckpt_path.exists() or (out / "small").exists():
-            raise InputError(f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir")
+            raise InputError(f"output_dir={str(cfg.output_dir)!r} already holds a training run; pass resume=True to continue it, or "
+                             f"choose another output directory").with_flags(output_dir="--output-dir", resume="--resume")
         return None
     if not ckpt_path.exists():
         log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
@@ -149,9 +151,9 @@ def check_same_precision(cfg: TrainConfig, state: dict[str, Any]) -> None:
     now = use_bf16(cfg.precision, resolve_device(cfg.device))
     if now != saved:
         raise ConfigMismatchError(
-            f"--resume: the checkpoint was trained in {_precision_name(saved)} (precision={saved_flag}), and "
+            f"the checkpoint to resume was trained in {_precision_name(saved)} (precision={saved_flag}), and "
             f"precision={cfg.precision} on device={cfg.device} resolves to {_precision_name(now)}; rerun with "
-            f"--precision {'bf16' if saved else 'fp32'} to continue the run, or train into a new --output-dir"
+            f"precision={'bf16' if saved else 'fp32'} to continue the run, or train into a new output directory"
         ).with_flags(precision="--precision", device="--device")
 
 
@@ -193,7 +195,7 @@ def resume_run(run: PairRun, state: dict[str, Any], log: Callable[[str], None]) 
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a checkpoint of other shapes, or altered
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise InputError(f"{run.out / CHECKPOINT_NAME}: does not fit this run ({type(exc).__name__}: {first}); remove it "
-                         f"(or train into a new --output-dir)") from None
+                         f"(or train into a new output directory)") from None
     log(f"resumed at step {run.start:,} of {run.steps:,}")
 
 
@@ -208,8 +210,9 @@ def init_from_pair(run: PairRun, log: Callable[[str], None]) -> None:
             earlier = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
             run.models[name].load_state_dict(earlier.state_dict())  # strict: same shapes and vocabulary
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"--init-from: cannot start the {name} model from {src} "
-                                 f"(it must be a pair of the same --sizes and vocabulary): {str(exc).splitlines()[0]}") from exc
+            raise ModelLoadError(f"init_from={str(run.cfg.init_from)!r}: cannot start the {name} model from {src} (it must be a "
+                                 f"pair of the same sizes={run.cfg.sizes!r} and vocabulary): {str(exc).splitlines()[0]}"
+                                 ).with_flags(init_from="--init-from", sizes="--sizes") from exc
     log(f"initialised both models from {run.cfg.init_from}")
 
 
@@ -295,7 +298,8 @@ def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str
         held = sorted(rel for rel in remote.find() if rel.split("/", 1)[0] != STATE_DIR)  # the lock is not part of the run
         if not cfg.resume and any(rel in (CHECKPOINT_NAME, TRAIN_LOG_NAME) or rel.startswith(("small/", "large/")) for rel in held):
             # a fresh run would publish its checkpoints beside the other run's files (a pair that is not one)
-            raise InputError(f"{cfg.output_dir} already holds a training run; pass --resume to continue it or choose another --output-dir")
+            raise InputError(f"output_dir={str(cfg.output_dir)!r} already holds a training run; pass resume=True to continue it, or "
+                             f"choose another output directory").with_flags(output_dir="--output-dir", resume="--resume")
         if not cfg.resume and any((local / name).exists() for name in (CHECKPOINT_NAME, "small", TRAIN_LOG_NAME)):
             # the bucket holds no run (checked above), this machine's working copy for the URL does
             if working_copy_is_published(local):  # the bucket received all of it, and it was emptied since
@@ -307,8 +311,8 @@ def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str
                 raise InputError(
                     f"{cfg.output_dir} holds no training run, but this machine's working copy for it, {local}, holds one "
                     f"the bucket has not received all of ({f'step {step:,}' if step is not None else 'an unpublished run'}); rerun "
-                    f"with --resume to continue it (its checkpoints are published as it goes on), or delete {local} "
-                    f"to discard it and start afresh")
+                    f"with resume=True to continue it (its checkpoints are published as it goes on), or delete {local} "
+                    f"to discard it and start afresh").with_flags(resume="--resume")
         publisher = CheckpointPublisher(local, remote, log, bucket_had_checkpoint=CHECKPOINT_NAME in held)
         if cfg.resume and (local / CHECKPOINT_NAME).exists() and bucket_is_ahead(local, remote, held, log):
             shutil.rmtree(local)  # an older working copy (this machine was gone while another went on)

@@ -85,15 +85,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(f"{path}: refused: it holds objects other than tensors and plain values, and loading them "
-                         f"could run code; remove it (or train into a new --output-dir)") from None
+                         f"could run code; remove it (or train into a new output directory)") from None
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways; all mean "not ours"
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); remove it "
-                         f"(or train into a new --output-dir)") from None
+                         f"(or train into a new output directory)") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise InputError(f"{path}: not a checkpoint of this version of `scalingfilter train` (missing {missing}); "
-                         f"remove it (or train into a new --output-dir)")
+                         f"remove it (or train into a new output directory)")
     return state
 
 

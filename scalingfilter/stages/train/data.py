@@ -130,12 +130,12 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], what: str, input_
     saved_settings = saved.get("settings") or {}
     diff = {k: (saved_settings.get(k), v) for k, v in now["settings"].items() if saved_settings.get(k) != v}
     if diff:
-        raise ConfigMismatchError(f"--resume: settings differ from {what}'s (saved, now): {diff}; "
-                                  f"rerun with the saved settings, or train into a new --output-dir")
+        raise ConfigMismatchError(f"settings differ from {what}'s, which this run resumes (saved, now): {diff}; "
+                                  f"rerun with the saved settings, or train into a new output directory")
     if saved.get("corpus") != now["corpus"]:
-        raise ConfigMismatchError(f"--resume: the corpus under {input_dir} is not the one {what} was made from "
+        raise ConfigMismatchError(f"input_dir={str(input_dir)!r}: the corpus is not the one {what}, which this run resumes, was made from "
                                   f"(its files' names, sizes or modification times differ); rerun with the original "
-                                  f"--input-dir, or train into a new --output-dir")
+                                  f"input directory, or train into a new output directory").with_flags(input_dir="--input-dir")
 
 
 
@@ -160,10 +160,10 @@ def load_cache(cache: Path, identity: dict[str, Any], input_dir: str):
     from transformers import AutoTokenizer
 
     meta_path = cache / CACHE_META
-    fix = (f"delete {cache} (rerun with --resume rebuilds it from the corpus) or train into a new --output-dir")
+    fix = (f"delete {cache} (a rerun with resume=True rebuilds it from the corpus) or train into a new output directory")
 
     def refuse(why: str) -> InputError:
-        return InputError(f"the token cache {cache} is damaged ({why}); {fix}")
+        return InputError(f"the token cache {cache} is damaged ({why}); {fix}").with_flags(resume="--resume")
 
     try:
         meta = read_json(meta_path)
@@ -232,7 +232,8 @@ def prepare_data(cfg: TrainConfig, out: Path, identity: dict[str, Any], log: Cal
     need = cfg.seq_len * cfg.batch_size + 1
     if len(train) < need:
         raise InputError(f"{cfg.input_dir}: {len(train):,} training tokens, fewer than one batch "
-                         f"({cfg.batch_size} x {cfg.seq_len} + 1 = {need:,}); use more text or a smaller --seq-len")
+                         f"(batch_size={cfg.batch_size} x seq_len={cfg.seq_len} + 1 = {need:,}); use more text or a smaller seq_len"
+                         ).with_flags(batch_size="--batch-size", seq_len="--seq-len")
     if len(heldout) < 2:
         raise InputError(f"{cfg.input_dir}: the held-out split has {len(heldout)} token(s); use more documents")
     meta_path.unlink(missing_ok=True)  # the old cache is incomplete from here until data.json is rewritten

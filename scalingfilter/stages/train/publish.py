@@ -143,8 +143,8 @@ class CheckpointPublisher:
                                               else "no checkpoint yet")
             if self.failures >= PUBLISH_FAILURES_TO_STOP:
                 raise StorageError(f"stopped after {self.failures} checkpoints in a row could not be published ({exc}); {held}; "
-                                   f"the local working copy {self.local} holds step {step:,}: rerun with --resume on this "
-                                   f"machine to continue from it") from exc
+                                   f"the local working copy {self.local} holds step {step:,}: rerun with resume=True on this "
+                                   f"machine to continue from it").with_flags(resume="--resume") from exc
             self.log(f"warning: the checkpoint of step {step:,} could not be published ({exc}); training goes on and the "
                      f"next checkpoint tries again ({held}; {PUBLISH_FAILURES_TO_STOP} failures in a row stop the run)")
             return

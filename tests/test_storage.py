@@ -1,4 +1,4 @@
-"""Object storage (issue 11): every test talks to a real S3 API server, moto's standalone `moto_server`,
+"""Object storage: every test talks to a real S3 API server, moto's standalone `moto_server`,
 started on 127.0.0.1 by the fixtures (no mock of the client library). Where a connection must drop, a
 small TCP proxy sits between the client and the server and cuts it at a fixed byte count.
 
@@ -23,7 +23,9 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from scalingfilter.testing import S3_TEST_CREDENTIALS, bucket_files, free_port, s3fs_for, start_moto_server, stop_process  # noqa: E402
+from scalingfilter.testing import (S3_TEST_CREDENTIALS, bucket_files, forget_filesystems, free_port, s3fs_for,  # noqa: E402
+                                   start_moto_server, stop_process, upload_dir)
+from scalingfilter.testing import run_cli as run_cli_here  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -41,7 +43,24 @@ def env_for(endpoint: str, tmp_path: Path, **extra) -> dict:
     return env
 
 
-def run_cli(args, env, timeout=240):
+def run_cli(args, env):
+    """The CLI in this process with `env` (env_for's) as its environment's AWS_* and settings: no process boundary
+    is under test. Cached filesystems keep the endpoint and credentials they were made with: forgotten before and after."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith("AWS_") and k not in env]:
+            mp.delenv(k)
+        for k, v in env.items():
+            if os.environ.get(k) != v:
+                mp.setenv(k, v)
+        forget_filesystems()
+        try:
+            return run_cli_here(args)
+        finally:
+            forget_filesystems()
+
+
+def run_process(args, env, timeout=240):
+    """The CLI in a new process (a kill, an import-time stand-in)."""
     return subprocess.run([PY, "-m", "scalingfilter.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -61,13 +80,6 @@ def make_corpus(root: Path, n: int = 60) -> None:
     (root / "sub" / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines[40:]) + "\n").encode()))
     pq.write_table(pa.table({"text": texts[:33], "id": list(range(33))}), root / "d.parquet", row_group_size=8)
     (root / ".hidden.jsonl").write_text(lines[0] + "\n")
-
-
-def upload(endpoint: str, local: Path, url: str) -> None:
-    fs = s3fs_for(endpoint)
-    for p in sorted(local.rglob("*")):
-        if p.is_file():
-            fs.put_file(str(p), f"{url.removeprefix('s3://')}/{p.relative_to(local).as_posix()}")
 
 
 def local_files(root: Path) -> dict[str, bytes]:
@@ -118,7 +130,7 @@ def test_score_in_buckets_with_the_model_pair_is_byte_identical_to_local(s3_env,
     s3 = s3_env
     options = dict(pair=str(tiny_pair_dir), max_len=64, device="cpu", unit_docs=10, split_bytes=0, show_progress=False)
     score_corpus(corpus, tmp_path / "local", **options)
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     summary = score_corpus(f"s3://{bucket}/in", f"s3://{bucket}/out", **options)
     got, expected = bucket_files(s3, f"s3://{bucket}/out"), local_files(tmp_path / "local")
     assert results(got) == results(expected)
@@ -136,7 +148,7 @@ def test_input_in_bucket_output_local_and_the_reverse(s3_env, bucket, corpus, lo
     from scalingfilter.stages.score import fixed_scorer_spec, score_corpus
 
     s3 = s3_env
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     options = dict(unit_docs=10, split_bytes=0, show_progress=False, scorer=fixed_scorer_spec())
     score_corpus(f"s3://{bucket}/in", tmp_path / "out", **options)
     assert results(local_files(tmp_path / "out")) == results(local_reference)
@@ -147,10 +159,10 @@ def test_input_in_bucket_output_local_and_the_reverse(s3_env, bucket, corpus, lo
 def test_kill_9_mid_run_then_restart_gives_identical_output(s3, bucket, corpus, local_reference, tmp_path):
     """The documented hook SIGKILLs the run right after it marked N units done (in the bucket); the lock object
     the dead run left is taken over (its pid is gone on this host); the restart does only what was left."""
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     out = f"s3://{bucket}/out"
     args = ["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", out, *SPLIT]
-    killed = run_cli(args, env=env_for(s3, tmp_path, SCALINGFILTER_TEST_KILL_AFTER_UNITS="3", **SCORE_FIXED))
+    killed = run_process(args, env=env_for(s3, tmp_path, SCALINGFILTER_TEST_KILL_AFTER_UNITS="3", **SCORE_FIXED))
     assert killed.returncode == -signal.SIGKILL
     left = bucket_files(s3, out)
     assert ".scalingfilter/lock" in left and "summary.json" not in left  # died mid-job, holding the lock
@@ -173,7 +185,7 @@ def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
     """The lock object is created with a conditional PUT: a second holder is refused, naming the first."""
     from scalingfilter.errors import LockedError
     from scalingfilter.io.locations import location
-    from scalingfilter.io.storage import JobLock, ObjectLock
+    from scalingfilter.io.locks import JobLock, ObjectLock
 
     for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
         monkeypatch.setenv(k, v)
@@ -202,7 +214,7 @@ def test_a_live_run_holds_the_prefix(s3, bucket, tmp_path, monkeypatch):
 def test_a_lock_of_another_host_is_taken_over_only_after_its_heartbeat_stopped(s3_env, bucket, monkeypatch):
     from scalingfilter.errors import LockedError
     from scalingfilter.io.locations import location
-    from scalingfilter.io.storage import LOCK_TTL_ENV, JobLock
+    from scalingfilter.io.locks import LOCK_TTL_ENV, JobLock
 
     out = location(f"s3://{bucket}/out")
     lock = out / ".scalingfilter" / "lock"
@@ -211,8 +223,14 @@ def test_a_lock_of_another_host_is_taken_over_only_after_its_heartbeat_stopped(s
     with pytest.raises(LockedError, match="another-host"):
         JobLock(out, "score").acquire()  # its heartbeat is fresh: it may be alive
     monkeypatch.setenv(LOCK_TTL_ENV, "1")
-    time.sleep(2.1)  # the store's clock counts in whole seconds
-    held = JobLock(out, "score").acquire()  # no heartbeat for longer than the TTL: taken over
+    deadline = time.monotonic() + 30
+    while True:  # no heartbeat for longer than the TTL: taken over (the store's clock counts in whole seconds)
+        try:
+            held = JobLock(out, "score").acquire()
+            break
+        except LockedError:
+            assert time.monotonic() < deadline, "a lock without a heartbeat for 30 s was never taken over"
+            time.sleep(0.1)  # polling the condition, not a guess at the store's clock
     assert json.loads(lock.read_bytes())["pid"] == os.getpid()
     held.release()
     assert not lock.exists()
@@ -237,14 +255,14 @@ def test_url_of_a_missing_filesystem_names_the_extra(tmp_path):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('No module named gcsfs (test stand-in)')\n")
     env = dict(os.environ, **SCORE_FIXED, PYTHONPATH=str(tmp_path / "shadow"))
-    r = run_cli(["score", "--input-dir", "gs://some-bucket/in", "--output-dir", str(tmp_path / "out"), "--no-progress"], env=env)
+    r = run_process(["score", "--input-dir", "gs://some-bucket/in", "--output-dir", str(tmp_path / "out"), "--no-progress"], env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "pip install 'scalingfilter[gcs]'" in r.stderr
 
 
 def test_storage_option_reaches_the_filesystem(s3, bucket, corpus, local_reference, tmp_path):
     """No endpoint in the environment: --storage-option endpoint_url=... (as for MinIO or Ceph) finds the server."""
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     env = env_for(s3, tmp_path, **SCORE_FIXED)
     del env["AWS_ENDPOINT_URL"]
     r = run_cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", f"s3://{bucket}/out", *SPLIT,
@@ -379,8 +397,8 @@ def test_an_upload_cut_by_the_server_going_away_leaves_no_partial_object(s3, buc
     r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(ref), "--no-progress"], env=env_for(s3, tmp_path, **SCORE_FIXED))
     assert r.returncode == 0, r.stderr
     proxy = CuttingProxy(s3, limit=200_000, upstream=True)
-    try:
-        r = run_cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", "--no-progress", *FEW_RETRIES],
+    try:  # a process of its own: the lock object it cannot remove is taken over below because its pid is gone
+        r = run_process(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", "--no-progress", *FEW_RETRIES],
                     env=env_for(proxy.url, tmp_path, **SCORE_FIXED))
     finally:
         proxy.stop()
@@ -404,7 +422,7 @@ def test_a_read_cut_mid_file_is_retried_then_a_clear_error_naming_the_object(s3,
     corpus = tmp_path / "in"
     corpus.mkdir()
     (corpus / "big.jsonl").write_text("".join(json.dumps({"text": f"document {i} " + "word " * 40}) + "\n" for i in range(3000)))
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     ref = run_cli(["score", "--input-dir", str(corpus), "--output-dir", str(tmp_path / "ref"), "--no-progress"], env=env_for(s3, tmp_path, **SCORE_FIXED))
     assert ref.returncode == 0
     # one connection cut in the middle of the object's bytes: retried, and the output is the same
@@ -434,7 +452,7 @@ def test_remote_reader_streams_parquet_by_row_group_and_compressed_jsonl(s3, buc
 
     for k, v in {**CREDS, "AWS_ENDPOINT_URL": s3}.items():
         monkeypatch.setenv(k, v)
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     walk = walk_corpus(f"s3://{bucket}/in")
     local = walk_corpus(corpus)
     assert walk.files == local.files and walk.skipped == local.skipped
@@ -492,7 +510,7 @@ def test_score_select_report_diversity_in_buckets_equal_local(s3_env, bucket, co
     from scalingfilter.cli import app as cli
 
     s3 = s3_env
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     local, remote = tmp_path / "local", f"s3://{bucket}"
     os.environ["SCALINGFILTER_TEST_SCORER"] = "fixed"
     try:
@@ -575,7 +593,7 @@ def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference,
 
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(k)
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     options = {"key": CREDS["AWS_ACCESS_KEY_ID"], "secret": CREDS["AWS_SECRET_ACCESS_KEY"], "endpoint_url": s3}
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
     try:
@@ -592,7 +610,7 @@ def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference,
 def test_torchrun_two_processes_on_buckets_equal_local(s3, bucket, corpus, local_reference, tmp_path):
     """torchrun: rank 0 takes the lock object and plans; both ranks read the plan from the bucket and score
     their share; the output is the single-process local run's."""
-    upload(s3, corpus, f"s3://{bucket}/in")
+    upload_dir(s3, corpus, f"s3://{bucket}/in")
     env = env_for(s3, tmp_path, **SCORE_FIXED)
     r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "scalingfilter/quality_factor.py",
                         "--input_dir", f"s3://{bucket}/in", "--output_dir", f"s3://{bucket}/two", *SPLIT], cwd=REPO, env=env,
@@ -613,7 +631,7 @@ def test_a_streamed_read_cut_mid_file_is_retried(s3_env, bucket, tmp_path):
     corpus.mkdir()
     (corpus / "big.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps({"text": f"doc {i} " + "word " * (i % 50)}) + "\n"
                                                                  for i in range(20000)).encode(), mtime=0))
-    upload(s3_env, corpus, f"s3://{bucket}/in")
+    upload_dir(s3_env, corpus, f"s3://{bucket}/in")
     options = dict(show_progress=False, scorer=fixed_scorer_spec())
     score_corpus(corpus, tmp_path / "ref", **options)
     size = (corpus / "big.jsonl.gz").stat().st_size
@@ -631,7 +649,7 @@ def test_train_reads_its_corpus_from_a_bucket(s3_env, bucket, corpus):
     changes when an object is rewritten (so a resumed run notices a changed corpus in a bucket too)."""
     from scalingfilter.stages.train.data import corpus_fingerprint, read_texts
 
-    upload(s3_env, corpus, f"s3://{bucket}/in")
+    upload_dir(s3_env, corpus, f"s3://{bucket}/in")
     local = read_texts(corpus, "text", 0, 0.2)
     remote = read_texts(f"s3://{bucket}/in", "text", 0, 0.2)
     assert remote[0] == local[0] and remote[1] == local[1] and local[0]
@@ -649,7 +667,7 @@ def test_evaluate_on_a_bucket_equals_local(s3_env, bucket, tmp_path):
     inp.mkdir()
     (inp / "x.jsonl").write_text("".join(json.dumps({"text": "w " * (i + 1), "label": i % 2, "pair": i // 2}) + "\n" for i in range(20)))
     score_corpus(inp, tmp_path / "scored", show_progress=False, scorer=fixed_scorer_spec())
-    upload(s3_env, tmp_path / "scored", f"s3://{bucket}/scored")
+    upload_dir(s3_env, tmp_path / "scored", f"s3://{bucket}/scored")
     local = evaluate_dir(tmp_path / "scored")
     remote = evaluate_dir(f"s3://{bucket}/scored")
     assert remote["input_dir"] == f"s3://{bucket}/scored"

@@ -1,6 +1,6 @@
-"""Issue 20's findings in the I/O layer: the spool is private (1), a process is judged across PID namespaces
-by more than its pid (7), keys with glob characters are literal (8), s3a:// is s3:// in the output-in-input
-check (9), `//` in a URL is refused (15), names of 240 bytes fit their temporaries (11)."""
+"""The I/O layer's safety: the spool is private; a process is judged across PID namespaces by more than its
+pid; keys with glob characters are literal; s3a:// is s3:// in the output-in-input check; `//` in a URL is
+refused; names of 240 bytes fit their temporaries."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from scalingfilter.cli.app import main as cli
 from scalingfilter.errors import LockedError, StorageError, UsageError
 from scalingfilter.io import locations
 from scalingfilter.io.locations import location
+from scalingfilter.testing import bucket_files, upload_dir
 
 SCORE_ARGS = ["--unit-docs", "10", "--split-bytes", "0", "--no-progress"]
 
@@ -55,29 +57,8 @@ def fixed_scorer(monkeypatch):
     monkeypatch.setenv("SCALINGFILTER_TEST_SCORER", "fixed")
 
 
-def cli(args: list[str]) -> int:
-    from scalingfilter.cli import app
-
-    return app.main(args)
-
-
-def s3_files(endpoint: str, url: str) -> dict[str, bytes]:
-    from scalingfilter.testing import bucket_files
-
-    return bucket_files(endpoint, url)
-
-
-def upload(endpoint: str, local: Path, url: str) -> None:
-    from scalingfilter.testing import s3fs_for
-
-    fs = s3fs_for(endpoint)
-    for p in sorted(local.rglob("*")):
-        if p.is_file():
-            fs.put_file(str(p), f"{url.removeprefix('s3://')}/{p.relative_to(local).as_posix()}")
-
-
 # ---------------------------------------------------------------------------------------------
-# 1. The spool directory is this user's own
+# The spool directory is this user's own
 
 
 @pytest.fixture
@@ -158,12 +139,12 @@ def test_a_run_to_a_bucket_with_a_shared_spool_stops_with_one_line(s3_env, bucke
     assert cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}/out", *SCORE_ARGS]) == 2
     err = capsys.readouterr().err
     assert "may be written by other users" in err and str(shared) in err and "Traceback" not in err
-    assert not any(k.endswith(".jsonl") for k in s3_files(s3_env, f"s3://{bucket}/out"))
+    assert not any(k.endswith(".jsonl") for k in bucket_files(s3_env, f"s3://{bucket}/out"))
     assert list(shared.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. A pid is not a process: PID namespaces (containers on one host) and recycled pids
+# A pid is not a process: PID namespaces (containers on one host) and recycled pids
 
 
 def test_process_state_needs_the_namespace_and_the_start_time():
@@ -192,7 +173,7 @@ def _lock_record(**fields) -> bytes:
 
 
 def test_a_lock_held_from_another_namespace_is_not_taken_over_while_its_heartbeat_is_fresh(s3_env, bucket, monkeypatch):
-    from scalingfilter.io.storage import LOCK_TTL_ENV, JobLock
+    from scalingfilter.io.locks import LOCK_TTL_ENV, JobLock
 
     me = locations.process_identity()
     if me["pidns"] is None:
@@ -213,7 +194,7 @@ def test_a_lock_held_from_another_namespace_is_not_taken_over_while_its_heartbea
 
 
 def test_a_lock_whose_pid_was_recycled_here_is_taken_over_at_once(s3_env, bucket, monkeypatch):
-    from scalingfilter.io.storage import LOCK_TTL_ENV, JobLock
+    from scalingfilter.io.locks import LOCK_TTL_ENV, JobLock
 
     me = locations.process_identity()
     if me["pidns"] is None:
@@ -235,7 +216,7 @@ def test_a_lock_whose_pid_was_recycled_here_is_taken_over_at_once(s3_env, bucket
 
 
 def test_release_leaves_a_lock_another_process_with_the_same_pid_took(s3_env, bucket, monkeypatch):
-    from scalingfilter.io.storage import JobLock
+    from scalingfilter.io.locks import JobLock
 
     me = locations.process_identity()
     out = location(f"s3://{bucket}/out")
@@ -279,7 +260,7 @@ def test_clean_spool_judges_only_processes_of_its_own_namespace(tmp_path, monkey
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Keys are literal: * ? [ ] in names
+# Keys are literal: * ? [ ] in names
 
 
 GLOB_NAMES = ["q?x=1.jsonl", "star*.jsonl", "data[1].jsonl", "plain.jsonl"]
@@ -289,14 +270,14 @@ def test_names_with_glob_characters_score_and_select_to_their_own_keys(s3_env, b
     corpus = tmp_path / "in"
     write_corpus(corpus, GLOB_NAMES)
     write_corpus(corpus / "sub[x]", ["d?.jsonl"], docs=5)  # one unit: assembled by a server-side copy
-    upload(s3_env, corpus, f"s3://{bucket}/in")
+    upload_dir(s3_env, corpus, f"s3://{bucket}/in")
     local, remote = tmp_path / "local", f"s3://{bucket}"
     for root, src in ((str(local), str(corpus)), (remote, f"{remote}/in")):
         assert cli(["score", "--input-dir", src, "--output-dir", f"{root}/scored", *SCORE_ARGS]) == 0
         assert cli(["select", "--input-dir", f"{root}/scored", "--output-dir", f"{root}/kept", "--keep", "0.5",
                     "--method", "random", "--seed", "3"]) == 0
         assert cli(["score", "--input-dir", src, "--output-dir", f"{root}/scored", *SCORE_ARGS]) == 0  # a rerun: nothing to do
-    got = s3_files(s3_env, remote)
+    got = bucket_files(s3_env, remote)
     for d in ("scored", "kept"):
         want = data_files(files_of(local / d))
         assert set(want) == {*GLOB_NAMES, "sub[x]/d?.jsonl"}
@@ -320,7 +301,7 @@ def test_object_path_operations_take_keys_literally(s3_env, bucket):
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. s3a:// is s3://; 15. // in a URL
+# s3a:// is s3://; // in a URL
 
 
 def test_aliases_of_a_protocol_and_bucket_case_are_one_store_in_the_containment_check():
@@ -337,11 +318,11 @@ def test_aliases_of_a_protocol_and_bucket_case_are_one_store_in_the_containment_
 def test_an_output_inside_the_input_under_another_alias_is_refused(s3_env, bucket, tmp_path, fixed_scorer, capsys):
     corpus = tmp_path / "in"
     write_corpus(corpus, ["a.jsonl"])
-    upload(s3_env, corpus, f"s3://{bucket}/in2")
+    upload_dir(s3_env, corpus, f"s3://{bucket}/in2")
     assert cli(["score", "--input-dir", f"s3://{bucket}/in2", "--output-dir", f"s3a://{bucket}/in2/o", *SCORE_ARGS]) == 2
     err = capsys.readouterr().err
     assert "inside the input directory" in err and "Traceback" not in err
-    assert set(s3_files(s3_env, f"s3://{bucket}/in2")) == {"a.jsonl"}
+    assert set(bucket_files(s3_env, f"s3://{bucket}/in2")) == {"a.jsonl"}
 
 
 def test_an_empty_path_component_in_a_url_is_refused_with_one_line(s3_env, bucket, tmp_path, fixed_scorer, capsys):
@@ -354,11 +335,11 @@ def test_an_empty_path_component_in_a_url_is_refused_with_one_line(s3_env, bucke
     assert cli(["score", "--input-dir", str(corpus), "--output-dir", f"s3://{bucket}//in2/o2", *SCORE_ARGS]) == 2
     err_text = capsys.readouterr().err
     assert "empty path component" in err_text and "Traceback" not in err_text
-    assert s3_files(s3_env, f"s3://{bucket}") == {}
+    assert bucket_files(s3_env, f"s3://{bucket}") == {}
 
 
 # ---------------------------------------------------------------------------------------------
-# 11. Names up to NAME_MAX
+# Names up to NAME_MAX
 
 
 LONG = "n" * 234 + ".jsonl"  # 240 bytes: legal, too long for a temporary name that adds ~20 characters
@@ -388,10 +369,10 @@ def test_a_240_byte_input_name_scores_locally_and_through_the_spool(s3_env, buck
     assert LONG in files_of(tmp_path / "kept")
     remote = f"s3://{bucket}/out"
     assert cli(["score", "--input-dir", str(corpus), "--output-dir", remote, *SCORE_ARGS]) == 0
-    assert data_files(s3_files(s3_env, remote)) == want
-    upload(s3_env, corpus, f"s3://{bucket}/in")  # read from the bucket too: prefetched into the spool under a short name
+    assert data_files(bucket_files(s3_env, remote)) == want
+    upload_dir(s3_env, corpus, f"s3://{bucket}/in")  # read from the bucket too: prefetched into the spool under a short name
     assert cli(["score", "--input-dir", f"s3://{bucket}/in", "--output-dir", f"s3://{bucket}/out2", *SCORE_ARGS]) == 0
-    assert data_files(s3_files(s3_env, f"s3://{bucket}/out2")) == want
+    assert data_files(bucket_files(s3_env, f"s3://{bucket}/out2")) == want
 
 
 def test_a_files_done_markers_are_found_whatever_its_name_holds(tmp_path):

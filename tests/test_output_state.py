@@ -1,10 +1,10 @@
-"""Issue 20's findings in the score job: nothing from outside the job steers it.
+"""The output's state directory: nothing from outside the job steers it.
 
-2. a crafted state marker (absolute, '..', or not its own key) is refused, never followed (nothing deleted);
-3. an output directory that contains the input is refused;
-4. a non-empty OUT that is no score output is refused unless --force-overwrite (a killed run's restart continues);
-25. a refused run creates nothing (no OUT/.scalingfilter/lock); the walker passes over the tool's own state
-    directory without a warning.
+- a crafted state marker (absolute, '..', or not its own key) is refused, never followed (nothing deleted);
+- an output directory that contains the input is refused;
+- a non-empty OUT that is no score output is refused unless --force-overwrite (a killed run's restart continues);
+- a refused run creates nothing (no OUT/.scalingfilter/lock); the walker passes over the tool's own state
+  directory without a warning; a rerun repairs what select's advice says it repairs.
 
 The fixed scorer (no model) and the CLI in-process keep these fast.
 """
@@ -38,7 +38,7 @@ def score(inp, out, *extra) -> int:
     return main(["score", "--input-dir", str(inp), "--output-dir", str(out), "--no-progress", *extra])
 
 
-# ---- 2. crafted state markers
+# ---- crafted state markers
 
 
 def _plant(out, kind, source, key_of=None):
@@ -92,7 +92,7 @@ def test_crafted_marker_refused_in_fresh_state(tmp_path, capsys):
     assert marker.exists()
 
 
-# ---- 3. OUT containing IN
+# ---- OUT containing IN
 
 
 def test_output_containing_input_is_refused(tmp_path, capsys):
@@ -109,7 +109,7 @@ def test_output_containing_input_is_refused(tmp_path, capsys):
     assert (inp / "a.jsonl").read_bytes() == before
 
 
-# ---- 4. foreign files in OUT
+# ---- foreign files in OUT
 
 
 def test_foreign_output_dir_is_refused_then_forced(tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_restart_with_partial_outputs_continues(tmp_path):
     assert (out / "b.jsonl").exists() and (out / "summary.json").exists()
 
 
-# ---- 25. a refused run creates nothing; the walker is silent about the tool's own state
+# ---- a refused run creates nothing; the walker is silent about the tool's own state
 
 
 def test_refused_run_creates_nothing(tmp_path):
