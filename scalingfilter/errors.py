@@ -49,7 +49,8 @@ class ScalingFilterError(Exception):
 
         message = str(self)
         for param, flag in self.flags.items():
-            message = re.sub(rf"(?<![\w-]){re.escape(param)}=True\b", flag, message)  # a switch: `--resume`, not `--resume=True`
+            # advice to turn a switch on: `pass --resume`, not `pass --resume=True` (argparse refuses a value there)
+            message = re.sub(rf"(?<=pass ){re.escape(param)}=True\b", flag, message)
             message = re.sub(rf"(?<![\w-]){re.escape(param)}(?==)", flag, message)
         return message
 

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TARGET = "BENCHMARKS.md"
-ORDER = ["head", "score", "select", "engine", "storage", "diversity", "training", "install", "distill"]
+ORDER = ["head", "score", "select", "engine", "storage", "diversity", "training", "install", "distill", "ablation"]
 FOOTER = "\n<!-- Built by scripts/build_docs.py from docs/BENCHMARKS-*.md: edit those files, then run `make docs`. -->\n"
 LEADING_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.S)
 

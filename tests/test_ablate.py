@@ -1,7 +1,8 @@
 """`scalingfilter ablate`: arms are select's selections, units restart exactly, results have the promised shape.
 
-The pool: the six generated sources of tests/data/sources.jsonl.gz (360 documents) scored in-process with the
-bundled pair; proxy models of a micro preset (2 layers x 32), so a whole ablation takes seconds.
+The pool: 30 documents of each generated source of tests/data/sources.jsonl.gz and 120 demo-corpus documents,
+scored in-process with a random tiny pair; proxy models of a micro preset (2 layers x 32), so a whole ablation
+takes seconds.
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ def scored(tmp_path_factory) -> Path:
         records = [json.loads(line) for line in fh]
     by_source: dict[str, list[dict]] = {}
     for r in records:
-        by_source.setdefault(r["source"], []).append(r)
+        if len(by_source.setdefault(r["source"], [])) < 30:  # 30 of each generated source: enough for every arm
+            by_source[r["source"]].append(r)
     # real text some of which datatrove's rules pass: the demo corpus (docstrings, licences, code, listings)
     from scalingfilter.stages.demo_corpus import collect_demo_documents
 
-    for i, d in enumerate(collect_demo_documents(200, seed=0)):
+    for i, d in enumerate(collect_demo_documents(120, seed=0)):
         by_source.setdefault(f"demo-{d['kind']}", []).append({"id": f"demo-{i}", "source": f"demo-{d['kind']}", "text": d["text"]})
     for name, recs in by_source.items():
         (root / "in" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    score_corpus(str(root / "in"), str(root / "scored"), pair="bundled", show_progress=False)
+    # a random tiny pair: the arms' logic does not depend on what the scores mean, only on select's rules
+    from scalingfilter.testing import build_random_pair
+
+    texts = [r["text"] for recs in by_source.values() for r in recs]
+    pair = build_random_pair(root / "pair", texts[::3], vocab_size=512, n_positions=256)
+    score_corpus(str(root / "in"), str(root / "scored"), pair=str(pair), max_len=128, show_progress=False)
     return root / "scored"
 
 
@@ -168,3 +175,68 @@ def test_other_settings_in_the_same_output_are_refused(scored, micro_preset, tmp
     ablate(_config(scored, out, micro_preset, seeds=1, control=False), log=lambda s: None)
     with pytest.raises(ConfigMismatchError, match="keep"):
         ablate(_config(scored, out, micro_preset, seeds=1, control=False, keep=0.5), log=lambda s: None)
+
+
+def _done_run(scored, micro_preset, out):
+    cfg = _config(scored, out, micro_preset, seeds=1, control=False)
+    ablate(cfg, log=lambda s: None)
+    return cfg
+
+
+def _edit_metric(path: Path, edit) -> None:
+    record = json.loads(path.read_text())
+    edit(record["metrics"]["blimp_accuracy"])
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("damage,says", [
+    (lambda p: p.write_text('{"hello": 1}'), "not a unit record"),
+    (lambda p: p.write_text("[1, 2]"), "not a unit record"),
+    (lambda p: p.write_text("{not json"), "not readable JSON"),
+    (lambda p: _edit_metric(p, lambda m: m["num"].__setitem__(0, "x")), "lists of numbers"),
+    (lambda p: _edit_metric(p, lambda m: m["den"].pop()), "must be lists of one"),
+    (lambda p: _edit_metric(p, lambda m: m["den"].__setitem__(0, 0.0)), "den finite and > 0"),
+    (lambda p: _edit_metric(p, lambda m: m["group"].__setitem__(0, -1)), "outside group_names"),
+    (lambda p: _edit_metric(p, lambda m: [m[k].pop() for k in ("num", "den", "group")]), "items differ"),
+])
+def test_a_crafted_unit_file_is_refused_in_one_line(scored, micro_preset, tmp_path, damage, says):
+    from scalingfilter.errors import InputError
+
+    out = tmp_path / "ab"
+    cfg = _done_run(scored, micro_preset, out)
+    damage(unit_path(out, "quality-factor", 0))
+    with pytest.raises(InputError, match=says) as err:
+        ablate(cfg, log=lambda s: None)
+    assert "seed-0.json" in str(err.value) and "remove it to redo the unit" in str(err.value)
+
+
+def test_a_unit_copied_from_another_arm_is_refused(scored, micro_preset, tmp_path):
+    from scalingfilter.errors import InputError
+
+    out = tmp_path / "ab"
+    cfg = _done_run(scored, micro_preset, out)
+    unit_path(out, "quality-factor", 0).write_bytes(unit_path(out, "random", 0).read_bytes())
+    with pytest.raises(InputError, match="it says arm 'random'"):
+        ablate(cfg, log=lambda s: None)
+
+
+def test_planted_links_and_foreign_outputs_are_refused(scored, micro_preset, tmp_path):
+    from scalingfilter.errors import InputError, UsageError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "ab"
+    out.mkdir()
+    (out / "units").symlink_to(elsewhere)
+    with pytest.raises(InputError, match="symbolic link"):
+        ablate(_config(scored, out, micro_preset, seeds=1, control=False), log=lambda s: None)
+    assert list(elsewhere.iterdir()) == []
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.json").write_text("mine")
+    with pytest.raises(UsageError, match="did not write") as err:
+        ablate(_config(scored, foreign, micro_preset, seeds=1, control=False), log=lambda s: None)
+    assert "--force-overwrite" in err.value.cli_message()
+    assert (foreign / "results.json").read_text() == "mine" and sorted(p.name for p in foreign.iterdir()) == ["results.json"]
+    with pytest.raises(UsageError, match="local directory"):
+        ablate(_config(scored, "s3://bucket/ab", micro_preset), log=lambda s: None)

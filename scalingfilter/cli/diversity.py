@@ -22,7 +22,7 @@ from scalingfilter.io.locations import location
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # The settings a flag sets (the rest of DiversityConfig, e.g. chunk_texts, is not a flag).
 FLAG_FIELDS = ("input_dir", "output_dir", "text_field", "model_name", "batch_size", "load_from_cache", "groups", "group_size",
-               "seed", "full", "q", "kernel", "device", "dtype", "max_seq_length")
+               "seed", "full", "q", "kernel", "device", "dtype", "max_seq_length", "force_overwrite")
 
 
 def _defaults() -> dict[str, Any]:
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "device", default=d["device"], help="cpu, cuda, cuda:1, or a comma-separated list (one encoding process each); default: every visible GPU, else cpu")
     flag(parser, "dtype", choices=DTYPES, default=d["dtype"], help="model dtype (auto: float16 on GPU as the reference, float32 on CPU)")
     flag(parser, "max-seq-length", type=positive_int, default=d["max_seq_length"], help="tokens embedded per document (default: the model's maximum; texts are truncated)")
+    flag(parser, "force-overwrite", action="store_true", default=d["force_overwrite"], help="write into an output directory that holds something else than an earlier diversity output (files of the same names are replaced); refused without it")
     flag(parser, "no-progress", action="store_true", default=not d["progress"], help="no progress bars")
     flag(parser, "engine", choices=("local", "ray"), default=d["engine"], help="ray: embed on Ray workers (pip install 'scalingfilter[ray]'; see Scaling out)")
     flag(parser, "ray-address", default=None, help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: a local Ray instance)")

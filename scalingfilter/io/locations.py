@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from scalingfilter.errors import UsageError
 from scalingfilter.io.objects import ObjectPath
@@ -84,14 +84,16 @@ def is_remote(where: Any) -> bool:
 
 def location(where: "str | os.PathLike | ObjectPath", options: dict[str, Any] | None = None) -> "Path | ObjectPath":
     """A local `Path` for a path or file:// URL, an `ObjectPath` for any other URL."""
-    if isinstance(where, (Path, ObjectPath)):
+    if isinstance(where, ObjectPath):
         return where
+    if isinstance(where, Path):
+        return check_parent_steps(where)
     text = os.fspath(where)
     if "://" not in text:
-        return Path(text)
+        return check_parent_steps(Path(text))
     protocol, rest = text.split("://", 1)
     if protocol == "file":
-        return Path(rest)
+        return check_parent_steps(Path(rest))
     if not protocol.replace("+", "").replace("-", "").isalnum():
         raise UsageError(f"{text!r} is not a valid URL")
     if protocol.lower() not in ("http", "https") and "//" in rest.strip("/"):
@@ -99,6 +101,21 @@ def location(where: "str | os.PathLike | ObjectPath", options: dict[str, Any] | 
         raise UsageError(f"{text!r} has an empty path component ('//'); write it with single slashes "
                          f"({protocol}://{'/'.join(c for c in rest.split('/') if c)})")
     return ObjectPath(protocol.lower(), rest.rstrip("/"), _default_options if options is None else options)
+
+
+def check_parent_steps(path: Path) -> Path:
+    """`path` itself, or a UsageError when it holds a '..' whose preceding part is no directory (`a/nosuch/..`).
+    The system resolves such a path to nothing, while creating it (mkdir with parents) makes `nosuch` and then
+    lands in `a`: a run would take the path for new, skip the checks of an existing directory, and write into `a`.
+    A '..' after an existing directory is left as it is (the system resolves it, links included)."""
+    parts = path.parts
+    if ".." not in parts:
+        return path
+    for i, part in enumerate(parts):
+        if part == ".." and i > 0 and not os.path.isdir(Path(*parts[:i])):
+            raise UsageError(f"{str(path)!r}: {str(Path(*parts[:i]))!r} is no existing directory, so the '..' after it leads "
+                             f"nowhere; write the path without '..' (e.g. {os.path.normpath(path)!r} if that is what you mean)")
+    return path
 
 
 # the names of one store: an alias is the same store (s3a:// and s3n:// are s3:// in Hadoop's words, gcs:// is gs://)
@@ -483,18 +500,32 @@ def apply_storage_options(args) -> None:
         set_storage_options(parse_storage_options(pairs))
 
 
-def publish_dir(local: Path, remote: "ObjectPath", last: tuple[str, ...] = ()) -> None:
+def publish_dir(local: Path, remote: "ObjectPath", last: tuple[str, ...] = (), check: Callable[[], None] | None = None) -> None:
     """Send every file of a finished local directory to the prefix `remote`, each as one whole object; the
-    files named in `last` (relative paths: the marker that says the output is complete) go after all others."""
-    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    files named in `last` (relative paths: the marker that says the output is complete) go after all others.
+    `check` (the output lock's `check_held`) is called right before each object is sent: it stops the publish
+    by raising (a run that lost its lock sends nothing more). The local directory's own lock files (the flock of
+    the run that wrote it) are not sent: at the prefix they would replace the prefix's lock object."""
+    from scalingfilter.io.locks import LOCK_NAME, PART_LOCK_PREFIX
+    from scalingfilter.jobs.state import STATE_DIR
+
+    def is_lock(rel: str) -> bool:
+        state, _, name = rel.partition("/")
+        return state == STATE_DIR and (name == LOCK_NAME or name.startswith(PART_LOCK_PREFIX))
+
+    files = sorted(rel for rel in (p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) if not is_lock(rel))
     for rel in sorted(files, key=lambda r: (r in last, r)):
+        if check is not None:
+            check()
         (remote / rel).put_from(local / rel)
 
 
 @contextlib.contextmanager
-def staged_output(where: "str | os.PathLike | ObjectPath", last: tuple[str, ...] = ()) -> Iterator[Path]:
+def staged_output(where: "str | os.PathLike | ObjectPath", last: tuple[str, ...] = (),
+                  check: Callable[[], None] | None = None) -> Iterator[Path]:
     """A local directory to write an output directory into: `where` itself when it is local; for a URL a
-    temporary directory, published to the prefix (`publish_dir`) when the block ends cleanly, then removed."""
+    temporary directory, published to the prefix (`publish_dir`, with `check` before each object) when the block
+    ends cleanly, then removed."""
     target = location(where)
     if not isinstance(target, ObjectPath):
         yield target
@@ -504,6 +535,6 @@ def staged_output(where: "str | os.PathLike | ObjectPath", last: tuple[str, ...]
     local = Path(tempfile.mkdtemp(prefix=f"{spool_prefix()}out-", dir=spool_dir()))
     try:
         yield local
-        publish_dir(local, target, last)
+        publish_dir(local, target, last, check)
     finally:
         shutil.rmtree(local, ignore_errors=True)

@@ -5,17 +5,18 @@ summary of the run is made from the final markers. Each of those writes and remo
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scalingfilter.io import locations
-from scalingfilter.io.records import file_format, open_parquet
+from scalingfilter.io.records import UnreadableFileError, file_format, open_parquet
 from scalingfilter.io.objects import ObjectPath
 from scalingfilter.io.storage import atomic_path, atomic_write, read_json, read_json_dir, write_json_atomic
 from scalingfilter.jobs.plan import Plan, printable
-from scalingfilter.jobs.state import FINAL_DIR, REJECTS_DIR
+from scalingfilter.jobs.state import FINAL_DIR, REJECTS_DIR, foreign_state, open_state_file, read_marker
 from scalingfilter.jobs.units import UnitStats
 
 if TYPE_CHECKING:
@@ -23,23 +24,34 @@ if TYPE_CHECKING:
 
 
 def concat_bytes(parts: list, out) -> None:
-    """Byte concatenation: valid for plain JSONL, gzip members and zstd frames alike."""
+    """Byte concatenation: valid for plain JSONL, gzip members and zstd frames alike. A part is read only as the
+    regular file this tool wrote (`open_state_file`: never through a symbolic link)."""
     for p in parts:
-        with p.open("rb") as fh:
+        with open_state_file(p) as fh:
             shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def concat_parquet(parts: list, dest: Path) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer = None
     try:
         for p in parts:
-            pf = open_parquet(p)
-            if writer is None:
-                writer = pq.ParquetWriter(str(dest), pf.schema_arrow)
-            for g in range(pf.num_row_groups):
-                writer.write_table(pf.read_row_group(g))
+            if not isinstance(p, Path):  # an object: no links in a store; read through a seekable stream
+                pf, fh = open_parquet(p), contextlib.nullcontext()
+            else:
+                fh = open_state_file(p)  # never through a symbolic link (see concat_bytes)
+                try:
+                    pf = pq.ParquetFile(fh)
+                except (pa.ArrowException, OSError) as exc:
+                    fh.close()
+                    raise UnreadableFileError(f"unreadable parquet file {p}: {type(exc).__name__}: {exc}") from exc
+            with fh:
+                if writer is None:
+                    writer = pq.ParquetWriter(str(dest), pf.schema_arrow)
+                for g in range(pf.num_row_groups):
+                    writer.write_table(pf.read_row_group(g))
     finally:
         if writer is not None:
             writer.close()
@@ -56,7 +68,8 @@ def assemble(job: "Job", source: str) -> None:
     data_parts = sorted(p for p in parts.glob("data-*"))
     rej_parts = sorted(parts.glob("rejects-*"))
     if len(data_parts) != len(units):
-        raise RuntimeError(f"cannot assemble {source}: {len(data_parts)} part files for {len(units)} units in {parts}")
+        # planning redoes a unit whose part is gone: a part more than units is one this tool did not write
+        raise foreign_state(parts, f"holds {len(data_parts)} part files for the {len(units)} units of {source}")
     fmt = file_format(source)
     dest = lay.output(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -72,11 +85,12 @@ def assemble(job: "Job", source: str) -> None:
             concat_bytes(data_parts, fh)
     stats = UnitStats()
     for u in units:
-        stats.add(UnitStats.from_marker(read_json(lay.done(u.source, u.part))))
+        done = lay.done(u.source, u.part)
+        stats.add(UnitStats.from_marker(read_marker(done), done))
     if stats.rejected:
         with atomic_write(lay.rejects(source), check=check) as fh:
             concat_bytes(rej_parts, fh)
-    plan = read_json(lay.plan(source))
+    plan = read_marker(lay.plan(source))
     etag = {"etag": plan["etag"]} if plan.get("etag") else {}
     # the output's size too: a rerun rescores a file whose output was changed since (jobs.plan.Planner.lost_outputs)
     write_json_atomic(lay.final(source), {"source": source, "size": plan["size"], "mtime_ns": plan["mtime_ns"], **etag, **asdict(stats),
@@ -97,7 +111,7 @@ def summarise(job: "Job", plan: "Plan", elapsed: float, run_totals: list[float],
     for s in plan.mine:
         marker = finals.get(lay.final(s).name)
         if marker is not None:
-            totals.add(UnitStats.from_marker(marker))
+            totals.add(UnitStats.from_marker(marker, lay.final(s)))
             done += 1
     run_docs, run_tokens = run_totals
     return {

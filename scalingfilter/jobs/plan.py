@@ -25,8 +25,8 @@ from scalingfilter.io.objects import ObjectPath
 from scalingfilter.io.storage import fsync_dir, read_json, read_json_dir, tmp_files, tmp_key, tmp_target, write_json_atomic
 from scalingfilter.io.locks import LOCK_NAME, PART_LOCK_PREFIX
 from scalingfilter.jobs.state import (CONFIG_NAME, DONE_DIR, FINAL_DIR, MARKER_DIRS, PART_SUMMARY_GLOB, PARTS_DIR, PLANS_DIR, RESERVED_NAMES,
-                                      STATE_DIR, SUMMARY_NAME, StateLayout, state_key)
-from scalingfilter.jobs.units import Unit, file_units, node_files
+                                      STATE_DIR, SUMMARY_NAME, StateError, StateLayout, read_marker, state_key, state_links)
+from scalingfilter.jobs.units import Unit, UnitStats, file_units, node_files
 
 if TYPE_CHECKING:
     from scalingfilter.jobs.job import Job
@@ -66,11 +66,6 @@ def same_file(old: dict[str, Any], fp: dict[str, Any]) -> bool:
     if fp.get("etag") and old.get("etag"):
         return (old.get("size"), old.get("etag")) == (fp["size"], fp["etag"])
     return (old.get("size"), old.get("mtime_ns")) == (fp["size"], fp["mtime_ns"])
-
-
-class StateError(InputError):
-    """The output's state holds something a run of this tool never writes (a marker naming a path outside its
-    directory, or not its own input file): refused, never followed."""
 
 
 class ForeignOutputError(InputError):
@@ -140,7 +135,7 @@ class Markers:
         path = self.path(kind, source)
         if self.snap is not None:
             return self.snap[kind].get(path.name)
-        return read_json(path) if path.exists() else None
+        return read_marker(path) if path.exists() else None
 
     def has(self, kind: str, source: str) -> bool:
         if self.snap is not None:
@@ -215,6 +210,7 @@ class Planner:
             self.clear(mine)
             self.layout.config.unlink(missing_ok=True)
         self.reconcile(removed, changed)
+        self.drop_partless_done(mine)
         pending = self.pending_units(mine)
         self.tidy_assembled(mine)
         if isinstance(job.input_dir, ObjectPath) or isinstance(job.out, ObjectPath):
@@ -222,34 +218,46 @@ class Planner:
         return Plan(walk.files, mine, pending, walk, changed, removed)
 
     def check_state(self) -> None:
-        """Every plan and final marker names its own input file (`source_problem`), or the run is refused naming
-        the marker: a path read from the state is never followed outside OUT, nor to a file that is not an output.
-        With --force_overwrite (which discards the state anyway) such markers are removed, their paths not followed."""
-        for kind in (PLANS_DIR, FINAL_DIR):
-            for name, content in sorted(self.markers.contents(kind).items()):
+        """Every plan and final marker names its own input file (`source_problem`), and every final and done marker
+        holds counts this tool writes (`UnitStats.problem`; assembly and the summary add them up), or the run is
+        refused naming the marker: a path read from the state is never followed outside OUT, nor to a file that is
+        not an output. With --force_overwrite (which discards the state anyway) such markers are removed, their
+        paths not followed. A marker that is no JSON at all is removed (`remove_unreadable`) and its file or unit
+        done anew, as a killed writer could leave it; readable JSON this tool never writes is refused."""
+        for kind in (PLANS_DIR, FINAL_DIR, DONE_DIR):
+            contents = self.markers.contents(kind) if kind != DONE_DIR else read_json_dir(self.layout.dir(DONE_DIR))
+            for name, content in sorted(contents.items()):
                 if tmp_target(name) is not None:
                     continue
-                source = content.get("source") if isinstance(content, dict) else None
-                problem = source_problem(source, name)
+                if kind == DONE_DIR:
+                    problem = UnitStats.problem(content)
+                else:
+                    source = content.get("source") if isinstance(content, dict) else None
+                    problem = source_problem(source, name)
                 if problem is None and kind == PLANS_DIR and not all(
                         content.get(k) is None or (type(content.get(k)) is int and content[k] >= 0) for k in ("n_records", "unit_docs")):
                     problem = "holds no record count this tool writes"
-                if problem is None:
-                    continue
-                marker = self.layout.dir(kind) / name
-                if not self.cfg.force_overwrite:
-                    raise StateError(f"state marker {marker} {problem}: {self.job.out} holds state this tool did not write; nothing "
-                                     f"was changed; rerun with --force-overwrite to discard the state and rescore, or remove "
-                                     f"{self.layout.state}")
-                log.warning("state marker %s %s: removed (--force-overwrite), the path it names left alone", marker, problem)
-                marker.unlink(missing_ok=True)
-                if self.markers.snap is not None:
-                    self.markers.snap[kind].pop(name, None)
+                if problem is None and kind == FINAL_DIR:
+                    problem = UnitStats.problem(content)
+                if problem is not None:
+                    self.refuse_or_remove(kind, name, problem)
             # a marker that is no readable JSON names nothing to follow: removed (`remove_unreadable`, once the run is
             # sure to go on), so that its file is planned or scored anew (a rerun repairs an unreadable final marker)
-            read = set(self.markers.contents(kind))
+            read = set(contents)
             self.unreadable.extend(self.layout.dir(kind) / name for name in sorted(locations.names_in(self.layout.dir(kind)))
                                    if name.endswith(".json") and tmp_target(name) is None and name not in read)
+
+    def refuse_or_remove(self, kind: str, name: str, problem: str) -> None:
+        """A marker this tool did not write: refused, or with --force_overwrite removed (the path it names left alone)."""
+        marker = self.layout.dir(kind) / name
+        if not self.cfg.force_overwrite:
+            raise StateError(f"state marker {marker} {problem}: {self.job.out} holds state this tool did not write; nothing "
+                             f"was changed; rerun with --force-overwrite to discard the state and rescore, or remove "
+                             f"{self.layout.state}")
+        log.warning("state marker %s %s: removed (--force-overwrite), the path it names left alone", marker, problem)
+        marker.unlink(missing_ok=True)
+        if kind != DONE_DIR and self.markers.snap is not None:
+            self.markers.snap[kind].pop(name, None)
 
     def remove_unreadable(self) -> None:
         for marker in self.unreadable:
@@ -399,6 +407,25 @@ class Planner:
         if stale:
             log.info("removed %d temporary file(s) a killed run left in %s", len(stale), job.out)
 
+    def drop_partless_done(self, mine: list[str]) -> None:
+        """Remove the done marker of each unit of an unassembled file whose data part file is gone (removed by hand,
+        as the refusal of a linked part advises): the unit is done anew, rather than its file left short of a part
+        at assembly. A unit's part is renamed into place before its marker is written, so no run leaves this."""
+        lay = self.layout
+        by_key: dict[str, list[str]] = {}
+        for name in locations.names_in(lay.dir(DONE_DIR)):
+            if tmp_target(name) is None and name.endswith(".json"):
+                by_key.setdefault(name.rsplit(".", 2)[0], []).append(name)
+        for s in mine:
+            names = by_key.get(state_key(s))
+            if not names or self.markers.has(FINAL_DIR, s):
+                continue  # nothing done, or assembled (`tidy_assembled` removes its leftovers)
+            parts = {n.split(".", 1)[0] for n in locations.names_in(lay.parts(s)) if n.startswith("data-") and tmp_target(n) is None}
+            for name in names:
+                if f"data-{name.rsplit('.', 2)[1]}" not in parts:
+                    log.warning("the part file of unit %s of %s is missing: the unit is done anew", name.rsplit(".", 2)[1], s)
+                    (lay.dir(DONE_DIR) / name).unlink(missing_ok=True)
+
     def tidy_assembled(self, mine: list[str]) -> None:
         """Remove the parts and done markers of files already assembled: a run killed after a file's final
         marker but before `assemble` removed them left them behind, and nothing reads them any more."""
@@ -516,6 +543,24 @@ def walk_input(job: "Job", warn: bool = True) -> CorpusFiles:
     return walk
 
 
+def check_links(job: "Job") -> None:
+    """Nothing under OUT's state is a symbolic link or another file that is not a regular file or a directory
+    (`state_links`): this tool writes none, and reading one would read (and assembling a linked part would copy
+    into the output) whatever it leads to. Refused naming the first; with --force_overwrite the links themselves
+    are removed (never what they lead to)."""
+    links = state_links(job.layout.state)
+    if not links:
+        return
+    if not job.cfg.force_overwrite:
+        more = f" (and {len(links) - 1} more entries like it)" if len(links) > 1 else ""
+        raise StateError(f"{links[0]} is a symbolic link or no regular file{more}: {job.out} holds state this tool did not "
+                         f"write; nothing was read from it nor changed; rerun with --force-overwrite to discard the state "
+                         f"and rescore, or remove {links[0]}")
+    for link in links:
+        log.warning("%s is a symbolic link or no regular file: removed (--force-overwrite), what it leads to left alone", link)
+        link.unlink(missing_ok=True)
+
+
 def prepare(job: "Job") -> Plan:
     """Everything before the work, in one process: walk the input, reconcile the state with it, check the
     settings, plan every file of this node. Returns the pending units."""
@@ -524,6 +569,7 @@ def prepare(job: "Job") -> Plan:
         preflight(job)
     walk = job.walk()
     mine = node_files(walk.files, cfg.nparts, cfg.rank_part_start, cfg.rank_nparts)
+    check_links(job)  # before any marker is read: the snapshot would read through a link
     planner = Planner(job, Markers.snapshot(job.layout))
     planner.check_state()  # first: a refused run creates nothing, and no path the state names is followed before
     for d in MARKER_DIRS:

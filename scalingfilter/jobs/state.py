@@ -116,6 +116,83 @@ class StateLayout:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading the state without following it: this tool writes only regular files and directories under STATE_DIR,
+# so a symbolic link there (to a marker, a part file, a directory) or a FIFO was put there by someone else; it is
+# refused, never read through (a linked part file would be copied into the output, a FIFO would hang the run).
+
+
+class StateError(InputError):
+    """The output's state holds something a run of this tool never writes (a marker naming a path outside its
+    directory, or not its own input file; counts that are no counts; a symbolic link or another file that is not
+    a regular file): refused, never followed."""
+
+
+def foreign_state(path: Any, problem: str) -> StateError:
+    """The one-line refusal of a state entry this tool did not write, naming it and the two ways out."""
+    return StateError(f"{path} {problem}: the output holds state this tool did not write; nothing was read from it; "
+                      f"rerun with --force-overwrite to discard the state and rescore, or remove {path}")
+
+
+def state_links(directory: Any) -> list[Any]:
+    """Entries under a local state directory (`directory` itself included) that this tool never makes: symbolic
+    links, and anything but regular files and directories; sorted. Nothing is followed (each directory is listed
+    as it is, d_type: no stat per entry). None in an object store (it has no links) or where nothing exists."""
+    import os
+    import stat
+    from pathlib import Path
+
+    if not isinstance(directory, Path):
+        return []
+    try:
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return [directory]
+    except FileNotFoundError:
+        return []
+    found, stack = [], [directory]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as listing:
+                entries = list(listing)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed meanwhile (a node part's assembly)
+        for entry in entries:
+            if entry.is_symlink() or not (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)):
+                found.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+    return sorted(found)
+
+
+def open_state_file(path: Any):
+    """A binary file object of one file of the state (a part file, a marker), opened without following a symbolic
+    link (O_NOFOLLOW) and refused (`foreign_state`) unless it is a regular file; an object is opened as it is."""
+    import os
+    import stat
+    from pathlib import Path
+
+    if not isinstance(path, Path):
+        return path.open("rb")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang the open
+    except OSError as exc:
+        if os.path.islink(path):
+            raise foreign_state(path, "is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise foreign_state(path, "is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_marker(path: Any) -> Any:
+    """The JSON content of one state file, read through `open_state_file` (never through a link)."""
+    import orjson
+
+    with open_state_file(path) as fh:
+        return orjson.loads(fh.read())
+
+
+# ---------------------------------------------------------------------------------------------
 # A scored directory: the one answer to "is this a finished `scalingfilter score` (or `classify`) output?"
 #
 # score writes, in this order: each file's output, then its final marker (FINAL_DIR/<key>.json: the source, its
@@ -123,8 +200,9 @@ class StateLayout:
 # for node parts A..B of --nparts N, summary.parts-A-B.json, which records its `node_parts`). A run that will
 # change OUT withdraws the summaries first. So:
 #   finished     = summary.json, or node-part summaries covering parts 0..N-1, each saying every file is done;
-#   consistent   = one final marker per data file, none for a missing file, and each file holds its
-#                  marker's `records - rejected` records (checked by `ScoredDir.data_files` + `check_counts`);
+#   consistent   = one final marker per data file, none for a missing file, each naming a path inside OUT (never
+#                  followed otherwise), and each file holds its marker's `records - rejected` records and has the
+#                  size it had when score wrote it (`output_size`; checked by `ScoredDir.data_files` + `check_counts`);
 #   its versions = the final markers' input fingerprints (a rescore of a changed input rewrites them).
 
 # The fields `scalingfilter classify` adds instead of SCORE_FIELDS (a distilled fastText model's P(keep)).
@@ -322,6 +400,12 @@ class ScoredDir:
         from scalingfilter.jobs.plan import source_problem
 
         where = self.layout.dir(FINAL_DIR)
+        links = state_links(where)  # before anything is read: a linked marker would be read through
+        if links:
+            raise InconsistentScoredDirError(
+                f"the scored directory {str(self.root)!r} holds state this tool did not write ({links[0]} is a symbolic link "
+                f"or no regular file); nothing was read from it; rerun `scalingfilter score` with --force-overwrite to discard "
+                f"the state and rescore, or remove {links[0]}")
         names = sorted(n for n in names_in(where) if n.endswith(".json") and tmp_target(n) is None)
         read = read_json_dir(where) if names else {}
 
@@ -331,15 +415,20 @@ class ScoredDir:
             if not isinstance(m, dict):
                 raise inconsistent(self.root, f"final marker {name} is unreadable: "
                                    + ("not readable JSON" if m is None else f"a JSON {type(m).__name__}, not an object"))
-            # a path read from the state is followed only when it is one `score` could have written (the check score
-            # itself makes): relative, inside the directory, under its own marker name; else the state is foreign
-            problem = source_problem(m.get("source"), name)
+            # a path read from the state is followed only when it is one `score` could have written (score's own
+            # check): relative, inside the directory, no hidden or reserved component, an input format. The marker's
+            # name is not required to be the path's key here (nothing is written or deleted by name), but two
+            # markers of one file are refused: which one holds its count?
+            source = m.get("source")
+            problem = source_problem(source, f"{state_key(source)}.json" if isinstance(source, str) else name)
+            if problem is None and source in out:
+                problem = f"names {source!r}, as another final marker does"
             if problem is not None:
                 raise InconsistentScoredDirError(
                     f"the scored directory {str(self.root)!r} holds state this tool did not write (final marker {name} "
                     f"{problem}); nothing was read from it; rerun `scalingfilter score` with --force-overwrite to discard "
                     f"the state and rescore, or remove {STATE_DIR}/{FINAL_DIR}/{name}")
-            out[m["source"]] = m
+            out[source] = m
         return out
 
     def versions(self) -> dict[str, dict[str, Any]]:
@@ -368,11 +457,11 @@ class ScoredDir:
             # score writes a file's output, then its final marker, then the summary: a data file without a marker
             # in a finished directory was put there by someone else (score leaves such a file alone, so a rerun
             # does not repair this), or is an input file added after the summary was written
-            more = f" (and {len(unmarked) - 1} more files)" if len(unmarked) > 1 else ""
+            more = f", and {len(unmarked) - 1} more files" if len(unmarked) > 1 else ""
             raise InconsistentScoredDirError(
-                f"the scored directory {str(self.root)!r} holds {unmarked[0]!r}{more}, which has no final marker in "
-                f"{STATE_DIR}/{FINAL_DIR}: `scalingfilter score` did not write it; move it out of the output directory "
-                f"(if it is an input file added since, rerun `scalingfilter score`, which scores it)")
+                f"the scored directory {str(self.root)!r} is inconsistent with its summary ({unmarked[0]} has no final "
+                f"marker in {STATE_DIR}/{FINAL_DIR}{more}: `scalingfilter score` did not write it); move it out of the "
+                f"output directory (or, if it is an input file added since, rerun `scalingfilter score`, which scores it)")
         self._data_markers = markers
         return self.files(), expected
 
@@ -404,7 +493,15 @@ class ScoredDir:
         written by older versions, are not checked)."""
         for rel, n in zip(files, counts):
             if n != expected[rel]:
-                raise inconsistent(self.root, f"{rel} has {n} records, its final marker says {expected[rel]}")
+                detail = f"{rel} has {n} records, its final marker says {expected[rel]}"
+                if self._data_markers is not None and not self._changed_outputs({rel: self._data_markers[rel]}):
+                    # the file is as score wrote it (its recorded size): it was assembled from parts score did not
+                    # write (planted in the state of an interrupted run), and a plain rerun keeps it
+                    raise InconsistentScoredDirError(
+                        f"the scored directory {str(self.root)!r} is inconsistent with its summary ({detail}, though the "
+                        f"file has the size score recorded: it was assembled from parts score did not write); rerun "
+                        f"`scalingfilter score` with --force-overwrite, which rescores every file")
+                raise inconsistent(self.root, detail)
         # then the sizes: an edit that keeps the record count (a changed score) changes the size score recorded
         changed = self._changed_outputs(self._data_markers) if self._data_markers is not None else []
         if changed:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 
 from scalingfilter.errors import ShardingError  # noqa: E402
+from scalingfilter.jobs.state import StateError
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,24 @@ class UnitStats:
     truncated: int = 0
 
     @classmethod
-    def from_marker(cls, marker: dict[str, Any]) -> "UnitStats":
+    def problem(cls, marker: Any) -> str | None:
+        """Why `marker` (a done or final marker's content) holds no counts this tool writes, or None: it must be a
+        JSON object whose every count is a non-negative integer (true and false are no counts here)."""
+        if not isinstance(marker, dict):
+            return f"is a JSON {type(marker).__name__}, not an object"
+        bad = [k for k in cls.__dataclass_fields__ if not (type(marker.get(k)) is int and marker[k] >= 0)]
+        if bad:
+            return f"holds no count this tool writes ({', '.join(f'{k}={marker.get(k)!r}' for k in bad[:3])})"
+        return None
+
+    @classmethod
+    def from_marker(cls, marker: Any, where: Any = "a state marker") -> "UnitStats":
+        """The counts of a done or final marker (`where`: its path, named in the error), or a one-line StateError:
+        the state holds a marker this tool did not write (planning refuses such markers before any work)."""
+        problem = cls.problem(marker)
+        if problem is not None:
+            raise StateError(f"state marker {where} {problem}: the output holds state this tool did not write; rerun with "
+                             f"--force-overwrite to discard the state and rescore, or remove it")
         return cls(**{k: marker[k] for k in cls.__dataclass_fields__})
 
     def add(self, other: "UnitStats") -> None:

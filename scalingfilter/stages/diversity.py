@@ -22,6 +22,11 @@ Stages and their invariants:
    the embedding cache (the rows embedded, with their positions; see embedding.Cache). Every file is
    written atomically, and one run at a time holds the output directory (locks.JobLock).
 
+The output directory is new, empty, or diversity's own (`check_output_is_ours`): anything else is refused in one
+line before anything is written, unless force_overwrite (--force-overwrite). An output URL is written through a
+local staging directory and published file by file, each after the bucket lock's `check_held`: a run that lost
+its lock never mixes its files with the run that took the prefix over.
+
 The Vendi score grows with the number of documents scored, so scores are comparable only at the same
 group size (and with the same embedding model and kernel). With fewer documents than groups x size this
 module does not fail (the reference crashes below 100,000): it uses as many full groups of group_size as
@@ -36,6 +41,7 @@ themselves, with the score engine's retries and hang detection.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -50,15 +56,15 @@ from scalingfilter.stages import vendi
 from scalingfilter.errors import InputError
 from scalingfilter.io.walk import find_input_files
 from scalingfilter.models.embedding import (
-    CHUNK_TEXTS, PAPER_MODEL, Cache, CachedRows, CacheMismatch, EncodeStats, InputFingerprint, embedding_dim, encode_stream,
+    CACHE_FILES, CACHE_META, CHUNK_TEXTS, PAPER_MODEL, Cache, CachedRows, CacheMismatch, EncodeStats, InputFingerprint, embedding_dim, encode_stream,
     encoding_devices, load_model, model_fingerprint,
 )
 from scalingfilter.errors import UsageError
-from scalingfilter.jobs.engines.local import agree, held_by_rank0
+from scalingfilter.jobs.engines.local import agree, held_by_rank0, rank0_then_all
 from scalingfilter.jobs.processes import Processes, env_rank
 from scalingfilter.io.storage import write_bytes_atomic, write_json_atomic
 from scalingfilter.io.locks import JobLock
-from scalingfilter.stages.diversity_embed import InputIndex, Rejects, clear_parts, embed_positions, usable_records
+from scalingfilter.stages.diversity_embed import PARTS_DIR, InputIndex, Rejects, clear_parts, embed_positions, usable_records
 
 log = logging.getLogger("scalingfilter")
 
@@ -102,6 +108,7 @@ class DiversityConfig:
     chunk_texts: int = field(default_factory=_chunk_texts_default)  # (the embedding units' size)
     progress: bool = True
     engine: str = "local"  # "ray": the embedding units on Ray workers (scalingfilter.jobs.engines.ray)
+    force_overwrite: bool = False  # write into an output directory that holds something else than diversity's output
     ray: Any = None  # engines.ray_engine.RayOptions for engine "ray" (None: a local Ray instance)
 
 
@@ -259,11 +266,13 @@ def run_diversity(cfg: DiversityConfig) -> dict[str, Any] | None:
     if is_remote(cfg.output_dir):  # one process; written locally, each file sent whole when done (results last)
         return _run_diversity_to_url(cfg)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device, devices = encoding_devices(cfg.device, env_rank()[1], env_rank()[2])
     procs = Processes.from_env(device)
     run = _Run(cfg, files, procs, device, devices, cfg.batch_size or (256 if device.startswith("cuda") else 64))
     try:
+        if not cfg.force_overwrite:  # rank 0 looks (before the lock: a refused run creates nothing); a refusal stops every rank
+            rank0_then_all(procs, lambda: check_output_is_ours(out_dir), lambda: None)
+        out_dir.mkdir(parents=True, exist_ok=True)
         with held_by_rank0(procs, out_dir, "diversity"):
             run.model = load_model(cfg.model_name, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length)
             run.mfp = model_fingerprint(run.model)
@@ -280,23 +289,94 @@ def _run_diversity_to_url(cfg: DiversityConfig) -> dict[str, Any] | None:
     The embedding cache travels with it: --load-from-cache seeds the staging directory with the bucket's
     cache, and a new cache is published meta last (the bucket's old meta is deleted first), so a publish
     cut half-way leaves no meta, hence no cache that the next run would trust. An earlier run's rejects.jsonl
-    goes when this run has none (a publish only adds objects)."""
+    goes when this run has none (a publish only adds objects). The bucket lock's `check_held` runs before each
+    object is sent and before each removal: a run that lost its lock (paused past its TTL while another run
+    took the prefix over) stops with one line and leaves the prefix to that run."""
     from dataclasses import replace
 
     from scalingfilter.models.embedding import CACHE_FILES, CACHE_META
     from scalingfilter.io.locations import location, staged_output
 
     remote = location(cfg.output_dir)
-    with JobLock(cfg.output_dir, "diversity"), staged_output(remote, last=(CACHE_META, RESULTS_JSON, RESULTS_TXT)) as local:
+    if not cfg.force_overwrite:
+        check_output_is_ours(remote)  # before the lock: a refused run creates nothing
+    with JobLock(cfg.output_dir, "diversity") as lock, \
+            staged_output(remote, last=(CACHE_META, RESULTS_JSON, RESULTS_TXT), check=lock.check_held) as local:
         if cfg.load_from_cache and all((remote / name).exists() for name in CACHE_FILES):
             for name in CACHE_FILES:
                 (remote / name).get_to(local / name)
-        result = run_diversity(replace(cfg, output_dir=str(local)))
+        result = run_diversity(replace(cfg, output_dir=str(local), force_overwrite=True))  # (the staging directory is ours)
+        lock.check_held()  # before the removals here, as before each object staged_output sends
         if (local / CACHE_META).exists():
             (remote / CACHE_META).unlink(missing_ok=True)
         if not (local / REJECTS_FILE).exists():  # as a local run removes it: no rejects this time
             (remote / REJECTS_FILE).unlink(missing_ok=True)
         return result
+
+
+# What diversity writes directly in its output directory (the lock and the tool's temporaries aside)
+OWN_NAMES = frozenset({RESULTS_TXT, RESULTS_JSON, REJECTS_FILE, PARTS_DIR, *CACHE_FILES})
+
+
+def _is_own_json(path, keys: tuple[str, ...]) -> bool:
+    """Whether `path` holds a JSON object with every one of `keys` (what diversity writes there), not merely a
+    file of that name."""
+    from scalingfilter.errors import StorageError
+    from scalingfilter.io.storage import read_json
+
+    try:
+        data = read_json(path)
+    except (OSError, ValueError, StorageError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in keys)
+
+
+def _is_own_rejects(path) -> bool:
+    """rejects.jsonl as diversity writes it: its first line a reject entry (source, index, reason)."""
+    from scalingfilter.errors import StorageError
+
+    try:
+        with path.open("rb") as fh:
+            first = fh.readline(1 << 20)
+        entry = json.loads(first)
+    except (OSError, ValueError, StorageError):
+        return False
+    return isinstance(entry, dict) and {"source", "index", "reason"} <= entry.keys()
+
+
+def check_output_is_ours(out) -> None:
+    """Refuse (ForeignOutputError, one line) an output directory that is neither new, nor empty, nor diversity's:
+    diversity would overwrite files of the same names. Diversity's is one that holds only diversity's names
+    (OWN_NAMES; its lock and the tool's temporaries aside) and shows that diversity wrote them: a results.json
+    of diversity's (mean, scores, group size), its embedding cache's meta, its embedding units' state, or its
+    rejects; a results.json that is not diversity's is refused even beside them (it is the file a run replaces)."""
+    from scalingfilter.io.locks import LOCK_NAME, PART_LOCK_PREFIX
+    from scalingfilter.io.storage import tmp_target
+    from scalingfilter.jobs.plan import ForeignOutputError, out_entries
+    from scalingfilter.jobs.state import STATE_DIR
+
+    found = out_entries(out)
+    if found is None:
+        return
+    top, state = found
+    state = sorted(n for n in state if tmp_target(n) is None and n != LOCK_NAME and not n.startswith(PART_LOCK_PREFIX))
+    top = {n for n in top if n != STATE_DIR and tmp_target(n) is None}
+    if not top and not state:
+        return  # empty, or only a lock and temporaries
+    others = sorted(top - OWN_NAMES) + [f"{STATE_DIR}/{n}" for n in state]  # another job's state is not ours either
+    results_ours = RESULTS_JSON in top and _is_own_json(out / RESULTS_JSON, ("mean", "scores", "group_size"))
+    why = None
+    if others:
+        why = f"it holds {', '.join(others[:3])}{f' and {len(others) - 3} more' if len(others) > 3 else ''}, which diversity never writes"
+    elif RESULTS_JSON in top and not results_ours:
+        why = f"its {RESULTS_JSON} was not written by diversity"
+    elif not (results_ours or PARTS_DIR in top or (CACHE_META in top and _is_own_json(out / CACHE_META, ("input_fingerprint", "n")))
+              or (REJECTS_FILE in top and _is_own_rejects(out / REJECTS_FILE))):
+        why = f"nothing in it ({', '.join(sorted(top)[:3])}) was written by diversity"
+    if why:
+        raise ForeignOutputError(f"the output directory {str(out)!r} is not empty and is no `scalingfilter diversity` output ({why}): "
+                                 f"diversity would overwrite files of the same names; choose a new or empty output directory, or "
+                                 f"pass force_overwrite=True to write into it anyway").with_flags(force_overwrite="--force-overwrite")
 
 
 def _embed(run: _Run) -> _Embedded:

@@ -53,6 +53,11 @@ The output directory's life (one run at a time: ``locks.JobLock(OUT, "select")``
    tokens in and out, seed) LAST: a selection is complete if and only if it is there; then the
    in-progress marker is removed.
 
+A run that lost its bucket lock (`locks.ObjectLock`: paused past its TTL while another run took the prefix over)
+never mixes its output with that run's: the lock's `check_held` runs right before every publish (each kept file,
+``unscored.jsonl``, the mask, the marker, the manifest) and every removal in OUT, and stops the run with one
+line (`locks.LockLostError`).
+
 So an interrupted run leaves an in-progress selection, which the next run cleans up and redoes without
 a flag; ``force_overwrite`` replaces a complete (or in-progress) one; a directory that holds neither (and
 is not empty) is refused. Outputs are byte-identical between runs (gzip without a time stamp, a zip
@@ -112,7 +117,8 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
     distilled = cfg.score_field in scored.score_fields and scored.kind == "classify"  # no token count
     files, expected = scored.data_files()  # every data file has its final marker, and the reverse
     versions = scored.versions()
-    with JobLock(out, "select"), tempfile.SpooledTemporaryFile(max_size=8 << 20) as unscored_log:
+    with JobLock(out, "select") as lock, tempfile.SpooledTemporaryFile(max_size=8 << 20) as unscored_log:
+        held = lock.check_held  # before every publish and every removal in OUT: a run that lost its lock stops there
         table = read_scores(inp, cfg, unscored_log, files)
         scored.check_counts(table.files, table.file_counts, expected)
         check_fields_present(table, cfg.min_tokens, scored)
@@ -120,15 +126,15 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
         t1 = time.time()
 
         prepare_output(out, cfg.force_overwrite, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                  "input_dir": str(inp), "config": asdict(cfg)})
+                                                  "input_dir": str(inp), "config": asdict(cfg)}, check=held)
         write = mask | (~table.scored & table.readable) if cfg.unscored == "keep" else mask
-        write_kept_files(table, write, out, cfg.drop_score_fields)
+        write_kept_files(table, write, out, cfg.drop_score_fields, check=held)
         if unscored_log.tell():
             unscored_log.seek(0)
-            with atomic_write(out / UNSCORED_NAME) as fh:
+            with atomic_write(out / UNSCORED_NAME, check=held) as fh:
                 shutil.copyfileobj(unscored_log, fh)
         write_mask_file(out / STATE_DIR / MASK_NAME, {"kept": mask, "scored": table.scored, "files": np.array(table.files, dtype=str),
-                                                      "file_counts": np.array(table.file_counts, dtype=np.int64)})
+                                                      "file_counts": np.array(table.file_counts, dtype=np.int64)}, check=held)
         if scored.changed_since(versions):  # a score run rescored files while this one read them
             raise inconsistent(inp, "files were rescored while `select` read them; rerun select when scoring has finished")
         manifest = build_manifest(cfg, table, mask, bounds, write, inp, out,
@@ -136,7 +142,8 @@ def select_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike, c
         manifest["scored_versions"] = versions
         if distilled:  # the short-document guard and the token counts do not apply to a distilled score
             manifest.update(min_tokens=None, selected_below_short_tokens=None)
-        write_json_atomic(out / MANIFEST_NAME, manifest)  # last: the selection is complete
+        write_json_atomic(out / MANIFEST_NAME, manifest, check=held)  # last: the selection is complete
+        held()
         (out / IN_PROGRESS_NAME).unlink(missing_ok=True)
     return manifest
 

@@ -3,7 +3,8 @@ mask and the manifest.
 
 OUT's life (one run at a time: `locks.JobLock(OUT, "select")`): `selection.in-progress` is written before any
 other output file; the kept files, `unscored.jsonl` and `selection.npz` each atomically; `selection.json` (the
-manifest) LAST, so a selection is complete exactly when it is there. `prepare_output` cleans up an interrupted
+manifest) LAST, so a selection is complete exactly when it is there; every publish and removal in OUT is
+preceded by the lock's `check_held` (passed in as `check`), so a run that lost its bucket lock stops before it. `prepare_output` cleans up an interrupted
 selection, replaces a complete one only with `force_overwrite`, and refuses anything else (see `select`'s
 module docstring). Pass 2 copies a JSONL record as its original line, byte for byte (`drop_score_fields` cuts
 only the score fields' members), a parquet row through its file's own schema; both passes must count the same
@@ -30,7 +31,7 @@ from scalingfilter.io.locations import contains, location, rmtree as remove_tree
 from scalingfilter.io.objects import ObjectPath
 from scalingfilter.io.records import file_format, open_binary
 from scalingfilter.io.writers import open_binary_writer
-from scalingfilter.io.storage import atomic_path, read_json, tmp_target, write_json_atomic
+from scalingfilter.io.storage import Check, atomic_path, read_json, tmp_target, write_json_atomic
 from scalingfilter.io.locks import LOCK_NAME
 from scalingfilter.jobs.state import SCORE_FIELDS, STATE_DIR
 from scalingfilter.stages.select_choose import Bounds
@@ -94,13 +95,14 @@ def _same_selection(out: Path, marker: dict[str, Any]) -> bool:
     return what(held) is not None and what(held) == what(mine)
 
 
-def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any]) -> None:
+def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any], check: Check | None = None) -> None:
     """Make OUT an in-progress selection holding nothing else (but the lock): clean up an interrupted
     selection, replace a complete one only with `force_overwrite`, refuse anything else. The in-progress
     marker is written before anything is deleted, so a crash in the middle leaves an in-progress selection.
     Temporaries a killed run left in OUT/.scalingfilter/ do not make OUT non-empty (they are removed); a
     complete selection whose in-progress marker is still there (a run killed between the manifest and the
-    marker's removal) is redone by the same command without a flag."""
+    marker's removal) is redone by the same command without a flag. `check` (the lock's `check_held`) runs before
+    the marker is published and again before anything is removed."""
     contents = _contents(out)
     if [p for p in contents if not _leftover_temporary(out, p)]:
         complete, in_progress = (out / MANIFEST_NAME).exists(), (out / IN_PROGRESS_NAME).exists()
@@ -113,7 +115,9 @@ def prepare_output(out: Path, force_overwrite: bool, marker: dict[str, Any]) -> 
                                  f"({MANIFEST_NAME} or {IN_PROGRESS_NAME}); refusing to delete it, choose another directory")
         if in_progress and not complete:
             log.warning("%s holds an interrupted selection: removing it and selecting again", out)
-    write_json_atomic(out / IN_PROGRESS_NAME, marker)
+    write_json_atomic(out / IN_PROGRESS_NAME, marker, check=check)
+    if check is not None:
+        check()
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     for p in contents:
         if p == out / IN_PROGRESS_NAME or p == out / MANIFEST_NAME:
@@ -153,10 +157,10 @@ def _changed(rel: str, more: bool) -> SelectionError:
     return SelectionError(f"{rel}: the file changed during selection ({'more' if more else 'fewer'} records than in the first pass)")
 
 
-def _write_jsonl(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool) -> None:
+def _write_jsonl(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool, check: Check | None = None) -> None:
     names = frozenset(SCORE_FIELDS)
     pos = 0
-    with atomic_path(dest) as tmp, open_binary_writer(tmp) as fh:
+    with atomic_path(dest, check=check) as tmp, open_binary_writer(tmp) as fh:
         for line in _record_lines(src):
             if pos >= len(write):
                 raise _changed(rel, more=True)
@@ -169,7 +173,7 @@ def _write_jsonl(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool)
             raise _changed(rel, more=False)
 
 
-def _write_parquet(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool) -> None:
+def _write_parquet(src: Path, dest: Path, rel: str, write: np.ndarray, drop: bool, check: Check | None = None) -> None:
     """The kept rows, row group by row group, through the file's own schema (types come out as they
     were: no round trip through Python values)."""
     import pyarrow as pa
@@ -183,7 +187,7 @@ def _write_parquet(src: Path, dest: Path, rel: str, write: np.ndarray, drop: boo
         columns = [name for name in schema.names if name not in SCORE_FIELDS]
         metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}  # it names the dropped columns
         schema = pa.schema([schema.field(name) for name in columns], metadata=metadata or None)
-    with atomic_path(dest) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+    with atomic_path(dest, check=check) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         row0 = 0
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -193,20 +197,23 @@ def _write_parquet(src: Path, dest: Path, rel: str, write: np.ndarray, drop: boo
                 writer.write_table(pf.read_row_group(g, columns=columns).filter(pa.array(keep)))
 
 
-def write_kept_files(table: ScoreTable, write: np.ndarray, out: Path, drop_score_fields: bool) -> None:
+def write_kept_files(table: ScoreTable, write: np.ndarray, out: Path, drop_score_fields: bool, check: Check | None = None) -> None:
     """Pass 2: every scored file's records where `write` is set, to the same relative path under OUT
-    (each file atomically; a file with nothing kept is still written, so the layout is mirrored)."""
+    (each file atomically, `check` right before it is published; a file with nothing kept is still written, so
+    the layout is mirrored)."""
     root, start = location(table.root), 0
     for done, (rel, n) in enumerate(zip(table.files, table.file_counts), start=1):
         writer = _write_parquet if file_format(rel) == "parquet" else _write_jsonl
-        writer(root / rel, out / rel, rel, write[start : start + n], drop_score_fields)
+        writer(root / rel, out / rel, rel, write[start : start + n], drop_score_fields, check)
         start += n
         faults.point("select-file", done)  # the crash test's hook: ends the process after N files when set
+        faults.point("unit-done", done)  # the lock-loss test's: a pause (SIGSTOP) after N published files
 
 
-def write_mask_file(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """An .npz (np.load reads it, no pickle) whose bytes depend on the arrays only (fixed zip dates)."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+def write_mask_file(path: Path, arrays: dict[str, np.ndarray], check: Check | None = None) -> None:
+    """An .npz (np.load reads it, no pickle) whose bytes depend on the arrays only (fixed zip dates); `check`: see
+    `storage.atomic_path`."""
+    with atomic_path(path, check=check) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, arr in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED

@@ -91,6 +91,44 @@ def unit_path(out: Path, arm: str, seed: int) -> Path:
     return out / UNITS_DIR / safe / f"seed-{seed}.json"
 
 
+def read_unit(path: Path, arm: str, seed: int, settings_sha: str) -> dict[str, Any]:
+    """A done unit's record, checked: written by a run of these settings for this arm and seed, its scores
+    well formed. Anything else (a copied, edited or crafted file) is one InputError naming the file."""
+    def refuse(why: str) -> InputError:
+        return InputError(f"{path}: {why}; it is not a unit this ablation wrote: remove it to redo the unit")
+
+    if path.is_symlink() or not path.is_file():
+        raise refuse("not a regular file")
+    try:
+        record = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise refuse(f"not readable JSON ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict) or not record["metrics"]:
+        raise refuse("not a unit record (no metrics)")
+    if record.get("arm") != arm or record.get("seed") != seed or record.get("settings_sha") != settings_sha:
+        raise refuse(f"it says arm {record.get('arm')!r}, seed {record.get('seed')!r} of settings "
+                     f"{str(record.get('settings_sha'))[:12]}, not arm {arm!r}, seed {seed} of these settings")
+    scores = {}
+    for name, value in record["metrics"].items():
+        try:
+            scores[name] = ItemScores.from_json(value)
+        except ValueError as e:
+            raise refuse(f"metric {name!r}: {e}") from None
+    record["scores"] = scores
+    return record
+
+
+def check_paired(units: dict[Path, dict[str, ItemScores]]) -> None:
+    """Every unit scored the same items: the same metrics, each with the same items and groups (else the
+    paired statistics would compare different things)."""
+    (first_path, first), *rest = units.items()
+    shape = {m: (len(s), s.group_names) for m, s in first.items()}
+    for path, scores in rest:
+        if {m: (len(s), s.group_names) for m, s in scores.items()} != shape:
+            raise InputError(f"{path}: its metrics or items differ from those of {first_path}; it is not a unit this "
+                             f"ablation wrote: remove it to redo the unit")
+
+
 def heldout_positions(sources: list[str], eligible: np.ndarray, per_source: int) -> np.ndarray:
     """Up to `per_source` documents of every source, the same whatever the arms: the first by a hash of the
     document's corpus position (a stable, seed-free random order)."""
@@ -124,21 +162,68 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_settings(out: Path, settings: dict[str, Any], force: bool, log: Callable[[str], None]) -> None:
+def _check_settings(out: Path, settings: dict[str, Any], force: bool, log: Callable[[str], None]) -> str:
+    """Record the settings (or check them against those recorded); their digest, which every unit carries."""
     path = out / STATE_DIR / SETTINGS_NAME
     settings = orjson.loads(orjson.dumps(settings))  # as read back (tuples become lists)
-    if path.exists():
-        saved = read_json(path)
+    if path.exists() or path.is_symlink():
+        try:
+            saved = orjson.loads(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+        except orjson.JSONDecodeError:
+            saved = None
+        if not isinstance(saved, dict) and not force:
+            raise InputError(f"{path} is not the settings file ablate writes; remove it (or pass force_overwrite=True "
+                             f"to start over)").with_flags(force_overwrite="--force-overwrite")
+        if not isinstance(saved, dict):
+            saved = {}
         if saved != settings:
             if not force:
                 old, new = _flat(saved), _flat(settings)
                 changed = sorted(k.removeprefix("config.") for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigMismatchError(f"{str(out)!r} holds an ablation with other settings ({', '.join(changed)} differ); "
-                                          f"use another output directory, or force_overwrite to start over")
+                                          f"use another output directory, or pass force_overwrite=True to start over"
+                                          ).with_flags(force_overwrite="--force-overwrite")
             log(f"settings changed: removing the earlier units of {out}")
-            shutil.rmtree(out / UNITS_DIR, ignore_errors=True)
-            shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
+            for name in (UNITS_DIR, TOKENIZER_DIR):
+                p = out / name
+                if p.is_symlink():
+                    p.unlink()
+                else:
+                    shutil.rmtree(p, ignore_errors=True)
     write_json_atomic(path, settings)
+    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+OWN_ENTRIES = {STATE_DIR, UNITS_DIR, TOKENIZER_DIR, "results.json", "results.md", "results.html"}
+
+
+def check_output(cfg: AblateConfig) -> tuple[Path, Any]:
+    """(OUT, the input's location): OUT a local directory that is empty, absent or an ablation's (else refused
+    unless force_overwrite), neither the input nor inside it nor around it. Nothing is created here."""
+    from scalingfilter.io.locations import location
+    from scalingfilter.io.objects import ObjectPath
+
+    inp = location(cfg.input_dir)
+    if isinstance(location(cfg.output_dir), ObjectPath):
+        raise UsageError(f"output_dir={cfg.output_dir!r}: ablate writes a local directory (its units are small; copy "
+                         f"OUT to a bucket afterwards)").with_flags(output_dir="--output-dir")
+    if ".." in Path(cfg.output_dir).parts:
+        raise UsageError(f"output_dir={cfg.output_dir!r}: give a path without '..'").with_flags(output_dir="--output-dir")
+    out = Path(cfg.output_dir)
+    if not isinstance(inp, ObjectPath):
+        a, b = out.resolve(), Path(inp).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise UsageError(f"output_dir={str(out)!r} must not be, contain or lie inside input_dir={str(inp)!r}"
+                             ).with_flags(output_dir="--output-dir", input_dir="--input-dir")
+    if out.is_dir() and not cfg.force_overwrite:
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in OWN_ENTRIES)
+        if foreign or ((out / "results.json").exists() and not (out / STATE_DIR / SETTINGS_NAME).exists()):
+            raise UsageError(f"output_dir={str(out)!r} holds files ablate did not write ({', '.join(foreign[:3]) or 'results.json'}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new directory, or pass "
+                             f"force_overwrite=True to write there anyway").with_flags(output_dir="--output-dir", force_overwrite="--force-overwrite")
+    elif out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir={str(out)!r} is a file").with_flags(output_dir="--output-dir")
+    return out, inp
 
 
 def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = print, **options: Any) -> dict[str, Any]:
@@ -149,10 +234,7 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
     cfg = AblateConfig(**{**(asdict(config) if config else {}), **options}).check()
     arms = parse_arms(cfg.arms)
     preset = proxy.parse_preset(cfg.preset)
-    out = Path(cfg.output_dir)
-    inp = Path(cfg.input_dir)
-    if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents or out.resolve() in inp.resolve().parents:
-        raise UsageError(f"output_dir={str(out)!r} must not be, contain or lie inside input_dir={str(inp)!r}")
+    out, inp = check_output(cfg)
     t0 = time.time()
     fields = tuple(a[len("field:"):] for a in arms if a.startswith("field:"))
     pool = read_pool(inp, cfg.keep, cfg.text_field, cfg.select_seed, cfg.min_tokens, fields)
@@ -181,9 +263,12 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
 
     settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "force_overwrite", "progress", "device", "threads")},
                 "preset": asdict(preset), "scored_versions": ScoredDir.open(inp).versions(), "arms": all_arms}
+    for name in (STATE_DIR, UNITS_DIR, TOKENIZER_DIR):  # nothing planted in OUT steers where ablate writes
+        if (out / name).is_symlink():
+            raise InputError(f"{out / name} is a symbolic link; ablate writes only inside {out}: remove it")
     out.mkdir(parents=True, exist_ok=True)
     with JobLock(out, "ablate"):
-        _check_settings(out, settings, cfg.force_overwrite, log)
+        settings_sha = _check_settings(out, settings, cfg.force_overwrite, log)
         threads = proxy.set_threads(cfg.threads)
         device = proxy.device_for(cfg.device)
         tok_dir = out / TOKENIZER_DIR
@@ -227,17 +312,18 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
         units = [(UNTRAINED, 0)] + [(arm, seed) for seed in range(cfg.seeds) for arm in all_arms]
         for n, (arm, seed) in enumerate(units, 1):
             path = unit_path(out, arm, seed)
-            if path.exists():
+            if path.exists() or path.is_symlink():
+                read_unit(path, arm, seed, settings_sha)  # done: but by this run's settings, for this arm and seed?
                 continue
             t_unit = time.time()
             if arm == UNTRAINED:
                 model = proxy.new_model(preset, tokenizer, seed).to(device)
-                record: dict[str, Any] = {"arm": arm, "seed": seed, "train": None}
+                record: dict[str, Any] = {"arm": arm, "seed": seed, "settings_sha": settings_sha, "train": None}
             else:
                 log(f"[{n}/{len(units)}] {arm}, seed {seed}: training {steps:,} steps")
                 trained = proxy.train_proxy(preset, tokenizer, streams[arm], steps, seed, device, log if n <= 2 else None)
                 model = trained.model
-                record = {"arm": arm, "seed": seed, "train": {"steps": trained.steps, "tokens": trained.tokens, "epochs": round(trained.epochs, 4),
+                record = {"arm": arm, "seed": seed, "settings_sha": settings_sha, "train": {"steps": trained.steps, "tokens": trained.tokens, "epochs": round(trained.epochs, 4),
                                                               "final_loss": trained.final_loss, "seconds": round(trained.seconds, 1)}}
             model.eval()
             scores = evaluate(model)
@@ -250,11 +336,10 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
             headline = ", ".join(f"{m} {s.value():.4f}" for m, s in scores.items() if m in ("blimp_accuracy", "heldout_bpb"))
             log(f"[{n}/{len(units)}] {arm}, seed {seed}: {headline} ({record['seconds']:.0f} s)")
 
-        per_arm: dict[str, list[dict[str, ItemScores]]] = {}
-        for arm in all_arms:
-            per_arm[arm] = [{m: ItemScores.from_json(v) for m, v in read_json(unit_path(out, arm, s))["metrics"].items()}
-                            for s in range(cfg.seeds)]
-        untrained = {m: ItemScores.from_json(v) for m, v in read_json(unit_path(out, UNTRAINED, 0))["metrics"].items()}
+        read = {unit_path(out, arm, seed): read_unit(unit_path(out, arm, seed), arm, seed, settings_sha)["scores"] for arm, seed in units}
+        check_paired(read)
+        per_arm = {arm: [read[unit_path(out, arm, s)] for s in range(cfg.seeds)] for arm in all_arms}
+        untrained = read[unit_path(out, UNTRAINED, 0)]
         run_settings = {**settings["config"], "preset": asdict(preset), "token_budget": steps * preset.tokens_per_step,
                         "steps": steps, "device": device, "threads": threads, "eval_items": {k: len(v) for k, v in sets.items()},
                         "heldout_documents": len(heldout_docs), "pool_documents": len(pool.texts),

@@ -74,6 +74,23 @@ class ItemScores:
         return {"num": self.num.tolist(), "den": self.den.tolist(), "group": self.group.tolist(), "group_names": list(self.group_names)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ItemScores":
-        return cls(np.asarray(d["num"], dtype=np.float64), np.asarray(d["den"], dtype=np.float64),
-                   np.asarray(d["group"], dtype=np.int32), [str(x) for x in d["group_names"]])
+    def from_json(cls, d: Any) -> "ItemScores":
+        """The scores `to_json` wrote; ValueError (saying what is wrong) for anything else: the arrays of one
+        length, num finite, den finite and > 0, every group an index of group_names."""
+        if not isinstance(d, dict) or set(d) != {"num", "den", "group", "group_names"}:
+            raise ValueError("expected an object with num, den, group and group_names")
+        try:
+            num, den = np.asarray(d["num"], dtype=np.float64), np.asarray(d["den"], dtype=np.float64)
+            group = np.asarray(d["group"], dtype=np.int64)
+        except (TypeError, ValueError):
+            raise ValueError("num, den and group must be lists of numbers") from None
+        names = d["group_names"]
+        if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
+            raise ValueError("group_names must be a non-empty list of strings")
+        if num.ndim != 1 or not (len(num) == len(den) == len(group)) or len(num) == 0:
+            raise ValueError("num, den and group must be lists of one (non-zero) length")
+        if not (np.isfinite(num).all() and np.isfinite(den).all() and (den > 0).all()):
+            raise ValueError("num must be finite and den finite and > 0")
+        if group.min() < 0 or group.max() >= len(names):
+            raise ValueError("group holds an index outside group_names")
+        return cls(num, den, group.astype(np.int32), list(names))

@@ -27,7 +27,9 @@ The output directory:
 An output URL (s3://, gs://, ...; `_train_pair_to_url`): the run trains in a local working copy and every
 checkpoint is published to the bucket as it is written (`CheckpointPublisher`), the token cache before the
 first checkpoint that needs it, so that `--resume` on another machine continues from the last published
-checkpoint; the pair and train_log.json (last) follow when the run ends.
+checkpoint; the pair and train_log.json (last) follow when the run ends. Every PUT and removal in the bucket
+is preceded by the bucket lock's `check_held`: a run that lost its lock (paused past the TTL while another run
+took the prefix over) stops with one line (`locks.LockLostError`) and publishes nothing more.
 """
 
 from __future__ import annotations
@@ -294,7 +296,7 @@ def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str
     cfg.validate()
     remote = location(cfg.output_dir)
     local = spool_dir() / f"train-{hashlib.sha1(str(cfg.output_dir).encode()).hexdigest()[:16]}"
-    with JobLock(cfg.output_dir, "train"):
+    with JobLock(cfg.output_dir, "train") as lock:
         held = sorted(rel for rel in remote.find() if rel.split("/", 1)[0] != STATE_DIR)  # the lock is not part of the run
         if not cfg.resume and any(rel in (CHECKPOINT_NAME, TRAIN_LOG_NAME) or rel.startswith(("small/", "large/")) for rel in held):
             # a fresh run would publish its checkpoints beside the other run's files (a pair that is not one)
@@ -313,7 +315,7 @@ def _train_pair_to_url(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str
                     f"the bucket has not received all of ({f'step {step:,}' if step is not None else 'an unpublished run'}); rerun "
                     f"with resume=True to continue it (its checkpoints are published as it goes on), or delete {local} "
                     f"to discard it and start afresh").with_flags(resume="--resume")
-        publisher = CheckpointPublisher(local, remote, log, bucket_had_checkpoint=CHECKPOINT_NAME in held)
+        publisher = CheckpointPublisher(local, remote, log, bucket_had_checkpoint=CHECKPOINT_NAME in held, check=lock.check_held)
         if cfg.resume and (local / CHECKPOINT_NAME).exists() and bucket_is_ahead(local, remote, held, log):
             shutil.rmtree(local)  # an older working copy (this machine was gone while another went on)
         if cfg.resume and not (local / CHECKPOINT_NAME).exists():

@@ -5,6 +5,11 @@ keeps the bucket a state that `--resume` can continue from on any machine (the t
 checkpoint that needs it, each object one whole PUT), and sends the pair and train_log.json (last) when the
 run ends. `bucket_is_ahead` tells a machine that comes back with an older working copy to continue from the
 bucket's later checkpoint instead.
+
+A run that lost the bucket's lock (paused past its TTL while another run took the prefix over) publishes
+nothing more: the lock's `check_held` runs right before every PUT and every removal, and its one-line
+`LockLostError` (not a StorageError: no retry, no "next checkpoint tries again") stops the run, leaving the
+prefix to the other run.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from scalingfilter import faults
 from scalingfilter.errors import StorageError
 from scalingfilter.io.storage import TMP_PREFIX, read_json, write_json_atomic
 from scalingfilter.stages.train.checkpoints import CACHE_DIR, CACHE_META, CHECKPOINT_NAME, CHECKPOINT_STEP_NAME, TRAIN_LOG_NAME
@@ -78,8 +84,10 @@ class CheckpointPublisher:
     checkpoint, with AdamW's states, is about 11 GB: about 1.5 min at 1 Gbit/s), so choose --checkpoint-every
     for the interval to be long against it; the run logs the total at its end."""
 
-    def __init__(self, local: Path, remote: Any, log: Callable[[str], None], bucket_had_checkpoint: bool = False):
+    def __init__(self, local: Path, remote: Any, log: Callable[[str], None], bucket_had_checkpoint: bool = False,
+                 check: Callable[[], None] | None = None):
         self.local, self.remote, self.log = local, remote, log
+        self.check = check  # the bucket lock's check_held: before every PUT and every removal (a lost lock stops the run)
         self.sent: dict[str, tuple[int, int, int]] = {}
         self.checkpoint_pending = False  # a checkpoint written here that the bucket does not hold yet
         self.published_step: int | None = None
@@ -91,8 +99,13 @@ class CheckpointPublisher:
         st = (self.local / rel).stat()
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
+    def _held(self) -> None:
+        if self.check is not None:
+            self.check()
+
     def _put(self, rel: str) -> None:
         stamp = self._stamp(rel)
+        self._held()
         (self.remote / rel).put_from(self.local / rel)
         self.sent[rel] = stamp
 
@@ -115,8 +128,11 @@ class CheckpointPublisher:
         changed = [f for f in cache if f != meta and self.sent.get(f) != self._stamp(f)]
         if changed:
             self.sent.pop(meta, None)
+            self._held()
             (self.remote / meta).unlink(missing_ok=True)  # the bucket's cache is incomplete until data.json is sent again
             stale = [rel for rel in (self.remote / CACHE_DIR).find() if f"{CACHE_DIR}/{rel}" not in cache]
+            if stale:
+                self._held()
             for rel in stale:  # an earlier run's cache files that this cache does not have (another tokenizer's)
                 (self.remote / CACHE_DIR / rel).unlink(missing_ok=True)
             for rel in changed:
@@ -153,6 +169,7 @@ class CheckpointPublisher:
         self.failures, self.published_step = 0, step
         self.count += 1
         record_published(self.local, step)
+        faults.point("unit-done", self.count)  # tests: a pause (SIGSTOP) right after the Nth checkpoint was published
 
     def publish_rest(self) -> None:
         """The end of the run: anything of the resumable state still unsent, the pair, train_log.json last."""
