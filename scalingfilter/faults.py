@@ -8,7 +8,7 @@ for a test. The points and their settings:
 | --- | --- | --- |
 | `unit-start` | `SCALINGFILTER_TEST_SLOW_UNIT_S=S` | each unit (score, classify, diversity's embedding units) lasts at least S seconds (interruption tests) |
 | `unit-done` | `SCALINGFILTER_TEST_KILL_AFTER_UNITS=N` | SIGKILL right after this process marked its Nth unit done (a crash once a unit is durable): score, classify, diversity's embedding units, and ablate's (after each (arm, seed) unit) |
-| `unit-done` | `SCALINGFILTER_TEST_STOP_AFTER_UNITS=N` | SIGSTOP right after this process marked its Nth unit done (a run paused past the lock's TTL; SIGCONT resumes it) |
+| `unit-done` | `SCALINGFILTER_TEST_STOP_AFTER_UNITS=N` | SIGSTOP right after this process marked its Nth unit done (a run paused past the lock's TTL; SIGCONT resumes it); `select` reaches the point after each kept file it published, `train` to a URL after each checkpoint it published (so KILL_AFTER_UNITS applies there too) |
 | `worker-record` | `SCALINGFILTER_TEST_KILL_WORKER_AT_DOC=N` | the first Ray worker to reach record N of a unit SIGKILLs itself there (once per job; score's and classify's units, and diversity's embedding units as `EmbedWork` reads them) |
 | `worker-record` | `SCALINGFILTER_TEST_HANG_WORKER_AT_DOC=N` | the first Ray worker to reach record N of a unit sleeps there forever (once per job; the unit timeout ends it) |
 | `worker-load` | `SCALINGFILTER_TEST_HANG_WORKER_AT_LOAD=1` | the first Ray worker to load its scorer sleeps forever (once per job) |

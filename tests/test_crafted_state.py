@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from scalingfilter.jobs.state import DONE_DIR, FINAL_DIR, PARTS_DIR, PLANS_DIR, STATE_DIR, StateError
-from scalingfilter.testing import FIXED_SCORER, numbered_docs, one_line_error, run_cli, score_cli, write_jsonl
+from scalingfilter.testing import FIXED_SCORER, cli_process, numbered_docs, one_line_error, run_cli, score_cli, write_jsonl
 
 SPLIT = ("--unit-docs", "10", "--split-bytes", "0")  # a.jsonl (30 records) is three units, b.jsonl (5) one
 TOTAL = 35
@@ -164,7 +164,9 @@ def test_a_fifo_in_the_state_is_refused_without_hanging(killed):
     part = next((out / STATE_DIR / PARTS_DIR).glob("a.jsonl.*/data-00000.jsonl"))
     part.unlink()
     os.mkfifo(part)
-    line = one_line_error(rerun(inp, out))
+    # a subprocess with a time limit: a run that opened the FIFO would wait for a writer forever
+    r = cli_process(["score", "--input-dir", inp, "--output-dir", out, "--no-progress", *SPLIT], env=FIXED_SCORER, timeout=60)
+    line = one_line_error(r)
     assert str(part) in line and "no regular file" in line
 
 
@@ -224,3 +226,24 @@ def test_a_parent_step_after_an_existing_directory_is_followed_as_the_system_doe
     r = score_cli(inp, f"{tmp_path}/here/../new", *SPLIT)
     assert r.returncode == 0, r.stderr
     assert_finished_as_reference(tmp_path / "new", ref)
+
+
+def test_a_link_in_place_of_the_lock_file_is_refused_and_its_target_untouched(tmp_path):
+    from scalingfilter.errors import StorageError
+    from scalingfilter.io.locks import JobLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    (out / ".scalingfilter").mkdir(parents=True)
+    (out / ".scalingfilter" / "lock").symlink_to(victim)
+    with pytest.raises(StorageError, match="symbolic link"):
+        JobLock(out, "score").acquire()
+    assert victim.read_text() == "precious"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".scalingfilter").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(StorageError, match="symbolic link"):
+        JobLock(linked, "score").acquire()
+    assert list((tmp_path / "elsewhere").iterdir()) == []

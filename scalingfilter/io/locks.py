@@ -92,10 +92,16 @@ class JobLock:
         return self
 
     def _open(self, path: Path) -> int:
+        """The lock file, opened without following links: a link planted in its place (or in place of the state
+        directory) would make the lock truncate and write whatever it points to."""
+        if path.parent.is_symlink():
+            raise StorageError(f"{path.parent} is a symbolic link; the lock is never taken through one: remove it")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StorageError(f"{path} is a symbolic link; the lock is never taken through one: remove it") from None
             raise storage_error(exc) or exc
 
     @staticmethod
@@ -122,7 +128,7 @@ class JobLock:
         live = []
         for path in sorted(self.path.parent.glob(f"{PART_LOCK_PREFIX}*")):
             try:
-                fd = os.open(path, os.O_RDWR)
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
                 continue
             try:

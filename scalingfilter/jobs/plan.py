@@ -7,6 +7,12 @@ The plan and final markers are read through `Markers`: while one process plans, 
 (one listing of a bucket, not one request per file), kept in step with what planning writes and removes;
 elsewhere (the other processes, assembly) read from the state one at a time. Which one is explicit: a
 `Planner` is made with the markers it reads.
+
+Nothing in the state is taken on trust: before any marker is read, a symbolic link or a file that is not regular
+anywhere under OUT/.scalingfilter refuses the run (`check_links`); then every marker must be one this tool writes
+(`Planner.check_state`: its own input file's relative path, counts that are non-negative integers), or the run is
+refused naming it; a marker that is no JSON at all (a killed writer's) is removed and its file or unit done anew.
+With --force_overwrite the offending entries themselves are removed, never what they name or lead to.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from scalingfilter.errors import ConfigMismatchError, InputError, ScalingFilterError
+from scalingfilter.errors import ConfigMismatchError, InputError
 from scalingfilter.io import locations
 from scalingfilter.io.records import INPUT_SUFFIXES, count_records, file_format
 from scalingfilter.io.walk import CorpusFiles, walk_corpus, warn_skipped
 from scalingfilter.io.objects import ObjectPath
-from scalingfilter.io.storage import fsync_dir, read_json, read_json_dir, tmp_files, tmp_key, tmp_target, write_json_atomic
+from scalingfilter.io.storage import fsync_dir, read_json_dir, tmp_files, tmp_key, tmp_target, write_json_atomic
 from scalingfilter.io.locks import LOCK_NAME, PART_LOCK_PREFIX
 from scalingfilter.jobs.state import (CONFIG_NAME, DONE_DIR, FINAL_DIR, MARKER_DIRS, PART_SUMMARY_GLOB, PARTS_DIR, PLANS_DIR, RESERVED_NAMES,
                                       STATE_DIR, SUMMARY_NAME, StateError, StateLayout, read_marker, state_key, state_links)
@@ -554,7 +560,7 @@ def check_links(job: "Job") -> None:
     if not job.cfg.force_overwrite:
         more = f" (and {len(links) - 1} more entries like it)" if len(links) > 1 else ""
         raise StateError(f"{links[0]} is a symbolic link or no regular file{more}: {job.out} holds state this tool did not "
-                         f"write; nothing was read from it nor changed; rerun with --force-overwrite to discard the state "
+                         f"write; nothing in the state was read through it; rerun with --force-overwrite to discard the state "
                          f"and rescore, or remove {links[0]}")
     for link in links:
         log.warning("%s is a symbolic link or no regular file: removed (--force-overwrite), what it leads to left alone", link)

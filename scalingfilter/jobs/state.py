@@ -1,6 +1,10 @@
 """Facts shared by every stage, defined once: the fields `score` adds, their types, and the names of
 the tool's own files in an output directory; and `ScoredDir`, the one reader of a score output's state that
 every stage asks "is this a finished scored directory?". No torch here: selection, report and the CLI read it.
+
+This tool writes only regular files and directories under STATE_DIR: a file of the state is read without following
+a symbolic link (`open_state_file`, `read_marker`), and a link or another kind of file there is refused as state
+this tool did not write (`state_links`, `StateError`), never read through.
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def open_state_file(path: Any):
         return path.open("rb")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang the open
-    except OSError as exc:
+    except OSError:
         if os.path.islink(path):
             raise foreign_state(path, "is a symbolic link") from None
         raise
