@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from scalingfilter import faults
-from scalingfilter.errors import ConfigMismatchError, InputError, UsageError
+from scalingfilter.errors import ConfigMismatchError, InputError, UsageError, param_error
 from scalingfilter.io.storage import read_json, write_json_atomic
 from scalingfilter.io.locks import JobLock
 from scalingfilter.stages.ablate.arms import (CONTROL_ARMS, DEFAULT_ARMS, DEFAULT_CLEAN_SOURCES, DEFAULT_JUNK_SOURCES,
@@ -75,13 +75,13 @@ class AblateConfig:
 
     def check(self) -> "AblateConfig":
         if not 0 < self.keep <= 1:
-            raise UsageError(f"keep={self.keep}: must be a fraction in (0, 1]")
+            raise param_error("keep", f"keep={self.keep}: must be a fraction in (0, 1]")
         if self.seeds < 1:
-            raise UsageError(f"seeds={self.seeds}: must be at least 1")
+            raise param_error("seeds", f"seeds={self.seeds}: must be at least 1")
         if self.token_budget is not None and self.token_budget < 1:
-            raise UsageError(f"token_budget={self.token_budget}: must be at least 1")
+            raise param_error("token_budget", f"token_budget={self.token_budget}: must be at least 1")
         if self.heldout_per_source < 1:
-            raise UsageError(f"heldout_per_source={self.heldout_per_source}: must be at least 1")
+            raise param_error("heldout_per_source", f"heldout_per_source={self.heldout_per_source}: must be at least 1")
         parse_arms(self.arms)
         return self
 

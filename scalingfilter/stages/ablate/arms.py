@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scalingfilter.errors import InputError, UsageError, require
+from scalingfilter.errors import InputError, UsageError, param_error, require
 from scalingfilter.io.locations import location
 from scalingfilter.jobs.state import DEFAULT_SCORE_FIELD, ScoredDir
 from scalingfilter.stages.select_choose import select_mask
@@ -60,13 +60,13 @@ def parse_arms(spec: str) -> list[str]:
             continue
         if name.startswith("field:"):
             if not name[len("field:"):]:
-                raise UsageError(f"arms={spec!r}: field: needs a record field, e.g. field:qf_distilled")
+                raise param_error("arms", f"arms={spec!r}: field: needs a record field, e.g. field:qf_distilled")
         elif name not in ARM_NAMES:
-            raise UsageError(f"arms={spec!r}: unknown arm {name!r} (choose from {', '.join(ARM_NAMES)}, field:NAME)")
+            raise param_error("arms", f"arms={spec!r}: unknown arm {name!r} (choose from {', '.join(ARM_NAMES)}, field:NAME)")
         if name not in arms:
             arms.append(name)
     if not arms:
-        raise UsageError(f"arms={spec!r}: name at least one arm")
+        raise param_error("arms", f"arms={spec!r}: name at least one arm")
     return ["random"] + [a for a in arms if a != "random"]
 
 
