@@ -240,3 +240,16 @@ def test_planted_links_and_foreign_outputs_are_refused(scored, micro_preset, tmp
     assert (foreign / "results.json").read_text() == "mine" and sorted(p.name for p in foreign.iterdir()) == ["results.json"]
     with pytest.raises(UsageError, match="local directory"):
         ablate(_config(scored, "s3://bucket/ab", micro_preset), log=lambda s: None)
+
+
+def test_the_default_budget_is_the_smallest_arm_but_never_below_the_presets_floor(scored, tmp_path):
+    floor = 100_000
+    preset = tmp_path / "floored.json"
+    preset.write_text(json.dumps({**MICRO, "min_budget": floor}))
+    out = tmp_path / "ab"
+    results = ablate(_config(scored, out, str(preset), seeds=1, control=False), log=lambda s: None)
+    smallest = min(results["arms"][a]["tokens"] for a in ("random", "quality-factor"))
+    assert smallest < floor  # else this test would not test the floor
+    step = MICRO["seq_len"] * MICRO["batch_size"]
+    trained = json.loads(unit_path(out, "quality-factor", 0).read_text())["train"]["tokens"]
+    assert trained == floor // step * step

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "or a JSON file of its settings (default %(default)s)")
     flags.flag(parser, "seeds", type=flags.int_at_least(1), default=d.seeds, help="seeds per arm: initialisation and data order (default %(default)s)")
     flags.flag(parser, "token-budget", type=flags.int_at_least(1), default=None, metavar="N",
-               help="training tokens per model (default: what the smallest compared arm holds)")
+               help="training tokens per model (default: what the smallest compared arm holds, at least the preset's floor: 1M for tiny and small)")
     flags.flag(parser, "eval-dir", default=None, metavar="DIR", help="a directory of blimp.jsonl.gz, arc_easy.jsonl.gz, lambada_openai.jsonl.gz "
                                                                      "(default: the bundled BLiMP subset)")
     flags.flag(parser, "eval-items", type=flags.int_at_least(0), default=d.eval_items, metavar="N",

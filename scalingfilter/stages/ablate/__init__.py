@@ -54,7 +54,8 @@ class AblateConfig:
     keep: float = 0.7
     preset: str = "tiny"
     seeds: int = 3
-    token_budget: int | None = None  # training tokens per model; None: what the smallest compared arm holds
+    # training tokens per model; None: what the smallest compared arm holds, at least the preset's floor (tiny: 1M)
+    token_budget: int | None = None
     eval_dir: str | None = None  # blimp / arc_easy / lambada_openai files; None: the bundled BLiMP subset
     # at most this many items per eval set (a seeded subsample, stratified by BLiMP paradigm): the evaluation of a
     # tiny model then takes about a minute on a CPU; None: every item
@@ -289,7 +290,11 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
             info[arm]["trained_documents"] = int(len(idx))
             info[arm]["tokens"] = int(len(streams[arm]))
         compared = [a for a in arms if a != "all"] or arms
-        budget = cfg.token_budget or min(info[a]["tokens"] for a in compared)
+        smallest = min(info[a]["tokens"] for a in compared)
+        budget = cfg.token_budget or max(smallest, preset.min_budget)
+        if not cfg.token_budget and preset.min_budget > smallest:
+            log(f"token budget {budget:,} (the preset's floor: below it the positive control failed on the shared pool), "
+                f"more than the smallest compared arm holds ({smallest:,})")
         steps = budget // preset.tokens_per_step
         if steps < 1:
             raise InputError(f"a token budget of {budget:,} is less than one step of {preset.tokens_per_step:,} tokens "

@@ -45,6 +45,9 @@ class Preset:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    # the default token budget never goes below this: the smallest budget at which the positive control passed
+    # (BENCHMARKS "Ablation": at 300k tokens no benchmark told clean text from junk; at 1M LAMBADA bits per byte did)
+    min_budget: int = 0
 
     @property
     def shape(self) -> ModelShape:
@@ -64,14 +67,14 @@ class Preset:
 PRESETS = {
     # CPUs: ~1.2 M non-embedding parameters (6 x 128; a 4,096-token vocabulary: the output layer is half the cost
     # of a step at 8,192); a step of 16 x 256 tokens, ~7,000 tokens/s on 2 cores
-    "tiny": Preset(n_layer=6, n_embd=128, n_head=4, seq_len=256, batch_size=16, lr=2e-3, vocab_size=4096),
-    # one GPU: ~25 M non-embedding parameters (8 x 512); a step of 32 x 512 tokens
-    "small": Preset(n_layer=8, n_embd=512, n_head=8, seq_len=512, batch_size=32, lr=1e-3),
+    "tiny": Preset(n_layer=6, n_embd=128, n_head=4, seq_len=256, batch_size=16, lr=2e-3, vocab_size=4096, min_budget=1_000_000),
+    # one GPU: ~25 M non-embedding parameters (8 x 512); a step of 32 x 512 tokens (its floor is tiny's, not measured on a GPU)
+    "small": Preset(n_layer=8, n_embd=512, n_head=8, seq_len=512, batch_size=32, lr=1e-3, min_budget=1_000_000),
 }
 
 
 def parse_preset(spec: str) -> Preset:
-    """`tiny`, `small`, or a JSON file of Preset's fields (those left out take tiny's values)."""
+    """`tiny`, `small`, or a JSON file of Preset's fields (those left out take tiny's values; no budget floor)."""
     if spec in PRESETS:
         return PRESETS[spec]
     path = Path(spec)
@@ -84,7 +87,7 @@ def parse_preset(spec: str) -> Preset:
     known = set(Preset.__dataclass_fields__)
     if not isinstance(fields, dict) or set(fields) - known:
         raise InputError(f"preset={spec!r}: expected an object with some of {', '.join(sorted(known))}")
-    preset = Preset(**{**asdict(PRESETS["tiny"]), **fields})
+    preset = Preset(**{**asdict(PRESETS["tiny"]), "min_budget": 0, **fields})
     ints = ("n_layer", "n_embd", "n_head", "seq_len", "batch_size", "vocab_size")
     if any(not isinstance(getattr(preset, k), int) or getattr(preset, k) < 1 for k in ints) or preset.n_embd % preset.n_head:
         raise InputError(f"preset={spec!r}: {', '.join(ints)} must be positive integers, n_embd divisible by n_head")
