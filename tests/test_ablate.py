@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 
 from scalingfilter.stages.ablate import AblateConfig, ablate, unit_path

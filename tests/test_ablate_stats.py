@@ -12,7 +12,8 @@ import pytest
 
 from scalingfilter.errors import InputError
 from scalingfilter.stages.ablate.items import ItemScores
-from scalingfilter.stages.ablate.stats import (NO_DIFFERENCE, _item_count_blocks, control_separation, higher_is_better,
+from scalingfilter.stages.ablate.items import higher_is_better
+from scalingfilter.stages.ablate.stats import (NO_DIFFERENCE, _item_count_blocks, control_separation,
                                                item_bootstrap, paired_difference, seed_summary, verdict)
 
 scipy_stats = pytest.importorskip("scipy.stats")

@@ -32,7 +32,7 @@ import orjson
 
 from scalingfilter import faults
 from scalingfilter.errors import ConfigMismatchError, InputError, UsageError, param_error
-from scalingfilter.io.storage import read_json, write_json_atomic
+from scalingfilter.io.storage import write_json_atomic
 from scalingfilter.io.locks import JobLock
 from scalingfilter.stages.ablate.arms import (CONTROL_ARMS, DEFAULT_ARMS, DEFAULT_CLEAN_SOURCES, DEFAULT_JUNK_SOURCES,
                                               arm_mask, arm_record, heuristic_pass, parse_arms, read_pool)

@@ -37,7 +37,7 @@ import numpy as np
 
 from scalingfilter.errors import InputError, UsageError, param_error, require
 from scalingfilter.io.locations import location
-from scalingfilter.jobs.state import DEFAULT_SCORE_FIELD, ScoredDir
+from scalingfilter.jobs.state import ScoredDir
 from scalingfilter.stages.select_choose import select_mask
 from scalingfilter.stages.select_config import SelectConfig
 from scalingfilter.stages.select_table import iter_scored, read_scores

@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from scalingfilter.errors import InputError, param_error
-from scalingfilter.stages.ablate.items import ItemScores, higher_is_better  # noqa: F401 - the metrics' direction, with them
+from scalingfilter.stages.ablate.items import ItemScores
 
 LN2 = math.log(2.0)
 BUNDLED_BLIMP = Path(__file__).resolve().parents[2] / "bundled" / "evals" / "blimp-subset.jsonl.gz"

@@ -24,7 +24,8 @@ from typing import Any
 from scalingfilter.errors import InputError, require
 from scalingfilter.io.storage import write_bytes_atomic, write_json_atomic
 from scalingfilter.stages.ablate.items import ItemScores
-from scalingfilter.stages.ablate.stats import CONFIDENCE, control_separation, higher_is_better, paired_difference, seed_summary
+from scalingfilter.stages.ablate.items import higher_is_better
+from scalingfilter.stages.ablate.stats import CONFIDENCE, control_separation, paired_difference, seed_summary
 
 RANDOM_ARM = "random"
 RESULTS_JSON, RESULTS_MD, RESULTS_HTML = "results.json", "results.md", "results.html"

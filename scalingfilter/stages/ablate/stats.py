@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from scalingfilter.errors import InputError, UsageError, require
-from scalingfilter.stages.ablate.items import ItemScores, higher_is_better  # noqa: F401 - re-exported for results
+from scalingfilter.stages.ablate.items import ItemScores
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference detected"
 CONFIDENCE = 0.95
