@@ -18,8 +18,11 @@ $(BIN)/scalingfilter: pyproject.toml
 demo: $(BIN)/scalingfilter
 	$(BIN)/scalingfilter demo --output-dir $(DEMO_DIR)
 
+# One worker per core (conftest pins one compute thread a process); a file's tests stay on one worker, so its
+# module fixtures (a scored pool, a Ray cluster, an S3 server) are built once. `TEST_WORKERS=0`: one process.
+TEST_WORKERS ?= auto
 test: $(BIN)/scalingfilter
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(BIN)/scalingfilter
 	$(BIN)/python benchmarks/bench_score.py

@@ -10,8 +10,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import pytest
 from scalingfilter.stages.ablate import AblateConfig, ablate, unit_path
 from scalingfilter.stages.ablate.arms import arm_mask, heuristic_pass, parse_arms, read_pool
 from scalingfilter.stages.select import load_selection_mask, select_corpus
+from scalingfilter.testing import free_port
 
 DATA = Path(__file__).parent / "data" / "sources.jsonl.gz"
 MICRO = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 96, "batch_size": 2, "lr": 3e-3, "vocab_size": 512}
@@ -43,7 +46,8 @@ def scored(tmp_path_factory) -> Path:
     for i, d in enumerate(collect_demo_documents(120, seed=0)):
         by_source.setdefault(f"demo-{d['kind']}", []).append({"id": f"demo-{i}", "source": f"demo-{d['kind']}", "text": d["text"]})
     for name, recs in by_source.items():
-        (root / "in" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        # brevity: a field whose top documents are the shortest (an arm `field:brevity` holds the fewest tokens)
+        (root / "in" / f"{name}.jsonl").write_text("".join(json.dumps({**r, "brevity": -len(r["text"])}) + "\n" for r in recs))
     # a random tiny pair: the arms' logic does not depend on what the scores mean, only on select's rules
     from scalingfilter.testing import build_random_pair
 
@@ -126,9 +130,31 @@ def _config(scored, out, preset, **kw) -> AblateConfig:
     return AblateConfig(**base)
 
 
-def test_ablation_results_and_an_exact_restart(scored, micro_preset, tmp_path):
+@pytest.fixture(scope="module")
+def one_seed_run(scored, micro_preset, tmp_path_factory) -> Path:
+    """A finished ablation (random, quality-factor; one seed; no control) that tests copy rather than retrain."""
+    out = tmp_path_factory.mktemp("one-seed") / "ab"
+    ablate(_config(scored, out, micro_preset, seeds=1, control=False), log=lambda s: None)
+    return out
+
+
+def _copy_of(run: Path, tmp_path: Path) -> Path:
     out = tmp_path / "ab"
-    results = ablate(_config(scored, out, micro_preset), log=lambda s: None)
+    shutil.copytree(run, out, symlinks=True)
+    return out
+
+
+def _unit_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "units").rglob("seed-*.json")}
+
+
+def test_more_seeds_and_arms_train_only_the_new_units_and_a_redone_unit_is_exact(scored, micro_preset, one_seed_run, tmp_path):
+    out = _copy_of(one_seed_run, tmp_path)
+    before = _unit_bytes(out)
+    trained = []
+    results = ablate(_config(scored, out, micro_preset), log=trained.append)  # seeds 1 -> 2, the control added
+    assert {k: v for k, v in _unit_bytes(out).items() if k in before} == before  # the finished units were kept
+    assert sum("training" in line for line in trained) == 3 * 2 - 1 + 2 - 1  # only the new units: 4 + 2 + 2 - 2
     arms = results["arms"]
     assert set(arms) == {"random", "quality-factor", "control:clean", "control:junk"}
     m = arms["quality-factor"]["metrics"]["blimp_accuracy"]
@@ -136,10 +162,11 @@ def test_ablation_results_and_an_exact_restart(scored, micro_preset, tmp_path):
     assert "blimp_accuracy" in arms["quality-factor"]["vs_random"]
     assert "untrained" in results["baselines"] and results["baselines"]["chance"]["blimp_accuracy"] == 0.5
     assert (out / "results.md").exists() and (out / "results.html").exists()
+    assert results["settings"]["arms"] == ["random", "quality-factor"] and results["settings"]["seeds"] == 2
     # every arm trained on the same number of tokens
     budgets = {json.loads(p.read_text())["train"]["tokens"] for p in (out / "units").rglob("seed-*.json") if "untrained" not in str(p)}
     assert len(budgets) == 1
-    # a unit redone from scratch gives the same numbers: remove two units and rerun
+    # a unit redone from scratch gives the same numbers: remove two units (one old, one new) and rerun
     before = (out / "results.json").read_bytes()
     unit_path(out, "quality-factor", 1).unlink()
     unit_path(out, "random", 0).unlink()
@@ -147,13 +174,48 @@ def test_ablation_results_and_an_exact_restart(scored, micro_preset, tmp_path):
     assert json.loads((out / "results.json").read_bytes())["arms"] == json.loads(before)["arms"]
 
 
-def test_kill_after_a_unit_then_rerun_ends_as_an_uninterrupted_run(scored, micro_preset, tmp_path):
-    ref = tmp_path / "ref"
-    ablate(_config(scored, ref, micro_preset, seeds=1, control=False), log=lambda s: None)
+def test_a_unit_trained_for_another_budget_is_refused_unless_forced(scored, micro_preset, one_seed_run, tmp_path):
+    from scalingfilter.errors import ConfigMismatchError
+
+    out = _copy_of(one_seed_run, tmp_path)
+    steps = json.loads(unit_path(out, "random", 0).read_text())["train"]["steps"]
+    # other arms: the default budget follows the smallest compared arm, here field:brevity (the shortest
+    # documents), so random's finished unit had another budget
+    cfg = _config(scored, out, micro_preset, arms="random,field:brevity", seeds=1, control=False)
+    want = ablate(replace(cfg, output_dir=str(tmp_path / "fresh")), log=lambda s: None)
+    assert want["settings"]["steps"] < steps
+    with pytest.raises(ConfigMismatchError, match=f"trained for {steps:,} steps") as err:
+        ablate(cfg, log=lambda s: None)
+    assert "--token-budget=" in err.value.cli_message() and "--force-overwrite" in err.value.cli_message()
+    assert ablate(replace(cfg, force_overwrite=True), log=lambda s: None)["arms"] == want["arms"]
+
+
+def _one_seed_args(scored, micro_preset, out) -> list[str]:
+    """The CLI's arguments for one_seed_run's settings."""
+    return ["--input-dir", str(scored), "--output-dir", str(out), "--arms", "random,quality-factor", "--preset", micro_preset,
+            "--seeds", "1", "--eval-items", "60", "--heldout-per-source", "4", "--no-control", "--threads", "1", "--device", "cpu"]
+
+
+def test_torchrun_processes_share_the_units_and_end_with_the_results_of_one(scored, micro_preset, one_seed_run, tmp_path):
+    out = tmp_path / "two"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+            "-m", "scalingfilter.cli", "ablate", *_one_seed_args(scored, micro_preset, out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the three units (untrained, random, quality-factor) were dealt round-robin: each process trained its own
+    assert "rank 0: [3/3] quality-factor, seed 0: training" in proc.stdout
+    assert "rank 1: [2/3] random, seed 0: training" in proc.stdout
+    assert proc.stdout.count("| random") == 1  # the table is printed once, by rank 0
+    got = json.loads((out / "results.json").read_bytes())
+    want = json.loads((one_seed_run / "results.json").read_bytes())
+    assert got["arms"] == want["arms"] and got["baselines"] == want["baselines"]
+    assert got["settings"]["processes"] == 2
+
+
+def test_kill_after_a_unit_then_rerun_ends_as_an_uninterrupted_run(scored, micro_preset, one_seed_run, tmp_path):
+    ref = one_seed_run  # the same settings, run uninterrupted
     out = tmp_path / "killed"
-    argv = [sys.executable, "-m", "scalingfilter.cli", "ablate", "--input-dir", str(scored), "--output-dir", str(out),
-            "--arms", "random,quality-factor", "--preset", micro_preset, "--seeds", "1", "--eval-items", "60",
-            "--heldout-per-source", "4", "--no-control", "--threads", "1", "--device", "cpu"]
+    argv = [sys.executable, "-m", "scalingfilter.cli", "ablate", *_one_seed_args(scored, micro_preset, out)]
     env = {**os.environ, "SCALINGFILTER_TEST_KILL_AFTER_UNITS": "2"}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
@@ -167,19 +229,17 @@ def test_kill_after_a_unit_then_rerun_ends_as_an_uninterrupted_run(scored, micro
     assert got["arms"] == want["arms"] and got["baselines"] == want["baselines"]
 
 
-def test_other_settings_in_the_same_output_are_refused(scored, micro_preset, tmp_path):
+def test_other_settings_in_the_same_output_are_refused(scored, micro_preset, one_seed_run, tmp_path):
     from scalingfilter.errors import ConfigMismatchError
 
-    out = tmp_path / "ab"
-    ablate(_config(scored, out, micro_preset, seeds=1, control=False), log=lambda s: None)
+    out = _copy_of(one_seed_run, tmp_path)
     with pytest.raises(ConfigMismatchError, match="keep"):
         ablate(_config(scored, out, micro_preset, seeds=1, control=False, keep=0.5), log=lambda s: None)
 
 
-def _done_run(scored, micro_preset, out):
-    cfg = _config(scored, out, micro_preset, seeds=1, control=False)
-    ablate(cfg, log=lambda s: None)
-    return cfg
+def _done_run(scored, micro_preset, run, tmp_path):
+    out = _copy_of(run, tmp_path)
+    return out, _config(scored, out, micro_preset, seeds=1, control=False)
 
 
 def _edit_metric(path: Path, edit) -> None:
@@ -198,22 +258,20 @@ def _edit_metric(path: Path, edit) -> None:
     (lambda p: _edit_metric(p, lambda m: m["group"].__setitem__(0, -1)), "outside group_names"),
     (lambda p: _edit_metric(p, lambda m: [m[k].pop() for k in ("num", "den", "group")]), "items differ"),
 ])
-def test_a_crafted_unit_file_is_refused_in_one_line(scored, micro_preset, tmp_path, damage, says):
+def test_a_crafted_unit_file_is_refused_in_one_line(scored, micro_preset, one_seed_run, tmp_path, damage, says):
     from scalingfilter.errors import InputError
 
-    out = tmp_path / "ab"
-    cfg = _done_run(scored, micro_preset, out)
+    out, cfg = _done_run(scored, micro_preset, one_seed_run, tmp_path)
     damage(unit_path(out, "quality-factor", 0))
     with pytest.raises(InputError, match=says) as err:
         ablate(cfg, log=lambda s: None)
     assert "seed-0.json" in str(err.value) and "remove it to redo the unit" in str(err.value)
 
 
-def test_a_unit_copied_from_another_arm_is_refused(scored, micro_preset, tmp_path):
+def test_a_unit_copied_from_another_arm_is_refused(scored, micro_preset, one_seed_run, tmp_path):
     from scalingfilter.errors import InputError
 
-    out = tmp_path / "ab"
-    cfg = _done_run(scored, micro_preset, out)
+    out, cfg = _done_run(scored, micro_preset, one_seed_run, tmp_path)
     unit_path(out, "quality-factor", 0).write_bytes(unit_path(out, "random", 0).read_bytes())
     with pytest.raises(InputError, match="it says arm 'random'"):
         ablate(cfg, log=lambda s: None)

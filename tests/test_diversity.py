@@ -19,6 +19,7 @@ import pytest
 import scalingfilter.semantic_diversity as semantic_diversity  # the reference's entry point (a module)
 from scalingfilter.cli import app as cli
 from scalingfilter.stages.diversity import REJECTS_FILE, RESULTS_JSON, RESULTS_TXT, DiversityConfig, run_diversity
+from scalingfilter.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -284,7 +285,7 @@ def test_torchrun_two_processes_match_one(corpus, tmp_path):
     one = subprocess.run([sys.executable, "-m", "scalingfilter.semantic_diversity", *args, "--output_dir", str(tmp_path / "one")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                           "-m", "scalingfilter.semantic_diversity", *args, "--output_dir", str(tmp_path / "two")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress)
     from scalingfilter.stages.ablate.results import format_markdown
 
+    from scalingfilter.jobs.processes import env_rank
+
     results = ablate(cfg)
-    print(format_markdown(results))
+    if env_rank()[0] == 0:  # under torchrun, once
+        print(format_markdown(results))
     return 0

@@ -16,6 +16,10 @@ depend only on (settings, arm, seed), so a run killed at any moment and rerun en
 uninterrupted run. The settings that determine the results are recorded (OUT/.scalingfilter/ablate.json) with
 the scored pool's file versions; a rerun with other settings or a rescored pool is refused (one line) unless
 `force_overwrite`, which starts over. One run at a time holds OUT (`locks.JobLock`).
+
+Under torchrun (`jobs.engines.local`'s steps: rank 0 locks and decides, every rank agrees on errors) each process
+trains its round-robin share of the pending units, one GPU each; the results do not depend on which process
+trained which unit, as a unit's numbers depend only on (settings, arm, seed).
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import numpy as np
 import orjson
 
 from scalingfilter import faults
-from scalingfilter.errors import ConfigMismatchError, InputError, UsageError, param_error
+from scalingfilter.errors import ConfigMismatchError, InputError, ScalingFilterError, UsageError, param_error
 from scalingfilter.io.storage import write_json_atomic
-from scalingfilter.io.locks import JobLock
+from scalingfilter.jobs.engines.local import agree, held_by_rank0, rank0_then_all
+from scalingfilter.jobs.processes import Processes
+from scalingfilter.jobs.units import rank_share
 from scalingfilter.stages.ablate.arms import (CONTROL_ARMS, DEFAULT_ARMS, DEFAULT_CLEAN_SOURCES, DEFAULT_JUNK_SOURCES,
                                               arm_mask, arm_record, heuristic_pass, parse_arms, read_pool)
 from scalingfilter.stages.ablate.items import ItemScores
@@ -119,6 +125,16 @@ def read_unit(path: Path, arm: str, seed: int, settings_sha: str) -> dict[str, A
     return record
 
 
+def _trained_steps(path: Path) -> int | None:
+    """The steps a unit file says its model trained for (None: untrained, or not a readable unit: read_unit judges)."""
+    try:
+        record = orjson.loads(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+        steps = record["train"]["steps"]
+    except (OSError, orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
 def check_paired(units: dict[Path, dict[str, ItemScores]]) -> None:
     """Every unit scored the same items: the same metrics, each with the same items and groups (else the
     paired statistics would compare different things)."""
@@ -195,6 +211,9 @@ def _check_settings(out: Path, settings: dict[str, Any], force: bool, log: Calla
     return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+# config fields that are not part of a unit's digest: the device and threads say where units run, and the arms,
+# seeds and control say which units this run holds
+RUN_ONLY_FIELDS = ("output_dir", "force_overwrite", "progress", "device", "threads", "arms", "seeds", "control")
 OWN_ENTRIES = {STATE_DIR, UNITS_DIR, TOKENIZER_DIR, "results.json", "results.md", "results.html"}
 
 
@@ -262,27 +281,35 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
             raise InputError(f"arm {arm!r} holds no document to train on (sources {', '.join(sorted(set(pool.sources)))})")
     from scalingfilter.jobs.state import ScoredDir
 
-    settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "force_overwrite", "progress", "device", "threads")},
-                "preset": asdict(preset), "scored_versions": ScoredDir.open(inp).versions(), "arms": all_arms}
+    # What a unit's result depends on. Not which other arms or how many seeds this run has: a rerun with one arm or
+    # seed more trains only the new units. The budget (the preset's floor among what decides it) is resolved below
+    # and goes into each unit's digest.
+    settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_FIELDS},
+                "preset": {k: v for k, v in asdict(preset).items() if k != "min_budget"},
+                "scored_versions": ScoredDir.open(inp).versions()}
     for name in (STATE_DIR, UNITS_DIR, TOKENIZER_DIR):  # nothing planted in OUT steers where ablate writes
         if (out / name).is_symlink():
             raise InputError(f"{out / name} is a symbolic link; ablate writes only inside {out}: remove it")
     out.mkdir(parents=True, exist_ok=True)
-    with JobLock(out, "ablate"):
-        settings_sha = _check_settings(out, settings, cfg.force_overwrite, log)
+    # torchrun: every process trains its round-robin share of the units (one GPU each); rank 0 holds OUT's lock,
+    # records the settings, trains the tokenizer, judges the finished units and writes the results
+    procs = Processes.from_env(cfg.device)
+    say = log if procs.is_main else (lambda line: None)
+    tok_dir = out / TOKENIZER_DIR
+    with held_by_rank0(procs, out, "ablate"):
+        def settle() -> str:
+            base = _check_settings(out, settings, cfg.force_overwrite, log)
+            if not cfg.tokenizer and not tok_dir.is_dir():
+                candidates = np.flatnonzero(usable & ~held)
+                rng = np.random.default_rng(cfg.select_seed)
+                sample = sorted(rng.choice(candidates, size=min(TOKENIZER_SAMPLE_DOCS, len(candidates)), replace=False).tolist())
+                proxy.save_tokenizer(proxy.train_tokenizer([pool.texts[i] for i in sample], preset.vocab_size), tok_dir)
+            return base
+
+        base_sha = procs.all_gather(rank0_then_all(procs, settle, lambda: None))[0]
         threads = proxy.set_threads(cfg.threads)
         device = proxy.device_for(cfg.device)
-        tok_dir = out / TOKENIZER_DIR
-        if cfg.tokenizer:
-            tokenizer = proxy.load_tokenizer(cfg.tokenizer)
-        elif tok_dir.is_dir():
-            tokenizer = proxy.load_tokenizer(tok_dir)
-        else:
-            candidates = np.flatnonzero(usable & ~held)
-            rng = np.random.default_rng(cfg.select_seed)
-            sample = sorted(rng.choice(candidates, size=min(TOKENIZER_SAMPLE_DOCS, len(candidates)), replace=False).tolist())
-            tokenizer = proxy.train_tokenizer([pool.texts[i] for i in sample], preset.vocab_size)
-            proxy.save_tokenizer(tokenizer, tok_dir)
+        tokenizer = proxy.load_tokenizer(cfg.tokenizer or tok_dir)  # every process, rank 0 too: the same bytes
         streams = {}
         for arm in all_arms:
             idx = np.flatnonzero(masks[arm] & usable & ~held)
@@ -293,64 +320,99 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
         smallest = min(info[a]["tokens"] for a in compared)
         budget = cfg.token_budget or max(smallest, preset.min_budget)
         if not cfg.token_budget and preset.min_budget > smallest:
-            log(f"token budget {budget:,} (the preset's floor: below it the positive control failed on the shared pool), "
+            say(f"token budget {budget:,} (the preset's floor: below it the positive control failed on the shared pool), "
                 f"more than the smallest compared arm holds ({smallest:,})")
         steps = budget // preset.tokens_per_step
         if steps < 1:
             raise InputError(f"a token budget of {budget:,} is less than one step of {preset.tokens_per_step:,} tokens "
                              f"({preset.batch_size} x {preset.seq_len}); give a larger token_budget or a larger pool")
+
+        def digest(arm: str) -> str:  # the untrained model does not depend on the budget
+            return hashlib.sha256(f"{base_sha}:steps={0 if arm == UNTRAINED else steps}".encode()).hexdigest()
+
         for arm in all_arms:
             info[arm]["epochs"] = round(steps * preset.tokens_per_step / max(1, info[arm]["tokens"]), 3)
             if info[arm]["epochs"] > 1:
-                log(f"note: arm {arm} holds {info[arm]['tokens']:,} tokens: the budget is {info[arm]['epochs']:.2f} epochs of it")
+                say(f"note: arm {arm} holds {info[arm]['tokens']:,} tokens: the budget is {info[arm]['epochs']:.2f} epochs of it")
         sets = evals.load_eval_sets(cfg.eval_dir, cfg.eval_items, seed=0)
         heldout_docs = [(pool.texts[i], pool.sources[i]) for i in np.flatnonzero(held)] + _heldout_dir_docs(cfg.heldout_dirs, cfg.text_field)
-        log(f"{len(all_arms)} arms x {cfg.seeds} seeds: {steps:,} steps of {preset.tokens_per_step:,} tokens = "
+        say(f"{len(all_arms)} arms x {cfg.seeds} seeds: {steps:,} steps of {preset.tokens_per_step:,} tokens = "
             f"{steps * preset.tokens_per_step:,} tokens per model; preset {cfg.preset} ({preset.non_embedding_params / 1e6:.2f} M "
-            f"non-embedding parameters), device {device}, {threads} threads; evaluation: "
+            f"non-embedding parameters), device {device}, {threads} threads"
+            + (f", {procs.world_size} processes" if procs.world_size > 1 else "") + "; evaluation: "
             + ", ".join(f"{k} {len(v):,}" for k, v in sets.items()) + f", held-out {len(heldout_docs):,} documents")
 
-        def evaluate(model) -> dict[str, ItemScores]:
-            return evals.evaluate_model(evals.LanguageModel(model, tokenizer, device), sets, heldout_docs)
-
-        done_here = 0
         units = [(UNTRAINED, 0)] + [(arm, seed) for seed in range(cfg.seeds) for arm in all_arms]
-        for n, (arm, seed) in enumerate(units, 1):
-            path = unit_path(out, arm, seed)
-            if path.exists() or path.is_symlink():
-                read_unit(path, arm, seed, settings_sha)  # done: but by this run's settings, for this arm and seed?
-                continue
-            t_unit = time.time()
-            if arm == UNTRAINED:
-                model = proxy.new_model(preset, tokenizer, seed).to(device)
-                record: dict[str, Any] = {"arm": arm, "seed": seed, "settings_sha": settings_sha, "train": None}
-            else:
-                log(f"[{n}/{len(units)}] {arm}, seed {seed}: training {steps:,} steps")
-                trained = proxy.train_proxy(preset, tokenizer, streams[arm], steps, seed, device, log if n <= 2 else None)
-                model = trained.model
-                record = {"arm": arm, "seed": seed, "settings_sha": settings_sha, "train": {"steps": trained.steps, "tokens": trained.tokens, "epochs": round(trained.epochs, 4),
-                                                              "final_loss": trained.final_loss, "seconds": round(trained.seconds, 1)}}
-            model.eval()
-            scores = evaluate(model)
-            record["metrics"] = {m: s.to_json() for m, s in scores.items()}
-            record["seconds"] = round(time.time() - t_unit, 1)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, record)  # last: the unit is done
-            done_here += 1
-            faults.point("unit-done", done_here)  # tests: a kill -9 right after a unit is durable
-            headline = ", ".join(f"{m} {s.value():.4f}" for m, s in scores.items() if m in ("blimp_accuracy", "heldout_bpb"))
-            log(f"[{n}/{len(units)}] {arm}, seed {seed}: {headline} ({record['seconds']:.0f} s)")
 
-        read = {unit_path(out, arm, seed): read_unit(unit_path(out, arm, seed), arm, seed, settings_sha)["scores"] for arm, seed in units}
-        check_paired(read)
-        per_arm = {arm: [read[unit_path(out, arm, s)] for s in range(cfg.seeds)] for arm in all_arms}
-        untrained = read[unit_path(out, UNTRAINED, 0)]
-        run_settings = {**settings["config"], "preset": asdict(preset), "token_budget": steps * preset.tokens_per_step,
-                        "steps": steps, "device": device, "threads": threads, "eval_items": {k: len(v) for k, v in sets.items()},
-                        "heldout_documents": len(heldout_docs), "pool_documents": len(pool.texts),
-                        "pool_scored": int(pool.scored.sum()), "documents_kept_per_arm": pool.n_keep}
-        control = ("control:clean", "control:junk") if cfg.control else None
-        results = build_results(per_arm, untrained, dict(evals.CHANCE), info, control, run_settings)
-        write_outputs(out, results)
-    log(f"results: {out / 'results.md'} ({time.time() - t0:.0f} s)")
+        def pending_units() -> list[tuple[str, int]]:
+            """The units left to train; a finished one is checked first (by this run's settings, arm and seed?)."""
+            pending = []
+            for arm, seed in units:
+                path = unit_path(out, arm, seed)
+                if not (path.exists() or path.is_symlink()):
+                    pending.append((arm, seed))
+                elif _trained_steps(path) not in (None, steps):
+                    if not cfg.force_overwrite:
+                        raise ConfigMismatchError(
+                            f"{path} was trained for {_trained_steps(path):,} steps, this run's budget is {steps:,} steps "
+                            f"(without token_budget it follows the smallest compared arm); give token_budget="
+                            f"{_trained_steps(path) * preset.tokens_per_step}, use another output directory, or pass "
+                            f"force_overwrite=True to redo such units").with_flags(
+                                token_budget="--token-budget", force_overwrite="--force-overwrite")
+                    path.unlink()
+                    pending.append((arm, seed))
+                else:
+                    read_unit(path, arm, seed, digest(arm))
+            return pending
+
+        pending = procs.all_gather(rank0_then_all(procs, pending_units, lambda: None))[0]
+        who = f"rank {procs.rank}: " if procs.world_size > 1 else ""
+        done_here, failure = 0, None
+        try:
+            for arm, seed in rank_share(pending, procs.rank, procs.world_size):
+                n = units.index((arm, seed)) + 1
+                t_unit = time.time()
+                if arm == UNTRAINED:
+                    model = proxy.new_model(preset, tokenizer, seed).to(device)
+                    record: dict[str, Any] = {"arm": arm, "seed": seed, "settings_sha": digest(arm), "train": None}
+                else:
+                    log(f"{who}[{n}/{len(units)}] {arm}, seed {seed}: training {steps:,} steps")
+                    trained = proxy.train_proxy(preset, tokenizer, streams[arm], steps, seed, device, log if done_here < 2 else None)
+                    model = trained.model
+                    record = {"arm": arm, "seed": seed, "settings_sha": digest(arm),
+                              "train": {"steps": trained.steps, "tokens": trained.tokens, "epochs": round(trained.epochs, 4),
+                                        "final_loss": trained.final_loss, "seconds": round(trained.seconds, 1)}}
+                model.eval()
+                scores = evals.evaluate_model(evals.LanguageModel(model, tokenizer, device), sets, heldout_docs)
+                record["metrics"] = {m: s.to_json() for m, s in scores.items()}
+                record["seconds"] = round(time.time() - t_unit, 1)
+                path = unit_path(out, arm, seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, record)  # last: the unit is done
+                done_here += 1
+                faults.point("unit-done", done_here)  # tests: a kill -9 right after a unit is durable
+                headline = ", ".join(f"{m} {s.value():.4f}" for m, s in scores.items() if m in ("blimp_accuracy", "heldout_bpb"))
+                log(f"{who}[{n}/{len(units)}] {arm}, seed {seed}: {headline} ({record['seconds']:.0f} s)")
+        except ScalingFilterError as e:
+            failure = e
+        agree(procs, failure)  # every process is done with its units (or all stop)
+
+        def publish() -> dict[str, Any]:
+            read = {unit_path(out, arm, seed): read_unit(unit_path(out, arm, seed), arm, seed, digest(arm))["scores"] for arm, seed in units}
+            check_paired(read)
+            per_arm = {arm: [read[unit_path(out, arm, s)] for s in range(cfg.seeds)] for arm in all_arms}
+            untrained = read[unit_path(out, UNTRAINED, 0)]
+            run_settings = {**settings["config"], "arms": arms, "seeds": cfg.seeds, "control": cfg.control, "preset": asdict(preset),
+                            "token_budget": steps * preset.tokens_per_step, "steps": steps, "device": device, "threads": threads,
+                            "processes": procs.world_size, "eval_items": {k: len(v) for k, v in sets.items()},
+                            "heldout_documents": len(heldout_docs), "pool_documents": len(pool.texts),
+                            "pool_scored": int(pool.scored.sum()), "documents_kept_per_arm": pool.n_keep}
+            control = ("control:clean", "control:junk") if cfg.control else None
+            results = build_results(per_arm, untrained, dict(evals.CHANCE), info, control, run_settings)
+            write_outputs(out, results)
+            return results
+
+        results = rank0_then_all(procs, publish, lambda: orjson.loads((out / "results.json").read_bytes()))
+    procs.close()
+    say(f"results: {out / 'results.md'} ({time.time() - t0:.0f} s)")
     return results
