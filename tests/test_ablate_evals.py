@@ -355,3 +355,34 @@ def test_score_shared_equals_score(hf, impl):
         assert lm.score_shared(contexts, groups).logprob == pytest.approx(want.logprob, abs=1e-5)
     finally:
         model.config._attn_implementation = "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval sets from the hub: rows of the hub's schemas become items of the files' schemas; no hub, one line
+
+
+def test_hub_rows_become_items_that_pass_the_file_checks():
+    from scalingfilter.stages.ablate.evals import CHECKS, arc_item, blimp_item, lambada_item
+
+    arc = arc_item({"question": "Which is a gas?", "choices": {"text": ["ice", "steam", "rock"], "label": ["1", "2", "3"]},
+                    "answerKey": "2"}, 7)
+    assert arc == {"id": "arc_easy-7", "query": "Question: Which is a gas?", "choices": ["ice", "steam", "rock"], "gold": 1}
+    bad_key = arc_item({"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "E"}, 0)
+    assert CHECKS["arc_easy"](arc) is None and "gold" in CHECKS["arc_easy"](bad_key)
+    lam = lambada_item({"text": "He opened the door and saw his old friend Tom\n"}, 3)
+    assert lam["context"] == "He opened the door and saw his old friend" and lam["continuation"] == "Tom"
+    assert CHECKS["lambada"](lam) is None and CHECKS["lambada"](lambada_item({"text": "oneword"}, 0)) is not None
+    bl = blimp_item({"sentence_good": "Cats sleep.", "sentence_bad": "Cats sleeps.", "field": "morphology", "UID": "agr",
+                     "linguistics_term": "s-v", "pair_id": 4}, "agr")
+    assert bl["id"] == "blimp-agr-4" and CHECKS["blimp"](bl) is None
+
+
+def test_eval_sets_from_an_unreachable_hub_are_one_line_naming_the_way_out(monkeypatch):
+    pytest.importorskip("datasets")
+    from scalingfilter.errors import InputError
+    from scalingfilter.stages.ablate.evals import load_eval_sets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot read the blimp eval set from the Hugging Face hub") as err:
+        load_eval_sets(None, hub=True)
+    assert "\n" not in str(err.value) and "--eval-dir" in err.value.cli_message()

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                help="training tokens per model (default: what the smallest compared arm holds, at least the preset's floor: 1M for tiny and small)")
     flags.flag(parser, "eval-dir", default=None, metavar="DIR", help="a directory of blimp.jsonl.gz, arc_easy.jsonl.gz, lambada_openai.jsonl.gz "
                                                                      "(default: the bundled BLiMP subset)")
+    flags.flag(parser, "eval-hub", action="store_true", help="read the eval sets --eval-dir lacks (BLiMP whole, ARC-Easy, LAMBADA) from the "
+                                                           "Hugging Face hub (the datasets extra; a network)")
     flags.flag(parser, "eval-items", type=flags.int_at_least(0), default=d.eval_items, metavar="N",
                help="at most N items per eval set (a seeded subsample, stratified by BLiMP paradigm; default %(default)s; 0: all)")
     flags.flag(parser, "heldout-dir", action="append", default=[], metavar="DIR", help="more held-out text for bits per byte (repeatable)")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = AblateConfig(
         input_dir=args.input_dir, output_dir=args.output_dir, arms=args.arms, keep=args.keep, preset=args.preset, seeds=args.seeds,
-        token_budget=args.token_budget, eval_dir=args.eval_dir, eval_items=args.eval_items or None, heldout_dirs=tuple(args.heldout_dir),
+        token_budget=args.token_budget, eval_dir=args.eval_dir, eval_hub=args.eval_hub, eval_items=args.eval_items or None, heldout_dirs=tuple(args.heldout_dir),
         heldout_per_source=args.heldout_per_source, control=not args.no_control, clean_sources=sources(args.clean_sources),
         junk_sources=sources(args.junk_sources), tokenizer=args.tokenizer, text_field=args.text_field, select_seed=args.select_seed,
         min_tokens=args.min_tokens, device=args.device, threads=args.threads, force_overwrite=args.force_overwrite,

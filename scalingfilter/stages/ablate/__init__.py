@@ -63,6 +63,7 @@ class AblateConfig:
     # training tokens per model; None: what the smallest compared arm holds, at least the preset's floor (tiny: 1M)
     token_budget: int | None = None
     eval_dir: str | None = None  # blimp / arc_easy / lambada_openai files; None: the bundled BLiMP subset
+    eval_hub: bool = False  # the sets eval_dir lacks from the Hugging Face hub (the datasets extra, a network)
     # at most this many items per eval set (a seeded subsample, stratified by BLiMP paradigm): the evaluation of a
     # tiny model then takes about a minute on a CPU; None: every item
     eval_items: int | dict[str, int] | None = 1000
@@ -334,7 +335,7 @@ def ablate(config: AblateConfig | None = None, log: Callable[[str], None] = prin
             info[arm]["epochs"] = round(steps * preset.tokens_per_step / max(1, info[arm]["tokens"]), 3)
             if info[arm]["epochs"] > 1:
                 say(f"note: arm {arm} holds {info[arm]['tokens']:,} tokens: the budget is {info[arm]['epochs']:.2f} epochs of it")
-        sets = evals.load_eval_sets(cfg.eval_dir, cfg.eval_items, seed=0)
+        sets = evals.load_eval_sets(cfg.eval_dir, cfg.eval_items, seed=0, hub=cfg.eval_hub)
         heldout_docs = [(pool.texts[i], pool.sources[i]) for i in np.flatnonzero(held)] + _heldout_dir_docs(cfg.heldout_dirs, cfg.text_field)
         say(f"{len(all_arms)} arms x {cfg.seeds} seeds: {steps:,} steps of {preset.tokens_per_step:,} tokens = "
             f"{steps * preset.tokens_per_step:,} tokens per model; preset {cfg.preset} ({preset.non_embedding_params / 1e6:.2f} M "

@@ -460,7 +460,7 @@ def read_eval_file(path: str | Path, name: str) -> list[dict]:
                     raise InputError(f"{path}:{lineno}: not valid JSON ({e})") from None
                 problem = "not a JSON object" if not isinstance(d, dict) else check(d)
                 if problem:
-                    raise InputError(f"{path}:{lineno}: not a {name} item: {problem} (schema: ../shared/evals/README.md)")
+                    raise InputError(f"{path}:{lineno}: not a {name} item: {problem} (schemas: docs/ablate.md)")
                 items.append(d)
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
         raise InputError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
@@ -511,12 +511,81 @@ def subsample(items: list[dict], n: int | None, seed: int, stratify: str | None 
     return [items[i] for i in sorted(keep)]
 
 
-def load_eval_sets(eval_dir: str | None, max_items: dict[str, int] | int | None = None, seed: int = 0) -> dict[str, list[dict]]:
+def load_eval_sets(eval_dir: str | None, max_items: dict[str, int] | int | None = None, seed: int = 0,
+                   hub: bool = False) -> dict[str, list[dict]]:
     """`blimp`, `arc_easy`, `lambada` -> items, from the files of `eval_dir` (`find_eval_files`; None: the bundled
-    BLiMP subset only). `max_items`: a cap for every set, or per set name (a set not named is kept whole);
-    the subsample is deterministic in `seed` and stratified by paradigm for BLiMP."""
+    BLiMP subset only); with `hub`, every set `eval_dir` lacks comes whole from the Hugging Face hub
+    (`read_hub_set`), BLiMP too. `max_items`: a cap for every set, or per set name (a set not named is kept
+    whole); the subsample is deterministic in `seed` and stratified by paradigm for BLiMP."""
+    found = find_eval_files(eval_dir) if eval_dir is not None or not hub else {}
     sets = {}
-    for name, path in find_eval_files(eval_dir).items():
+    for name in EVAL_FILES:
+        path = found.get(name)
+        if hub and (path is None or path == BUNDLED_BLIMP):
+            items = read_hub_set(name)
+        elif path is not None:
+            items = read_eval_file(path, name)
+        else:
+            continue
         cap = max_items.get(name) if isinstance(max_items, dict) else max_items
-        sets[name] = subsample(read_eval_file(path, name), cap, seed, "UID" if name == "blimp" else None)
+        sets[name] = subsample(items, cap, seed, "UID" if name == "blimp" else None)
     return sets
+
+
+# ---------------------------------------------------------------------------------------------
+# The same sets from the Hugging Face hub, in the schemas above (where the hub is reachable)
+
+HUB_SETS = {  # set name -> (dataset, config, split): where ../shared/evals' files come from
+    "blimp": ("nyu-mll/blimp", None, "train"),  # one config per paradigm, all read
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
+    "lambada": ("EleutherAI/lambada_openai", "default", "test"),
+}
+
+
+def blimp_item(row: dict, uid: str) -> dict:
+    pair = row.get("pair_id", row.get("pairID"))
+    return {"id": f"blimp-{uid}-{pair}", "sentence_good": row["sentence_good"], "sentence_bad": row["sentence_bad"],
+            "UID": row.get("UID") or uid, "field": row["field"], "linguistics_term": row.get("linguistics_term"), "pairID": str(pair)}
+
+
+def arc_item(row: dict, i: int) -> dict:
+    """ai2_arc's row -> llm-foundry's item: the query `Question: ...`, the gold the answer key's place among the
+    labels (letters, or digits in a few rows)."""
+    labels = list(row["choices"]["label"])
+    return {"id": f"arc_easy-{i}", "query": f"Question: {row['question']}", "choices": list(row["choices"]["text"]),
+            "gold": labels.index(row["answerKey"]) if row["answerKey"] in labels else -1}
+
+
+def lambada_item(row: dict, i: int) -> dict:
+    """A passage -> its context and its last word (split at the last space, as the README's scoring rule says)."""
+    context, _, word = row["text"].rstrip().rpartition(" ")
+    return {"id": f"lambada_openai-{i}", "context": context, "continuation": word}
+
+
+def read_hub_set(name: str) -> list[dict]:
+    """One set from the hub, converted and checked as a file's items are; an unreachable hub or a missing
+    `datasets` is one line that says how to give the files instead."""
+    from scalingfilter.errors import require
+    from scalingfilter.models.pair import ensure_hub_reachable_or_offline
+
+    datasets = require("datasets", "datasets", "reading eval sets from the Hugging Face hub")
+    repo, config, split = HUB_SETS[name]
+    ensure_hub_reachable_or_offline([repo])  # one quick try, not a minute of retries
+    try:
+        if name == "blimp":
+            items = [blimp_item(row, uid) for uid in datasets.get_dataset_config_names(repo)
+                     for row in datasets.load_dataset(repo, uid, split=split)]
+        else:
+            convert = arc_item if name == "arc_easy" else lambada_item
+            items = [convert(row, i) for i, row in enumerate(datasets.load_dataset(repo, config, split=split))]
+    except Exception as e:  # datasets raises many kinds (connection, offline mode, a changed repository)
+        raise InputError(f"cannot read the {name} eval set from the Hugging Face hub ({repo}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); give eval_dir=DIR holding "
+                         f"{EVAL_FILES[name]}.jsonl.gz instead (schema: docs/ablate.md)").with_flags(eval_dir="--eval-dir") from None
+    for i, item in enumerate(items):
+        problem = CHECKS[name](item)
+        if problem:
+            raise InputError(f"{repo}: row {i} is not a {name} item once converted: {problem}")
+    if not items:
+        raise InputError(f"{repo}: no items")
+    return items
