@@ -19,10 +19,11 @@ demo: $(BIN)/scalingfilter
 	$(BIN)/scalingfilter demo --output-dir $(DEMO_DIR)
 
 # One worker per core (conftest pins one compute thread a process); a file's tests stay on one worker, so its
-# module fixtures (a scored pool, a Ray cluster, an S3 server) are built once. `TEST_WORKERS=0`: one process.
+# module fixtures (a scored pool, a Ray cluster, an S3 server) are built once. At most 4 workers: each holds torch
+# and starts its own Ray clusters and servers. `TEST_WORKERS=0`: one process.
 TEST_WORKERS ?= auto
 test: $(BIN)/scalingfilter
-	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile tests
 
 bench: $(BIN)/scalingfilter
 	$(BIN)/python benchmarks/bench_score.py
