@@ -22,7 +22,7 @@ import pytest
 from scalingfilter.stages.ablate import AblateConfig, ablate, unit_path
 from scalingfilter.stages.ablate.arms import arm_mask, heuristic_pass, parse_arms, read_pool
 from scalingfilter.stages.select import load_selection_mask, select_corpus
-from scalingfilter.testing import free_port
+from scalingfilter.testing import free_port, run_cli
 
 DATA = Path(__file__).parent / "data" / "sources.jsonl.gz"
 MICRO = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 96, "batch_size": 2, "lr": 3e-3, "vocab_size": 512}
@@ -222,7 +222,7 @@ def test_kill_after_a_unit_then_rerun_ends_as_an_uninterrupted_run(scored, micro
     done = sorted(p.relative_to(out / "units").as_posix() for p in (out / "units").rglob("seed-*.json"))
     assert done == ["random/seed-0.json", "untrained/seed-0.json"]  # the kill landed right after the second unit
     assert not (out / "results.json").exists()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    proc = run_cli(["ablate", *_one_seed_args(scored, micro_preset, out)])  # the rerun: in this process
     assert proc.returncode == 0, proc.stderr
     got = json.loads((out / "results.json").read_bytes())
     want = json.loads((ref / "results.json").read_bytes())
@@ -299,14 +299,15 @@ def test_planted_links_and_foreign_outputs_are_refused(scored, micro_preset, tmp
         ablate(_config(scored, "s3://bucket/ab", micro_preset), log=lambda s: None)
 
 
-def test_the_default_budget_is_the_smallest_arm_but_never_below_the_presets_floor(scored, tmp_path):
-    floor = 100_000
+def test_the_default_budget_is_the_smallest_arm_but_never_below_the_presets_floor(scored, one_seed_run, tmp_path):
+    held = json.loads((one_seed_run / "results.json").read_bytes())["arms"]  # the same arms without a floor
+    step = MICRO["seq_len"] * MICRO["batch_size"]
+    floor = min(held[a]["tokens"] for a in ("random", "quality-factor")) + 20 * step  # a floor just above the smallest
     preset = tmp_path / "floored.json"
     preset.write_text(json.dumps({**MICRO, "min_budget": floor}))
     out = tmp_path / "ab"
     results = ablate(_config(scored, out, str(preset), seeds=1, control=False), log=lambda s: None)
     smallest = min(results["arms"][a]["tokens"] for a in ("random", "quality-factor"))
     assert smallest < floor  # else this test would not test the floor
-    step = MICRO["seq_len"] * MICRO["batch_size"]
     trained = json.loads(unit_path(out, "quality-factor", 0).read_text())["train"]["tokens"]
     assert trained == floor // step * step
