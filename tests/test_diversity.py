@@ -19,7 +19,7 @@ import pytest
 import scalingfilter.semantic_diversity as semantic_diversity  # the reference's entry point (a module)
 from scalingfilter.cli import app as cli
 from scalingfilter.stages.diversity import REJECTS_FILE, RESULTS_JSON, RESULTS_TXT, DiversityConfig, run_diversity
-from scalingfilter.testing import free_port
+from scalingfilter.testing import free_port, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -278,10 +278,16 @@ def test_unreachable_hub_model_says_how_to_use_a_local_dir(monkeypatch):
 def test_torchrun_two_processes_match_one(corpus, tmp_path):
     """Two CPU processes under torchrun, units of 4 documents shared out: the same rows, cache and scores as one
     process, byte for byte (each unit is the same chunk of texts whichever process embeds it)."""
+    import torch
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", SCALINGFILTER_DIVERSITY_CHUNK="4")
     args = ["--input_dir", str(corpus), "--groups", "3", "--group_size", "15", "--device", "cpu", *FAST]
-    one = subprocess.run([sys.executable, "-m", "scalingfilter.semantic_diversity", *args, "--output_dir", str(tmp_path / "one")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun's processes (OMP_NUM_THREADS=1): the same kernels, so the same bytes
+    try:  # the one process: this one (the reference's flags through the same parser)
+        one = run_cli(["diversity", *args, "--output_dir", str(tmp_path / "one")], env={"SCALINGFILTER_DIVERSITY_CHUNK": "4"})
+    finally:
+        torch.set_num_threads(threads)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                           "-m", "scalingfilter.semantic_diversity", *args, "--output_dir", str(tmp_path / "two")],

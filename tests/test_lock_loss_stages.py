@@ -12,6 +12,7 @@ independent computation (the same selection run locally, B's own working copy, B
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ pytest.importorskip("moto")
 pytest.importorskip("psutil")
 
 from scalingfilter.faults import STOP_AFTER_UNITS_ENV  # noqa: E402
-from scalingfilter.testing import bucket_files, numbered_docs, one_line_error, run_cli, score_cli, write_jsonl  # noqa: E402
+from scalingfilter.testing import bucket_files, forget_filesystems, numbered_docs, one_line_error, run_cli, score_cli, write_jsonl  # noqa: E402
 from test_lock_loss import TTL_S, env_for, finish, start, wait_stopped  # noqa: E402
 
 
@@ -34,18 +35,15 @@ def lost_line(rc: int, err: str, what: str) -> str:
 
 
 def pause_then_take_over(a_args: list[str], b_args: list[str], env_a: dict, env_b: dict) -> tuple[tuple[int, str], tuple[int, str]]:
-    """A runs to its fault point and stops there; after the TTL, B runs to its end; then A resumes.
-    Returns ((rc, stderr) of A, of B)."""
+    """A (a process) runs to its fault point and stops there; after the TTL, B runs to its end in this process (only
+    A's pause needs a process boundary; B is any other run); then A resumes. Returns ((rc, stderr) of A, of B)."""
     a = start(a_args, env_a)
     try:
         wait_stopped(a)
         time.sleep(TTL_S + 1.1)  # A's heartbeat stopped with it: its lock is stale now (the store counts whole seconds)
-        b = start(b_args, env_b)
-        try:
-            result_b = finish(b)
-        finally:
-            if b.poll() is None:
-                b.kill()
+        forget_filesystems()  # B's client: a fresh one, as a fresh process has
+        b = run_cli(b_args, env={k: v for k, v in env_b.items() if os.environ.get(k) != v})
+        result_b = (b.returncode, b.stderr)
         result_a = finish(a)
     finally:
         if a.poll() is None:
