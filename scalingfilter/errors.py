@@ -119,3 +119,17 @@ def require(module: str, extra: str, what: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(what, extra, module) from exc
+
+
+def require_installed(module: str, extra: str, what: str) -> None:
+    """`require` without the import, for a dependency whose import costs seconds (sentence-transformers: ~6 s of
+    CPU, scikit-learn and SciPy included): a run that stops early (its output locked, a bad flag) does not pay it.
+    Where it is later imported, an ImportError is still this one line (`require` there)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing; a module left half-imported
+        found = False
+    if not found:
+        raise MissingExtraError(what, extra, module)

