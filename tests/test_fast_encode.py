@@ -47,7 +47,7 @@ def awkward_texts() -> list[str]:
 
 
 def test_embeddings_equal_sentence_transformers_encode(model, web_pages):
-    texts = web_pages(40) + awkward_texts()
+    texts = web_pages(20) + awkward_texts()
     random.Random(0).shuffle(texts)
     for batch_size in (1, 7, 64):
         expected = model.encode(texts, batch_size=batch_size, convert_to_numpy=True)

@@ -88,12 +88,12 @@ def bundled_scorer():
 
 @pytest.mark.parametrize("corpus", ["generated", "pool"])
 def test_bundled_pair_scores_exactly_as_the_cli(tmp_path, bundled_scorer, shared, corpus):
-    """80 generated texts (every clone has them; the edge cases are the first five); 12 real web pages of the pool where ../shared is (always in
+    """40 generated texts (every clone has them; the edge cases are the first five); 12 real web pages of the pool where ../shared is (always in
     CI: conftest.shared_path skips without it, fails in CI without it)."""
     if corpus == "pool":
         texts = real_pages(shared("corpora", "pool", "rawpages.jsonl.gz"), 12) + generated_texts(5)
     else:
-        texts = generated_texts(80)
+        texts = generated_texts(40)
     records, summary = cli_scores(tmp_path, texts, "--pair", "bundled")
     recorded = bundled_scorer.settings.recorded()
     assert recorded == {k: summary["settings"][k] for k in recorded}

@@ -117,7 +117,7 @@ def test_packed_equals_padded_with_the_bundled_pair(shared, corpus):
         pytest.skip("the bundled pair is not shipped in this installation")
     pair = load_pair("bundled", device="cpu", dtype="float32")
     settings = pair_scoring_defaults("bundled")  # max_len 512, prepend BOS
-    texts = jsonl_texts(path, 24) + ["eos<|endoftext|>inside", "b"]
+    texts = jsonl_texts(path, 12) + ["eos<|endoftext|>inside", "b"]
     padded = PairScorer(pair, packing="off", max_tokens_per_batch=4096, **settings).score_texts(texts)
     packed = PairScorer(pair, packing="on", max_tokens_per_batch=4096, **settings).score_texts(texts)
     assert any(s.truncated for s in padded)
