@@ -210,3 +210,14 @@ def test_links_skip_code_and_find_every_form(tmp_path):
                     "## Title\n", encoding="utf-8")
     assert [t for _, t in links(page)] == ["a.md#x", "i.png", "https://example.org/x"]
     assert anchors(page) == {"title", "title-1"}
+
+
+def test_every_fault_setting_is_documented_for_contributors():
+    """docs/layout.md's table of test hooks names every setting scalingfilter/faults.py reads (one added to the
+    module and not to the page fails here)."""
+    from scalingfilter import faults
+
+    settings = {v for k, v in vars(faults).items() if k.endswith("_ENV") and isinstance(v, str)}
+    assert len(settings) >= 10  # the module's settings were found
+    page = (REPO / "docs" / "layout.md").read_text(encoding="utf-8")
+    assert sorted(s for s in settings if f"`{s}" not in page) == []
