@@ -21,11 +21,13 @@ demo: $(BIN)/scalingfilter
 # Three workers, also on 2 cores (conftest pins one compute thread a process): about a quarter of the suite is
 # waiting (Ray workers starting, hang timeouts, a paused lock holder) that a third worker fills; a fourth mostly
 # slows the Ray tests' worker start-ups (2 workers: 6:42 on 2 cores; 3: 4:40-5:42; 4: 4:57-6:02, a noisy machine).
-# A file's tests stay on one worker, so its module fixtures (a scored pool, a Ray cluster, an S3 server) are built
-# once. `TEST_WORKERS=0`: one process.
+# A file's tests stay on one worker, so its module fixtures (a scored pool, a Ray cluster) are built once.
+# `TEST_WORKERS=0`: one process. PYTHONDONTWRITEBYTECODE is cleared for the run: where a machine sets it, every
+# worker and every command the tests start would compile the package again, and pytest would rewrite the test
+# modules' asserts in each worker (~3 s of CPU a process).
 TEST_WORKERS ?= 3
 test: $(BIN)/scalingfilter
-	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(BIN)/scalingfilter
 	$(BIN)/python benchmarks/bench_score.py

@@ -47,9 +47,10 @@ def tiny_pair_dir(tmp_path_factory):
 # A real S3 API server (moto's standalone moto_server) for the object-storage tests
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3():
-    """A moto S3 server for the module; yields its endpoint URL."""
+    """A moto S3 server for the session (one a test worker: each test takes a fresh bucket of its own, so tests
+    share nothing on it, and the server's start-up is paid once); yields its endpoint URL."""
     pytest.importorskip("moto")
     from scalingfilter.testing import start_moto_server, stop_process
 
@@ -62,7 +63,7 @@ def s3():
 
 @pytest.fixture
 def s3_env(s3, tmp_path, monkeypatch):
-    """This process (and the CLI runs it starts) talk to the module's server; a spool directory of its own."""
+    """This process (and the CLI runs it starts) talk to the session's server; a spool directory of its own."""
     from scalingfilter.testing import S3_TEST_CREDENTIALS, forget_filesystems
 
     for k in [k for k in os.environ if k.startswith("AWS_")]:
@@ -79,7 +80,7 @@ _bucket_no = [0]
 
 @pytest.fixture
 def bucket(s3):
-    """A fresh bucket name on the module's server."""
+    """A fresh bucket name on the session's server."""
     from scalingfilter.testing import s3fs_for
 
     _bucket_no[0] += 1

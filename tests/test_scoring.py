@@ -115,9 +115,19 @@ def test_plan_batches_respects_budget_and_covers_all():
     for b in batches:
         longest = max(lengths[i] for i in b)
         assert len(b) == 1 or len(b) * longest <= 1000
+        assert all(2 * lengths[i] >= longest for i in b)  # padding at most doubles a row's work
     # sorting keeps padding small: rows in a batch are close in length
     waste = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
     assert waste < 0.1 * sum(lengths)
+
+
+def test_one_long_text_does_not_pad_the_short_ones():
+    """Few texts of unlike lengths (a library call): the long page goes alone, the short ones together."""
+    lengths = [512] + [30 + i for i in range(30)]
+    batches = plan_batches(lengths, 16384)
+    assert len(batches) == 2 and batches[0] == [0] and sorted(batches[1]) == list(range(1, 31))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.3 * sum(lengths)  # one batch of all would compute 31 x 512 = 15,872 positions, 3.5 times more
 
 
 def test_quality_factor_cannot_overflow():

@@ -137,13 +137,17 @@ class Tokenization:
 
 def plan_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list[int]]:
     """Indices grouped into batches: longest first, each batch's rows x longest row within the
-    token budget (a row longer than the budget goes alone)."""
+    token budget (a row longer than the budget goes alone), and no row shorter than half its batch's longest.
+
+    The second rule matters for few texts of unlike lengths (a library call, a small window): one 512-token
+    page would otherwise pad thirty short ones to 512, doubling the work or worse. In a window of thousands
+    of documents, sorted rows a batch apart differ little and the rule seldom cuts."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * longest > max_tokens_per_batch:
+        if current and ((len(current) + 1) * longest > max_tokens_per_batch or 2 * lengths[i] < longest):
             batches.append(current)
             current = []
         current.append(i)
