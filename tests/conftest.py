@@ -90,6 +90,32 @@ def bucket(s3):
 
 
 # ---------------------------------------------------------------------------------------------
+# A local Ray instance
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the test worker's session, shared by the files that run work on Ray (its
+    start-up is seconds of CPU, and up to half a minute on a loaded machine). Started from an environment
+    without AWS_* and SCALINGFILTER_* settings, so its workers inherit no test's credentials, spool or fault
+    settings: what a worker needs (storage options, fault points, the scorer) travels with the job, as on a real
+    cluster whose workers share nothing with the driver's shell. Yields the `ray` module; the instance's address
+    is `ray.get_runtime_context().gcs_address`."""
+    ray = __import__("ray") if in_ci() else pytest.importorskip("ray")  # CI installs the dev extra: there, missing fails
+    held = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("AWS_", "SCALINGFILTER_"))}
+    try:
+        # address="local": a new instance of our own, even where another Ray instance runs on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20,
+                 logging_level="WARNING", log_to_driver=False)
+    finally:
+        os.environ.update(held)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
 # ../shared: real corpora, evals and tokenizers that developers and CI have beside the checkout and a user's
 # clone does not. Every test that reads it goes through `shared_path` (or the `needs_shared` marker), so the
 # rule is one: missing outside CI, the test is skipped with the path as its reason; missing in CI, it fails.

@@ -346,8 +346,7 @@ def test_a_damaged_model_is_refused_even_when_its_card_was_rehashed(trained, tmp
 
 
 @pytest.mark.slow
-def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path):
-    ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path, ray_cluster):
     from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
     from scalingfilter.stages.score import ScoreConfig
 
@@ -356,14 +355,9 @@ def test_classify_on_the_ray_engine_equals_the_local_engine(trained, tmp_path):
     local = run_cli(["classify", "--input-dir", str(inp), "--output-dir", str(tmp_path / "local"), "--model", str(root / "model"),
                      "--workers", "1", "--no-progress", "--unit-docs", "50", "--split-bytes", "0"])
     assert local.returncode == 3, local.stderr
-    # address="local": a new instance of our own, even where another Ray instance runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
-    try:
-        cfg = ScoreConfig(str(inp), str(tmp_path / "ray"), unit_docs=50, split_bytes=0, show_progress=False, device="cpu",
-                          scorer=D.classify_spec(root / "model", workers=1))
-        summary = score_with_ray(cfg, RayOptions(workers=2, gpus_per_worker=0, cpus_per_worker=1))
-    finally:
-        ray.shutdown()
+    cfg = ScoreConfig(str(inp), str(tmp_path / "ray"), unit_docs=50, split_bytes=0, show_progress=False, device="cpu",
+                      scorer=D.classify_spec(root / "model", workers=1))
+    summary = score_with_ray(cfg, RayOptions(workers=2, gpus_per_worker=0, cpus_per_worker=1))
     assert summary["failed_units"] == [] and summary["rejected"] == 1
     assert read_scored(tmp_path / "ray") == read_scored(tmp_path / "local")
 

@@ -152,10 +152,9 @@ def test_diversity_killed_after_two_units_then_rerun_equals_an_uninterrupted_run
 
 
 @pytest.mark.slow
-def test_ray_workers_one_killed_mid_unit_give_the_local_engines_bytes(tmp_path, sample_texts, monkeypatch):
+def test_ray_workers_one_killed_mid_unit_give_the_local_engines_bytes(tmp_path, sample_texts, monkeypatch, ray_cluster):
     """--engine ray over 7 units of 8 documents on 2 workers, one of them SIGKILLed at its third document:
     the unit is retried elsewhere and the cache and results.txt are the local engine's, byte for byte."""
-    ray = pytest.importorskip("ray")
     from scalingfilter.cli import app as cli
     from scalingfilter.faults import KILL_WORKER_AT_DOC_ENV
 
@@ -165,11 +164,7 @@ def test_ray_workers_one_killed_mid_unit_give_the_local_engines_bytes(tmp_path, 
     monkeypatch.setenv("SCALINGFILTER_DIVERSITY_CHUNK", "8")
     assert cli.main(["diversity", *args, "--output-dir", str(tmp_path / "local")]) == 0
     monkeypatch.setenv(KILL_WORKER_AT_DOC_ENV, "2")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
-    try:
-        assert cli.main(["diversity", *args, "--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
-    finally:
-        ray.shutdown()
+    assert cli.main(["diversity", *args, "--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
     for name in ("embeddings.npy", "embeddings.ids.txt", "embeddings.rows.npy", "results.txt"):
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
     embedding = json.loads((tmp_path / "ray" / "results.json").read_text())["embedding"]

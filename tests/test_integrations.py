@@ -343,14 +343,9 @@ def test_datasets_map_equals_cli(corpus):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20,
-             logging_level="WARNING", log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+def ray_local(ray_cluster):
+    """The session's local Ray instance (conftest.ray_cluster)."""
+    return ray_cluster
 
 
 def test_ray_data_map_batches_equals_cli(corpus, ray_local):

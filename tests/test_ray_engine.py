@@ -46,12 +46,9 @@ IGNORED = {"summary.json", "lock"}  # times and the lock holder differ between r
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+def ray_address(ray_cluster):
+    """The address of the session's local Ray instance (conftest.ray_cluster)."""
+    return ray_cluster.get_runtime_context().gcs_address
 
 
 def write_corpus(root: Path, bad: bool = True) -> None:

@@ -584,10 +584,9 @@ def test_diversity_cache_in_a_bucket_is_reused_and_never_torn(s3_env, bucket, co
 
 
 @pytest.mark.slow
-def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference, tmp_path, monkeypatch):
+def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference, tmp_path, monkeypatch, ray_cluster):
     """Ray workers share no disk: the filesystem options travel with the job's configuration (no AWS
     environment in the workers), the state lives in the bucket, and the output is the local engine's."""
-    ray = pytest.importorskip("ray")
     from scalingfilter.jobs.engines.ray import RayOptions, score_with_ray
     from scalingfilter.stages.score import ScoreConfig, fixed_scorer_spec
 
@@ -595,13 +594,9 @@ def test_ray_engine_on_buckets_equals_local(s3, bucket, corpus, local_reference,
         monkeypatch.delenv(k)
     upload_dir(s3, corpus, f"s3://{bucket}/in")
     options = {"key": CREDS["AWS_ACCESS_KEY_ID"], "secret": CREDS["AWS_SECRET_ACCESS_KEY"], "endpoint_url": s3}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING", log_to_driver=False)
-    try:
-        cfg = ScoreConfig(f"s3://{bucket}/in", f"s3://{bucket}/ray", unit_docs=10, split_bytes=0, show_progress=False,
-                          scorer=fixed_scorer_spec(), storage_options=options)
-        summary = score_with_ray(cfg, RayOptions(workers=2))
-    finally:
-        ray.shutdown()
+    cfg = ScoreConfig(f"s3://{bucket}/in", f"s3://{bucket}/ray", unit_docs=10, split_bytes=0, show_progress=False,
+                      scorer=fixed_scorer_spec(), storage_options=options)
+    summary = score_with_ray(cfg, RayOptions(workers=2))  # on conftest.ray_cluster: its workers have no AWS_* settings
     assert summary["failed_units"] == [] and summary["documents"] == 94
     assert results(bucket_files(s3, f"s3://{bucket}/ray")) == results(local_reference)
 
