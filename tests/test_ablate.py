@@ -25,7 +25,7 @@ from scalingfilter.stages.select import load_selection_mask, select_corpus
 from scalingfilter.testing import free_port, run_cli
 
 DATA = Path(__file__).parent / "data" / "sources.jsonl.gz"
-MICRO = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 96, "batch_size": 8, "lr": 3e-3, "vocab_size": 512}
+MICRO = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 96, "batch_size": 16, "lr": 3e-3, "vocab_size": 512}
 
 
 @pytest.fixture(scope="module")
