@@ -47,12 +47,18 @@ def corpus(tmp_path_factory, sample_texts):
 
 
 @pytest.fixture(scope="module")
-def all_embeddings(sample_texts):
-    """Every usable document embedded at once, independently of the command: what the code did
-    before it embedded only the groups' documents."""
+def minilm32():
+    """The bundled MiniLM at a 32-token window, loaded once for the tests that embed without the command."""
     from scalingfilter.models.embedding import load_model
 
-    return load_model(None, device="cpu", max_seq_length=32).encode(usable_texts(sample_texts), batch_size=64)
+    return load_model(None, device="cpu", max_seq_length=32)
+
+
+@pytest.fixture(scope="module")
+def all_embeddings(sample_texts, minilm32):
+    """Every usable document embedded at once, independently of the command: what the code did
+    before it embedded only the groups' documents."""
+    return minilm32.encode(usable_texts(sample_texts), batch_size=64)
 
 
 def expected_scores(all_embeddings, n: int, groups: int, size: int, seed: int) -> list[float]:
@@ -302,17 +308,15 @@ def test_torchrun_two_processes_match_one(corpus, tmp_path):
     assert not (tmp_path / "two" / ".embedding_parts").exists()
 
 
-def assert_mixing_more_sources_raises_diversity(sources: list[list[str]]):
+def assert_mixing_more_sources_raises_diversity(model, sources: list[list[str]]):
     """At a fixed number of documents, mixtures of more sources score higher: each source gives 60 documents
     (first 300 characters, 32 tokens, to keep it quick); a k-source mixture takes 60 / k documents from each (60
     is divisible by 1..6, so every mixture has n = 60). Single sources differ a lot, so the score of k sources is
     averaged over every k-subset; that average must rise strictly with k."""
-    from scalingfilter.models.embedding import load_model
     from scalingfilter.stages.vendi import vendi_score
 
     per_source = 60
     assert len(sources) == 6 and all(len(texts) == per_source for texts in sources)
-    model = load_model(None, device="cpu", max_seq_length=32)
     emb = [model.encode([t[:300] for t in texts], batch_size=32) for texts in sources]
     means = []
     for k in range(1, len(sources) + 1):
@@ -340,16 +344,16 @@ REAL_SOURCES = ["corpora/train/wikitext.jsonl.gz", "corpora/train/speeches.jsonl
 
 
 @pytest.mark.needs_shared(*REAL_SOURCES)
-def test_mixing_more_sources_raises_diversity(shared):
+def test_mixing_more_sources_raises_diversity(shared, minilm32):
     """The paper's validation on six real sources (../shared/corpora: developers and CI). A set of encyclopaedia
     articles on unrelated topics is more diverse than a mixture of two novels, hence the average over subsets."""
-    assert_mixing_more_sources_raises_diversity([first_texts(shared(f), 60) for f in REAL_SOURCES])
+    assert_mixing_more_sources_raises_diversity(minilm32, [first_texts(shared(f), 60) for f in REAL_SOURCES])
 
 
-def test_mixing_more_generated_sources_raises_diversity():
+def test_mixing_more_generated_sources_raises_diversity(minilm32):
     """The same validation on six generated sources of one genre each (tests/data/sources.jsonl.gz: every clone)."""
     names = ["weather", "recipes", "football", "code", "legal", "markets"]
-    assert_mixing_more_sources_raises_diversity([first_texts(DATA / "sources.jsonl.gz", 60, name) for name in names])
+    assert_mixing_more_sources_raises_diversity(minilm32, [first_texts(DATA / "sources.jsonl.gz", 60, name) for name in names])
 
 
 @pytest.mark.parametrize("bad", [["--q", "-1"], ["--q", "x"], ["--group-size", "0"], ["--group_size", "0"], ["--groups", "0"],

@@ -46,7 +46,7 @@ def corpus(root: Path) -> None:
     menus = ["Home | About | Contact | Login", "Subscribe now! Click here", "Copyright 2024. All rights reserved.",
              "Privacy policy | Terms of use | Cookies"]
     docs = []
-    for i in range(60):
+    for i in range(40):
         if i % 3 == 0:
             docs.append(" ".join(rng.choice(menus) for _ in range(rng.randint(1, 4))))
         else:
