@@ -20,7 +20,7 @@ demo: $(BIN)/scalingfilter
 
 # Three workers, also on 2 cores (conftest pins one compute thread a process): about a quarter of the suite is
 # waiting (Ray workers starting, hang timeouts, a paused lock holder) that a third worker fills; a fourth mostly
-# slows the Ray tests' worker start-ups (2 workers: 6:42 on 2 cores; 3: 4:26-4:39 now; 4: 4:34, a noisy machine).
+# slows the Ray tests' worker start-ups (2 workers: 6:42 on 2 cores; 3: 4:08-4:39 now; 4: 4:34, a noisy machine).
 # A file's tests stay on one worker, so its module fixtures (a scored pool, a Ray cluster) are built once.
 # `TEST_WORKERS=0`: one process. PYTHONDONTWRITEBYTECODE is cleared for the run: where a machine sets it, every
 # worker and every command the tests start would compile the package again, and pytest would rewrite the test
