@@ -18,7 +18,6 @@ between the two planners' quality factors (float32 rounding of other batch shape
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -41,18 +40,6 @@ def budget_only(lengths, max_tokens_per_batch):
     if current:
         batches.append(current)
     return batches
-
-
-def texts_of(path: Path, n: int) -> list[str]:
-    out = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            text = json.loads(line).get("text")
-            if isinstance(text, str) and text.strip():
-                out.append(text)
-            if len(out) == n:
-                break
-    return out
 
 
 def padded_positions(planner, lengths, budget) -> int:
@@ -97,7 +84,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO / "tests"))
-    from test_library import generated_texts
+    from test_library import generated_texts, real_pages
 
     from scalingfilter import QualityScorer
 
@@ -105,7 +92,7 @@ def main() -> None:
     scorer.score(["warm up the pair"])
     run_case("call", scorer, generated_texts(40), args.repeats)
     source = POOL if POOL.exists() else REPO / "tests" / "data" / "sources.jsonl.gz"
-    run_case(f"window ({source.name})", scorer, texts_of(source, args.window_docs), args.repeats)
+    run_case(f"window ({source.name})", scorer, real_pages(source, args.window_docs), args.repeats)
 
 
 if __name__ == "__main__":
